@@ -1,0 +1,221 @@
+"""The environment contract: every variable the pipeline reads, parsed and validated once.
+
+Definitions load through :func:`Settings.from_env`, so a typo in a variable fails at load time
+with a message naming the variable, instead of deep inside a run at 02:00.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SOURCE_COLUMN_ROLES = ("call_id", "agent_id", "started_at", "duration_sec", "status")
+
+DEFAULT_HOME = ".agent_metrics"
+DEFAULT_START_DATE = "2025-01-01"
+DEFAULT_STATUSES = ("Answered",)
+DEFAULT_S3_PREFIX = "agent_metrics"
+DEFAULT_MAX_CALL_LENGTH_SEC = 86_400.0
+DEFAULT_FRESHNESS_DEADLINE_HOUR = 3
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the pipeline cannot use."""
+
+
+class InvalidRowsPolicy(StrEnum):
+    """What to do with source rows that cannot be measured (NULL agent, NULL/negative duration)."""
+
+    FAIL = "fail"
+    EXCLUDE = "exclude"
+
+
+def validate_identifier(value: str, what: str) -> str:
+    """Identifiers are spliced into SQL, so only plain names are accepted."""
+    if not IDENTIFIER_PATTERN.match(value):
+        raise ConfigError(
+            f"{what} must be a plain identifier matching {IDENTIFIER_PATTERN.pattern}, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def validate_timezone(name: str, what: str = "AGENT_METRICS_TIMEZONE") -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            f"{what}={name!r} is not a known IANA timezone; use a name such as 'UTC' or "
+            "'America/New_York'"
+        ) from None
+    return name
+
+
+@dataclass(frozen=True)
+class SourceTable:
+    """Where the raw calls live and what their columns are called."""
+
+    database: str = "default"
+    table: str = "calls"
+    columns: Mapping[str, str] = field(
+        default_factory=lambda: {role: role for role in SOURCE_COLUMN_ROLES}
+    )
+
+    def __post_init__(self) -> None:
+        validate_identifier(self.database, "the ClickHouse database (CLICKHOUSE_DATABASE)")
+        validate_identifier(self.table, "the source table (AGENT_METRICS_SOURCE_TABLE)")
+        missing = set(SOURCE_COLUMN_ROLES) - set(self.columns)
+        if missing:
+            raise ConfigError(f"source column mapping lacks {sorted(missing)}")
+        for role, column in self.columns.items():
+            validate_identifier(column, f"the {role} column (AGENT_METRICS_SOURCE_COLUMNS)")
+
+    def column(self, role: str) -> str:
+        return self.columns[role]
+
+
+def parse_column_mapping(text: str) -> dict[str, str]:
+    """Parse ``role=column,role=column`` overrides on top of the default column names."""
+    columns = {role: role for role in SOURCE_COLUMN_ROLES}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        role, sep, column = (piece.strip() for piece in item.partition("="))
+        if not sep or role not in SOURCE_COLUMN_ROLES:
+            raise ConfigError(
+                f"AGENT_METRICS_SOURCE_COLUMNS entry {item!r} must look like ROLE=COLUMN with ROLE "
+                f"one of {', '.join(SOURCE_COLUMN_ROLES)}"
+            )
+        columns[role] = column
+    return columns
+
+
+def _parse_bool(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r} must be true or false")
+
+
+def _parse_number(name: str, value: str, kind: type, minimum: float) -> float | int:
+    try:
+        number = kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} must be a {kind.__name__}") from None
+    if number < minimum:
+        raise ConfigError(f"{name}={value!r} must be at least {minimum}")
+    return number
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the definitions need from the environment, already validated."""
+
+    home: Path = Path(DEFAULT_HOME)
+    timezone: str = "UTC"
+    start_date: str = DEFAULT_START_DATE
+    statuses: tuple[str, ...] = DEFAULT_STATUSES
+    source: SourceTable = field(default_factory=SourceTable)
+    invalid_rows: InvalidRowsPolicy = InvalidRowsPolicy.FAIL
+    max_call_length_sec: float = DEFAULT_MAX_CALL_LENGTH_SEC
+    min_calls_per_agent: int = 1
+    clickhouse_host: str | None = None
+    clickhouse_port: int = 8123
+    clickhouse_user: str = "default"
+    clickhouse_password_set: bool = False
+    clickhouse_secure: bool = False
+    s3_bucket: str | None = None
+    s3_prefix: str = DEFAULT_S3_PREFIX
+    s3_endpoint_url: str | None = None
+    aws_region: str | None = None
+    gzip: bool = False
+
+    @property
+    def embedded_clickhouse_path(self) -> Path:
+        return self.home / "clickhouse"
+
+    @property
+    def local_output_dir(self) -> Path:
+        return self.home / "output"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        start_date = get("AGENT_METRICS_START_DATE") or DEFAULT_START_DATE
+        try:
+            dt.date.fromisoformat(start_date)
+        except ValueError:
+            raise ConfigError(
+                f"AGENT_METRICS_START_DATE={start_date!r} must be a date like 2025-01-01"
+            ) from None
+
+        statuses = tuple(
+            s.strip() for s in (get("AGENT_METRICS_STATUSES") or "Answered").split(",") if s.strip()
+        )
+        if not statuses:
+            raise ConfigError("AGENT_METRICS_STATUSES must name at least one call status")
+
+        policy_text = (get("AGENT_METRICS_INVALID_ROWS") or "fail").lower()
+        try:
+            policy = InvalidRowsPolicy(policy_text)
+        except ValueError:
+            raise ConfigError(
+                f"AGENT_METRICS_INVALID_ROWS={policy_text!r} must be 'fail' or 'exclude'"
+            ) from None
+
+        prefix = (get("S3_PREFIX") or DEFAULT_S3_PREFIX).strip("/")
+        if not prefix:
+            raise ConfigError("S3_PREFIX must not be empty or only slashes")
+
+        return cls(
+            home=Path(get("AGENT_METRICS_HOME") or DEFAULT_HOME),
+            timezone=validate_timezone(get("AGENT_METRICS_TIMEZONE") or "UTC"),
+            start_date=start_date,
+            statuses=statuses,
+            source=SourceTable(
+                database=get("CLICKHOUSE_DATABASE") or "default",
+                table=get("AGENT_METRICS_SOURCE_TABLE") or "calls",
+                columns=parse_column_mapping(get("AGENT_METRICS_SOURCE_COLUMNS") or ""),
+            ),
+            invalid_rows=policy,
+            max_call_length_sec=float(
+                _parse_number(
+                    "AGENT_METRICS_MAX_CALL_LENGTH_SEC",
+                    get("AGENT_METRICS_MAX_CALL_LENGTH_SEC") or str(DEFAULT_MAX_CALL_LENGTH_SEC),
+                    float,
+                    0,
+                )
+            ),
+            min_calls_per_agent=int(
+                _parse_number(
+                    "AGENT_METRICS_MIN_CALLS_PER_AGENT",
+                    get("AGENT_METRICS_MIN_CALLS_PER_AGENT") or "1",
+                    int,
+                    1,
+                )
+            ),
+            clickhouse_host=get("CLICKHOUSE_HOST"),
+            clickhouse_port=int(
+                _parse_number("CLICKHOUSE_PORT", get("CLICKHOUSE_PORT") or "8123", int, 1)
+            ),
+            clickhouse_user=get("CLICKHOUSE_USER") or "default",
+            clickhouse_password_set=get("CLICKHOUSE_PASSWORD") is not None,
+            clickhouse_secure=_parse_bool("CLICKHOUSE_SECURE", get("CLICKHOUSE_SECURE") or ""),
+            s3_bucket=get("S3_BUCKET"),
+            s3_prefix=prefix,
+            s3_endpoint_url=get("S3_ENDPOINT_URL"),
+            aws_region=get("AWS_REGION"),
+            gzip=_parse_bool("AGENT_METRICS_GZIP", get("AGENT_METRICS_GZIP") or ""),
+        )

@@ -1,0 +1,142 @@
+"""Runs the whole pipeline on the embedded default: no server to install, no credentials.
+
+``python -m agent_metrics_pipeline.demo`` seeds five weeks of sample calls into the embedded
+ClickHouse engine, materializes yesterday and then the seven days before it in one run, and
+prints where the CSV files are. With ``S3_BUCKET`` set, the files go to that bucket instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+import zoneinfo
+
+import polars as pl
+
+from agent_metrics_pipeline.assets import ASSET_NAME, PREVIEW_ROWS
+from agent_metrics_pipeline.config import ConfigError, Settings, SourceTable
+from agent_metrics_pipeline.definitions import build_definitions, csv_io_manager
+from agent_metrics_pipeline.resources import ClickHouseResource
+
+SEED_DAYS = 35
+SEED_AGENTS = 300
+SEED_CALLS_PER_DAY = 20_000
+RANGE_DAYS = 7
+
+logger = logging.getLogger("agent_metrics_pipeline.demo")
+
+
+def create_calls_table(clickhouse: ClickHouseResource, source: SourceTable) -> None:
+    """The source table of the contract: ordered by start time so day windows prune parts."""
+    col = source.column
+    with clickhouse.get_client() as client:
+        client.command(f"CREATE DATABASE IF NOT EXISTS `{source.database}`")
+        client.command(
+            f"""
+            CREATE TABLE IF NOT EXISTS `{source.database}`.`{source.table}` (
+                `{col("call_id")}` String,
+                `{col("agent_id")}` Nullable(String),
+                `{col("started_at")}` DateTime64(3, 'UTC'),
+                `{col("duration_sec")}` Nullable(Float64),
+                `{col("status")}` LowCardinality(String)
+            ) ENGINE = MergeTree ORDER BY `{col("started_at")}`
+            """
+        )
+
+
+def seed_sample_calls(
+    clickhouse: ClickHouseResource, source: SourceTable, first_day: dt.date, days: int
+) -> int:
+    """Replace the table's rows with deterministic sample calls, generated inside ClickHouse.
+
+    Durations are log-normal (median about 2.5 minutes); about 80% of calls are answered.
+    """
+    col = source.column
+    total = days * SEED_CALLS_PER_DAY
+    with clickhouse.get_client() as client:
+        client.command(f"TRUNCATE TABLE `{source.database}`.`{source.table}`")
+        client.command(
+            f"""
+            INSERT INTO `{source.database}`.`{source.table}`
+            SELECT
+                concat('call-', toString(number)) AS `{col("call_id")}`,
+                concat('agent-', leftPad(toString(sipHash64(number, 1) % {SEED_AGENTS}), 3, '0'))
+                    AS `{col("agent_id")}`,
+                toDateTime64({{first_day:DateTime}}, 3, 'UTC')
+                    + toIntervalMillisecond(sipHash64(number, 2) % ({days} * 86400000))
+                    AS `{col("started_at")}`,
+                round(exp(5 + 0.7 * sqrt(-2 * log((sipHash64(number, 3) % 1000000 + 1) / 1000001))
+                    * cos(2 * pi() * (sipHash64(number, 4) % 1000000) / 1000000)), 1)
+                    AS `{col("duration_sec")}`,
+                multiIf(sipHash64(number, 5) % 100 < 80, 'Answered',
+                        sipHash64(number, 5) % 100 < 90, 'Missed',
+                        sipHash64(number, 5) % 100 < 95, 'Voicemail', 'Abandoned')
+                    AS `{col("status")}`
+            FROM numbers({total})
+            """,
+            parameters={"first_day": f"{first_day.isoformat()} 00:00:00"},
+        )
+    return total
+
+
+def run_demo(settings: Settings, today: dt.date) -> None:
+    """Seed sample calls, then materialize yesterday and the seven days before it."""
+    defs = build_definitions(settings)
+    resources = defs.resources
+    clickhouse = resources["clickhouse"]
+    assert isinstance(clickhouse, ClickHouseResource)
+    source = settings.source
+
+    yesterday = today - dt.timedelta(days=1)
+    range_start = yesterday - dt.timedelta(days=RANGE_DAYS)
+    range_end = yesterday - dt.timedelta(days=1)
+    first_day = today - dt.timedelta(days=SEED_DAYS)
+
+    create_calls_table(clickhouse, source)
+    seeded = seed_sample_calls(clickhouse, source, first_day, SEED_DAYS)
+    logger.info("Seeded %s sample calls from %s into %s", seeded, first_day, clickhouse.description)
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    job.execute_in_process(partition_key=yesterday.isoformat())
+    job.execute_in_process(
+        tags={
+            "dagster/asset_partition_range_start": range_start.isoformat(),
+            "dagster/asset_partition_range_end": range_end.isoformat(),
+        },
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        settings = Settings.from_env()
+    except ConfigError as error:
+        print(f"Configuration error: {error}", file=sys.stderr)
+        return 2
+    if settings.clickhouse_host is not None:
+        print(
+            "The demo replaces the source table with sample data, so it only runs on the "
+            "embedded engine: unset CLICKHOUSE_HOST.",
+            file=sys.stderr,
+        )
+        return 2
+    today = dt.datetime.now(zoneinfo.ZoneInfo(settings.timezone)).date()
+    run_demo(settings, today)
+
+    io_manager = csv_io_manager(settings)
+    days = [today - dt.timedelta(days=offset) for offset in range(RANGE_DAYS + 1, 0, -1)]
+    print("\nPublished files:")
+    for day in days:
+        print("  " + io_manager.uri(io_manager.object_key(ASSET_NAME, day.isoformat())))
+    yesterday = days[-1].isoformat()
+    with pl.Config(tbl_rows=PREVIEW_ROWS, tbl_cols=-1):
+        print(f"\n{yesterday}:\n{io_manager.load_day(ASSET_NAME, yesterday)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""Publishes a daily-partitioned Polars frame as one CSV object per day, and reads it back.
+
+Key layout, identical in S3 and in a local folder::
+
+    PREFIX/YYYY-MM-DD/ASSET_YYYY-MM-DD.csv[.gz]
+
+A run over a range of days hands over one frame; it is split by its ``date`` column so every
+day gets the same object a single-day run would write (a day without rows gets a header-only
+file). Dagster's built-in object-store IO managers refuse multi-partition outputs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import os
+import tempfile
+from abc import abstractmethod
+from pathlib import Path
+
+import botocore.exceptions
+import dagster as dg
+import polars as pl
+from dagster_aws.s3 import S3Resource
+from pydantic import Field
+
+from agent_metrics_pipeline.errors import PermanentError, TransientError
+from agent_metrics_pipeline.metrics import from_csv_bytes, metrics_for_day, to_csv_bytes
+
+CREDENTIAL_ERROR_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "AccessDenied",
+    "ExpiredToken",
+    "InvalidToken",
+    "403",
+}
+MISSING_BUCKET_ERROR_CODES = {"NoSuchBucket"}
+MISSING_OBJECT_ERROR_CODES = {"NoSuchKey", "404"}
+
+
+class ObjectStoreUnavailableError(TransientError):
+    """The object store could not be reached or timed out."""
+
+
+class ObjectStoreError(PermanentError):
+    """The object store refused the request: missing bucket, bad credentials, no such object."""
+
+
+class DailyCsvIOManager(dg.ConfigurableIOManager):
+    """Moves bytes between a partitioned frame and per-day CSV objects; storage is a subclass."""
+
+    prefix: str = Field(default="agent_metrics", description="Key prefix before the day folder.")
+    gzip: bool = Field(default=False, description="Write .csv.gz instead of .csv.")
+
+    @abstractmethod
+    def _write(self, key: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _read(self, key: str) -> bytes: ...
+
+    @abstractmethod
+    def uri(self, key: str) -> str: ...
+
+    def object_key(self, asset_name: str, partition_key: str) -> str:
+        suffix = ".csv.gz" if self.gzip else ".csv"
+        return f"{self.prefix}/{partition_key}/{asset_name}_{partition_key}{suffix}"
+
+    def _encode(self, frame: pl.DataFrame) -> bytes:
+        data = to_csv_bytes(frame)
+        # mtime=0 keeps re-runs byte-identical.
+        return gzip.compress(data, mtime=0) if self.gzip else data
+
+    def _decode(self, data: bytes) -> pl.DataFrame:
+        return from_csv_bytes(gzip.decompress(data) if self.gzip else data)
+
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+        if not context.has_asset_partitions:
+            raise dg.DagsterInvariantViolationError(
+                f"{type(self).__name__} stores daily-partitioned assets only; "
+                f"{context.asset_key.to_user_string()} has no partitions."
+            )
+        partition_keys = list(context.asset_partition_keys)
+        days = {key: dt.date.fromisoformat(key) for key in partition_keys}
+        stray_days = set(obj.get_column("date").unique().to_list()) - set(days.values())
+        if stray_days:
+            raise dg.DagsterInvariantViolationError(
+                f"The frame holds rows for {sorted(map(str, stray_days))}, outside the run's "
+                f"partitions {partition_keys[0]}..{partition_keys[-1]}; refusing to drop them."
+            )
+        asset_name = context.asset_key.path[-1]
+        uris = []
+        for key, day in days.items():
+            object_key = self.object_key(asset_name, key)
+            self._write(object_key, self._encode(metrics_for_day(obj, day)))
+            uris.append(self.uri(object_key))
+        context.log.info(
+            f"Wrote {len(uris)} file(s): {uris[0]}" + (" ..." if len(uris) > 1 else "")
+        )
+        metadata: dict[str, dg.RawMetadataValue] = {"files_written": len(uris)}
+        if len(uris) == 1:
+            metadata["uri"] = dg.MetadataValue.path(uris[0])
+        else:
+            metadata["first_uri"] = dg.MetadataValue.path(uris[0])
+            metadata["last_uri"] = dg.MetadataValue.path(uris[-1])
+        context.add_output_metadata(metadata)
+
+    def load_day(self, asset_name: str, partition_key: str) -> pl.DataFrame:
+        """One published day, read back with the published column types."""
+        return self._decode(self._read(self.object_key(asset_name, partition_key)))
+
+    def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
+        asset_name = context.asset_key.path[-1]
+        frames = {key: self.load_day(asset_name, key) for key in context.asset_partition_keys}
+        if len(frames) == 1:
+            return next(iter(frames.values()))
+        return frames
+
+
+class LocalCsvIOManager(DailyCsvIOManager):
+    """The same layout under a local folder, written atomically (temp file, then rename)."""
+
+    base_dir: str = Field(description="Folder that plays the role of the bucket.")
+
+    def _path(self, key: str) -> Path:
+        return Path(self.base_dir).resolve() / key
+
+    def uri(self, key: str) -> str:
+        return str(self._path(key))
+
+    def _write(self, key: str, data: bytes) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
+            tmp.write(data)
+            tmp.flush()
+            os.fsync(tmp.fileno())
+        os.replace(tmp.name, target)
+
+    def _read(self, key: str) -> bytes:
+        path = self._path(key)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectStoreError(
+                f"No file at {path}: materialize that partition before reading it."
+            ) from None
+
+
+class S3CsvIOManager(DailyCsvIOManager):
+    """The same layout in an S3 (or S3-compatible) bucket, through dagster-aws ``S3Resource``."""
+
+    s3: S3Resource
+    bucket: str = Field(description="Bucket name, without s3://.")
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _where(self) -> str:
+        endpoint = self.s3.endpoint_url or "AWS S3"
+        return f"bucket {self.bucket!r} at {endpoint}"
+
+    def _translate(self, error: Exception, key: str) -> Exception:
+        if isinstance(error, botocore.exceptions.NoCredentialsError):
+            return ObjectStoreError(
+                f"No AWS credentials found for {self._where()}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role."
+            )
+        if isinstance(error, botocore.exceptions.ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in MISSING_BUCKET_ERROR_CODES:
+                return ObjectStoreError(
+                    f"The {self._where()} does not exist: create it, or point S3_BUCKET at an "
+                    "existing bucket."
+                )
+            if code in CREDENTIAL_ERROR_CODES:
+                return ObjectStoreError(
+                    f"The {self._where()} refused the credentials ({code}): check "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket "
+                    "policy."
+                )
+            if code in MISSING_OBJECT_ERROR_CODES:
+                return ObjectStoreError(
+                    f"No object {self.uri(key)}: materialize that partition before reading it."
+                )
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if status >= 500:
+                return ObjectStoreUnavailableError(
+                    f"The {self._where()} failed with {code} (HTTP {status}); retry later."
+                )
+            return ObjectStoreError(f"The {self._where()} refused the request: {code}.")
+        return ObjectStoreUnavailableError(
+            f"Could not reach the {self._where()}: {type(error).__name__}. Check S3_ENDPOINT_URL "
+            "and the network."
+        )
+
+    def _write(self, key: str, data: bytes) -> None:
+        content_type = "application/gzip" if self.gzip else "text/csv; charset=utf-8"
+        try:
+            self.s3.get_client().put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._translate(error, key) from None
+
+    def _read(self, key: str) -> bytes:
+        try:
+            response = self.s3.get_client().get_object(Bucket=self.bucket, Key=key)
+            return response["Body"].read()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._translate(error, key) from None

@@ -1,0 +1,189 @@
+"""Resources: ClickHouse access (server or embedded engine) and the metric settings."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import clickhouse_connect
+import dagster as dg
+import polars as pl
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
+from pydantic import Field
+
+from agent_metrics_pipeline.config import (
+    DEFAULT_MAX_CALL_LENGTH_SEC,
+    DEFAULT_STATUSES,
+    SOURCE_COLUMN_ROLES,
+    InvalidRowsPolicy,
+    Settings,
+    SourceTable,
+)
+from agent_metrics_pipeline.errors import PermanentError, TransientError
+
+# ClickHouse server error codes whose fix is a change of configuration or schema.
+CREDENTIAL_ERROR_CODES = {192, 193, 194, 497, 516}  # unknown user, wrong/required password, ...
+MISSING_OBJECT_ERROR_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
+UNKNOWN_IDENTIFIER_CODE = 47
+
+
+class ClickHouseUnavailableError(TransientError):
+    """The server could not be reached or timed out; retrying later may succeed."""
+
+
+class ClickHouseQueryError(PermanentError):
+    """ClickHouse refused the request (credentials, missing table, bad SQL); retrying won't help."""
+
+
+def _error_code(error: ClickHouseError) -> int | None:
+    code = getattr(error, "code", None)
+    if isinstance(code, int):
+        return code
+    text = str(error)
+    if "Code: " in text:
+        digits = text.split("Code: ", 1)[1].split(".", 1)[0].strip()
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+class ClickHouseResource(dg.ConfigurableResource):
+    """Runs read queries and returns Polars frames over Arrow (no pandas round trip).
+
+    With ``host`` set it talks to a ClickHouse server over HTTP(S). Without it, it opens the
+    embedded ClickHouse engine on ``embedded_path``: the same SQL, no server to run. The
+    embedded engine's folder can be opened by one process at a time, so clients are closed as
+    soon as each request is done.
+    """
+
+    host: str | None = Field(default=None, description="Server host; unset means embedded.")
+    port: int = Field(default=8123, description="HTTP(S) port of the server.")
+    username: str = Field(default="default")
+    password: str = Field(default="", description="Read from CLICKHOUSE_PASSWORD; never logged.")
+    database: str = Field(default="default")
+    secure: bool = Field(default=False, description="Use HTTPS.")
+    connect_timeout_sec: int = Field(default=10)
+    send_receive_timeout_sec: int = Field(default=300)
+    embedded_path: str = Field(
+        default=".agent_metrics/clickhouse", description="Data folder of the embedded engine."
+    )
+
+    @property
+    def description(self) -> str:
+        """Where queries go, for logs and errors: never includes the password."""
+        if self.host:
+            scheme = "https" if self.secure else "http"
+            return f"ClickHouse server {scheme}://{self.host}:{self.port} as user {self.username!r}"
+        return f"embedded ClickHouse engine at {Path(self.embedded_path).resolve()}"
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.password, "***") if self.password else text
+
+    def _open(self) -> Client:
+        if self.host:
+            return clickhouse_connect.get_client(
+                host=self.host,
+                port=self.port,
+                username=self.username,
+                password=self.password,
+                database=self.database,
+                secure=self.secure,
+                connect_timeout=self.connect_timeout_sec,
+                send_receive_timeout=self.send_receive_timeout_sec,
+                query_retries=0,
+            )
+        path = Path(self.embedded_path).resolve()
+        path.mkdir(parents=True, exist_ok=True)
+        return clickhouse_connect.get_client(interface="chdb", path=str(path))
+
+    def _translate(self, error: Exception) -> Exception:
+        detail = self._scrub(str(error)).strip().splitlines()[0][:500]
+        if isinstance(error, OperationalError):
+            return ClickHouseUnavailableError(
+                f"Could not reach the {self.description}: {detail}. Check CLICKHOUSE_HOST, "
+                "CLICKHOUSE_PORT and CLICKHOUSE_SECURE, and that the server is up."
+            )
+        code = _error_code(error) if isinstance(error, ClickHouseError) else None
+        if code in CREDENTIAL_ERROR_CODES:
+            return ClickHouseQueryError(
+                f"The {self.description} rejected the credentials: {detail}. Check "
+                "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD."
+            )
+        if code in MISSING_OBJECT_ERROR_CODES:
+            return ClickHouseQueryError(
+                f"The {self.description} has no such table or database: {detail}. Check "
+                "CLICKHOUSE_DATABASE and AGENT_METRICS_SOURCE_TABLE."
+            )
+        if code == UNKNOWN_IDENTIFIER_CODE:
+            return ClickHouseQueryError(
+                f"The source table lacks a column the query needs: {detail}. Map the columns "
+                "with AGENT_METRICS_SOURCE_COLUMNS."
+            )
+        if isinstance(error, DatabaseError) and code is not None:
+            return ClickHouseQueryError(f"The {self.description} refused the query: {detail}")
+        if "Cannot lock file" in str(error):
+            return ClickHouseUnavailableError(
+                f"The {self.description} is in use by another process: {detail}. The embedded "
+                "engine serves one process at a time; wait for the other run to finish."
+            )
+        return ClickHouseUnavailableError(f"The {self.description} failed: {detail}")
+
+    @contextlib.contextmanager
+    def get_client(self) -> Iterator[Client]:
+        """A clickhouse-connect client, closed on exit; errors come back translated."""
+        try:
+            client = self._open()
+        except (ClickHouseError, OSError, RuntimeError) as error:
+            raise self._translate(error) from None
+        try:
+            yield client
+        except ClickHouseError as error:
+            raise self._translate(error) from None
+        finally:
+            client.close()
+
+    def query_polars(
+        self, sql: str, parameters: Mapping[str, object] | None = None
+    ) -> pl.DataFrame:
+        """Run ``sql`` with bound ``parameters`` and return the result as a Polars frame."""
+        with self.get_client() as client:
+            table = client.query_arrow(sql, parameters=dict(parameters or {}), use_strings=True)
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        return frame
+
+
+class MetricsSettingsResource(dg.ConfigurableResource):
+    """What to measure: the source table, which calls count, and the checks' thresholds."""
+
+    database: str = Field(default="default")
+    table: str = Field(default="calls")
+    columns: dict[str, str] = Field(
+        default_factory=lambda: {role: role for role in SOURCE_COLUMN_ROLES},
+        description="Source column per role: call_id, agent_id, started_at, duration_sec, status.",
+    )
+    statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_STATUSES))
+    invalid_rows: InvalidRowsPolicy = Field(
+        default=InvalidRowsPolicy.FAIL,
+        description="'fail': unmeasurable calls block the day; 'exclude': drop them and warn.",
+    )
+    max_call_length_sec: float = Field(default=DEFAULT_MAX_CALL_LENGTH_SEC)
+    min_calls_per_agent: int = Field(default=1)
+
+    @property
+    def source(self) -> SourceTable:
+        return SourceTable(database=self.database, table=self.table, columns=self.columns)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> MetricsSettingsResource:
+        return cls(
+            database=settings.source.database,
+            table=settings.source.table,
+            columns=dict(settings.source.columns),
+            statuses=list(settings.statuses),
+            invalid_rows=settings.invalid_rows,
+            max_call_length_sec=settings.max_call_length_sec,
+            min_calls_per_agent=settings.min_calls_per_agent,
+        )
