@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
@@ -37,6 +39,10 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
         prefix=settings.s3_prefix,
         gzip=settings.gzip,
     )
+
+
+# backfill_policy is beta in Dagster 1.13, but the CLI's --partition-range requires it.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:

@@ -1,0 +1,26 @@
+# Everything runs inside the locked environment (.venv, from uv.lock).
+# uv is installed on first use when the machine lacks it.
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: demo test dev lint sync bootstrap
+
+demo: sync  ## Seed sample calls into the embedded engine and publish 8 days of metrics.
+	$(UV) run --frozen python -m agent_metrics_pipeline.demo
+
+test: sync  ## The whole test suite, against the real engine and a local S3 server.
+	$(UV) run --frozen pytest
+
+dev: sync  ## The Dagster UI on http://127.0.0.1:3000.
+	$(UV) run --frozen dagster dev
+
+lint: sync
+	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
+
+sync: bootstrap
+	$(UV) sync --frozen
+
+bootstrap:
+	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv==$(UV_VERSION)" \
+		|| python3 -m pip install --quiet --user --break-system-packages "uv==$(UV_VERSION)"

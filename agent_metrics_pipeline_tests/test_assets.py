@@ -1,0 +1,213 @@
+"""The asset end to end on the real engine and a real S3 server, against the NumPy oracle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+
+from agent_metrics_pipeline.io_managers import LocalCsvIOManager
+from agent_metrics_pipeline.resources import ClickHouseResource
+from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
+from agent_metrics_pipeline_tests.helpers import (
+    UTC,
+    materialize,
+    metrics_settings,
+    random_calls,
+)
+from agent_metrics_pipeline_tests.oracle import (
+    HEADER,
+    Call,
+    assert_csv_matches,
+    expected_metrics,
+    parse_csv,
+)
+
+DAY = dt.date(2026, 11, 20)
+
+
+def key_for(day: dt.date) -> str:
+    return f"agent_metrics/{day}/agent_metrics_{day}.csv"
+
+
+def call(agent: str | None, at: dt.datetime, duration: float | None, status: str = "Answered"):
+    return Call(f"c-{agent}-{at.isoformat()}-{duration}", agent, at, duration, status)
+
+
+def test_one_day_matches_oracle(clickhouse: ClickHouseResource, calls_table, bucket: Bucket):
+    calls = random_calls(DAY - dt.timedelta(days=1), days=3, calls_per_day=400)
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+
+    assert bucket.keys() == [key_for(DAY)]
+    expected = expected_metrics(calls)[DAY]
+    assert len(expected) > 25, "the sample must cover many agents"
+    assert_csv_matches(bucket.get(key_for(DAY)), expected, DAY)
+
+
+def test_day_boundaries_are_half_open(clickhouse, calls_table, bucket):
+    def at(day: dt.date, hms: str) -> dt.datetime:
+        return dt.datetime.fromisoformat(f"{day}T{hms}").replace(tzinfo=UTC)
+
+    before, after = DAY - dt.timedelta(days=1), DAY + dt.timedelta(days=1)
+    calls = [
+        call("edge", at(before, "23:59:59.999"), 1000.0),
+        call("edge", at(DAY, "00:00:00.000"), 10.0),
+        call("edge", at(DAY, "23:59:59.999"), 20.0),
+        call("edge", at(after, "00:00:00.000"), 3000.0),
+    ]
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+
+    rows = parse_csv(bucket.get(key_for(DAY)))
+    assert rows == [
+        {
+            "agent_id": "edge",
+            "avg_call_length_sec": "15.0",
+            "p90_call_length_sec": "19.0",
+            "total_calls": "2",
+            "date": str(DAY),
+        }
+    ]
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)
+
+
+def test_non_utc_timezone_shifts_the_day(clickhouse, calls_table, bucket):
+    # 2026-11-01 is 25 hours long in New York (clocks fall back).
+    day = dt.date(2026, 11, 1)
+    calls = random_calls(day - dt.timedelta(days=1), days=3, calls_per_day=300, seed=11)
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(
+        clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(day),
+        timezone="America/New_York",
+    )
+
+    expected = expected_metrics(calls, timezone="America/New_York")[day]
+    assert expected != expected_metrics(calls, timezone="UTC")[day]
+    assert_csv_matches(bucket.get(key_for(day)), expected, day)
+
+
+def test_interpolated_p90_for_one_and_two_calls(clickhouse, calls_table, bucket):
+    noon = dt.datetime.combine(DAY, dt.time(12), tzinfo=UTC)
+    calls = [
+        call("one", noon, 42.5),
+        call("two", noon, 10.0),
+        call("two", noon + dt.timedelta(minutes=1), 20.0),
+        call("three", noon, 1.0),
+        call("three", noon, 2.0),
+        call("three", noon, 100.0),
+    ]
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+
+    rows = {row["agent_id"]: row for row in parse_csv(bucket.get(key_for(DAY)))}
+    # Linear interpolation between closest ranks: 10 + 0.9 * (20 - 10), 2 + 0.8 * (100 - 2).
+    assert rows["one"]["p90_call_length_sec"] == "42.5"
+    assert rows["two"]["p90_call_length_sec"] == "19.0"
+    assert rows["three"]["p90_call_length_sec"] == "80.4"
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)
+
+
+def test_status_filter_is_exact_and_configurable(clickhouse, calls_table, bucket):
+    calls = random_calls(DAY, days=1, calls_per_day=500, seed=3)
+    insert_calls(clickhouse, calls_table, calls)
+    statuses = ("Answered", "Missed")
+
+    materialize(
+        clickhouse, metrics_settings(calls_table, statuses=statuses), bucket.io_manager(), str(DAY)
+    )
+
+    expected = expected_metrics(calls, statuses=statuses)[DAY]
+    assert sum(r.total_calls for r in expected) > sum(
+        r.total_calls for r in expected_metrics(calls)[DAY]
+    )
+    assert_csv_matches(bucket.get(key_for(DAY)), expected, DAY)
+
+
+def test_empty_day_gets_a_header_only_file(clickhouse, calls_table, bucket):
+    other_day = dt.datetime.combine(DAY + dt.timedelta(days=2), dt.time(9), tzinfo=UTC)
+    insert_calls(clickhouse, calls_table, [call("x", other_day, 5.0)])
+
+    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+
+    assert bucket.get(key_for(DAY)) == (",".join(HEADER) + "\n").encode()
+
+
+def test_awkward_agent_ids_survive_csv_quoting(clickhouse, calls_table, bucket):
+    noon = dt.datetime.combine(DAY, dt.time(12), tzinfo=UTC)
+    agents = ["a,b", 'say "hi"', "Zoë-Ångström", "line\nbreak", "007", "  padded "]
+    calls = [call(agent, noon, 30.0 + i) for i, agent in enumerate(agents)]
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+
+    data = bucket.get(key_for(DAY))
+    assert sorted(row["agent_id"] for row in parse_csv(data)) == sorted(agents)
+    assert_csv_matches(data, expected_metrics(calls)[DAY], DAY)
+    back = bucket.io_manager().load_day("agent_metrics", str(DAY))
+    assert back.get_column("agent_id").to_list() == [r.agent_id for r in expected_metrics(calls)[DAY]]
+
+
+def test_range_run_writes_the_bytes_of_single_day_runs(
+    clickhouse, calls_table, bucket, s3_server, monkeypatch
+):
+    first = dt.date(2026, 11, 10)
+    days = [first + dt.timedelta(days=i) for i in range(7)]
+    calls = random_calls(first - dt.timedelta(days=1), days=9, calls_per_day=250, seed=5)
+    # A quiet day in the middle still gets its (header-only) file.
+    calls = [c for c in calls if c.started_at.date() != days[3]]
+    insert_calls(clickhouse, calls_table, calls)
+    settings = metrics_settings(calls_table)
+
+    queries = []
+    original = ClickHouseResource.query_polars
+
+    def counting_query(self, sql, parameters=None):
+        queries.append(parameters)
+        return original(self, sql, parameters)
+
+    monkeypatch.setattr(ClickHouseResource, "query_polars", counting_query)
+    materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
+    assert len(queries) == 1, "a range is one query, not one per day"
+    assert bucket.keys() == [key_for(day) for day in days]
+    range_bytes = {day: bucket.get(key_for(day)) for day in days}
+
+    expected = expected_metrics(calls)
+    for day in days:
+        if day == days[3]:
+            assert parse_csv(range_bytes[day]) == []
+        else:
+            assert_csv_matches(range_bytes[day], expected[day], day)
+        materialize(clickhouse, settings, bucket.io_manager(), str(day))
+        assert bucket.get(key_for(day)) == range_bytes[day], f"{day} differs from a single run"
+
+
+def test_rerun_overwrites_with_identical_bytes_locally(clickhouse, calls_table, tmp_path):
+    calls = random_calls(DAY, days=1, calls_per_day=300, seed=9)
+    insert_calls(clickhouse, calls_table, calls)
+    io_manager = LocalCsvIOManager(base_dir=str(tmp_path))
+    target = tmp_path / key_for(DAY)
+
+    materialize(clickhouse, metrics_settings(calls_table), io_manager, str(DAY))
+    first = target.read_bytes()
+    materialize(clickhouse, metrics_settings(calls_table), io_manager, str(DAY))
+
+    assert target.read_bytes() == first
+    assert_csv_matches(first, expected_metrics(calls)[DAY], DAY)
+    assert [p.name for p in target.parent.iterdir()] == [target.name], "no temp files left"
+
+
+def test_gzip_objects_decompress_to_the_same_csv(clickhouse, calls_table, bucket):
+    calls = random_calls(DAY, days=1, calls_per_day=200, seed=13)
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(
+        clickhouse, metrics_settings(calls_table), bucket.io_manager(gzip=True), str(DAY)
+    )
+
+    key = key_for(DAY) + ".gz"
+    assert bucket.keys() == [key]
+    assert_csv_matches(gzip.decompress(bucket.get(key)), expected_metrics(calls)[DAY], DAY)
