@@ -71,13 +71,16 @@ def calls_table(clickhouse: ClickHouseResource) -> Iterator[SourceTable]:
         client.command(f"DROP TABLE IF EXISTS `{source.database}`.`{source.table}`")
 
 
-def insert_calls(clickhouse: ClickHouseResource, source: SourceTable, calls: Sequence[Call]) -> None:
+def insert_calls(
+    clickhouse: ClickHouseResource, source: SourceTable, calls: Sequence[Call]
+) -> None:
     if not calls:
         return
-    rows = [
-        [c.call_id, c.agent_id, c.started_at, c.duration_sec, c.status] for c in calls
+    rows = [[c.call_id, c.agent_id, c.started_at, c.duration_sec, c.status] for c in calls]
+    columns = [
+        source.column(role)
+        for role in ("call_id", "agent_id", "started_at", "duration_sec", "status")
     ]
-    columns = [source.column(role) for role in ("call_id", "agent_id", "started_at", "duration_sec", "status")]
     with clickhouse.get_client() as client:
         client.insert(f"`{source.database}`.`{source.table}`", rows, column_names=columns)
 

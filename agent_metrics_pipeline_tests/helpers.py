@@ -78,7 +78,11 @@ def materialize(
     instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One run over ``first_day`` (or the range ``first_day..last_day``)."""
-    resources = {"clickhouse": clickhouse, "metrics_settings": settings, CSV_IO_MANAGER_KEY: io_manager}
+    resources = {
+        "clickhouse": clickhouse,
+        "metrics_settings": settings,
+        CSV_IO_MANAGER_KEY: io_manager,
+    }
     asset = build_asset(timezone)
     if last_day is None:
         return dg.materialize(

@@ -80,7 +80,10 @@ def test_non_utc_timezone_shifts_the_day(clickhouse, calls_table, bucket):
     insert_calls(clickhouse, calls_table, calls)
 
     materialize(
-        clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(day),
+        clickhouse,
+        metrics_settings(calls_table),
+        bucket.io_manager(),
+        str(day),
         timezone="America/New_York",
     )
 
@@ -148,7 +151,9 @@ def test_awkward_agent_ids_survive_csv_quoting(clickhouse, calls_table, bucket):
     assert sorted(row["agent_id"] for row in parse_csv(data)) == sorted(agents)
     assert_csv_matches(data, expected_metrics(calls)[DAY], DAY)
     back = bucket.io_manager().load_day("agent_metrics", str(DAY))
-    assert back.get_column("agent_id").to_list() == [r.agent_id for r in expected_metrics(calls)[DAY]]
+    assert back.get_column("agent_id").to_list() == [
+        r.agent_id for r in expected_metrics(calls)[DAY]
+    ]
 
 
 def test_range_run_writes_the_bytes_of_single_day_runs(
@@ -204,9 +209,7 @@ def test_gzip_objects_decompress_to_the_same_csv(clickhouse, calls_table, bucket
     calls = random_calls(DAY, days=1, calls_per_day=200, seed=13)
     insert_calls(clickhouse, calls_table, calls)
 
-    materialize(
-        clickhouse, metrics_settings(calls_table), bucket.io_manager(gzip=True), str(DAY)
-    )
+    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(gzip=True), str(DAY))
 
     key = key_for(DAY) + ".gz"
     assert bucket.keys() == [key]

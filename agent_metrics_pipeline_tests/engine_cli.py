@@ -1,0 +1,40 @@
+"""Loads and dumps calls in an embedded engine folder from a process of its own.
+
+The embedded engine serves one folder per process, and the test process already holds the
+session's folder; subprocess tests (CLI, demo) use this to reach their own folders.
+
+    python -m agent_metrics_pipeline_tests.engine_cli load ENGINE_DIR CALLS.parquet
+    python -m agent_metrics_pipeline_tests.engine_cli dump ENGINE_DIR CALLS.parquet
+"""
+
+from __future__ import annotations
+
+import sys
+
+import polars as pl
+
+from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.demo import create_calls_table
+from agent_metrics_pipeline.resources import ClickHouseResource
+
+CALL_COLUMNS = ["call_id", "agent_id", "started_at", "duration_sec", "status"]
+
+
+def main(command: str, engine_dir: str, path: str) -> None:
+    clickhouse = ClickHouseResource(embedded_path=engine_dir)
+    source = SourceTable()
+    if command == "load":
+        create_calls_table(clickhouse, source)
+        frame = pl.read_parquet(path)
+        with clickhouse.get_client() as client:
+            client.insert("default.calls", frame.rows(), column_names=CALL_COLUMNS)
+    elif command == "dump":
+        clickhouse.query_polars(
+            f"SELECT {', '.join(CALL_COLUMNS)} FROM default.calls"
+        ).write_parquet(path)
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

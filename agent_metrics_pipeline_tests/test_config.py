@@ -1,0 +1,110 @@
+"""The environment contract: defaults, overrides, and errors that name the variable."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agent_metrics_pipeline.config import ConfigError, InvalidRowsPolicy, Settings
+from agent_metrics_pipeline.sql import build_metrics_query
+
+
+def test_defaults_are_the_embedded_engine_and_a_local_folder():
+    settings = Settings.from_env({})
+    assert settings.clickhouse_host is None
+    assert settings.s3_bucket is None
+    assert settings.embedded_clickhouse_path == Path(".agent_metrics/clickhouse")
+    assert settings.local_output_dir == Path(".agent_metrics/output")
+    assert settings.timezone == "UTC"
+    assert settings.statuses == ("Answered",)
+    assert settings.invalid_rows is InvalidRowsPolicy.FAIL
+    assert settings.s3_prefix == "agent_metrics"
+
+
+def test_every_variable_is_read():
+    settings = Settings.from_env(
+        {
+            "AGENT_METRICS_HOME": "/data/am",
+            "AGENT_METRICS_TIMEZONE": "Europe/Paris",
+            "AGENT_METRICS_START_DATE": "2024-03-01",
+            "AGENT_METRICS_STATUSES": "Answered, Transferred ,",
+            "AGENT_METRICS_SOURCE_TABLE": "cdr",
+            "AGENT_METRICS_SOURCE_COLUMNS": "agent_id=agent, duration_sec=talk_time",
+            "AGENT_METRICS_INVALID_ROWS": "EXCLUDE",
+            "AGENT_METRICS_MAX_CALL_LENGTH_SEC": "7200",
+            "AGENT_METRICS_MIN_CALLS_PER_AGENT": "3",
+            "AGENT_METRICS_GZIP": "true",
+            "CLICKHOUSE_HOST": "ch.internal",
+            "CLICKHOUSE_PORT": "8443",
+            "CLICKHOUSE_USER": "reader",
+            "CLICKHOUSE_PASSWORD": "x",
+            "CLICKHOUSE_DATABASE": "telephony",
+            "CLICKHOUSE_SECURE": "1",
+            "S3_BUCKET": "metrics",
+            "S3_PREFIX": "/daily/agents/",
+            "S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "AWS_REGION": "eu-west-3",
+        }
+    )
+    assert settings.home == Path("/data/am")
+    assert settings.timezone == "Europe/Paris"
+    assert settings.start_date == "2024-03-01"
+    assert settings.statuses == ("Answered", "Transferred")
+    assert settings.source.database == "telephony"
+    assert settings.source.table == "cdr"
+    assert settings.source.column("agent_id") == "agent"
+    assert settings.source.column("duration_sec") == "talk_time"
+    assert settings.source.column("status") == "status"
+    assert settings.invalid_rows is InvalidRowsPolicy.EXCLUDE
+    assert settings.max_call_length_sec == 7200.0
+    assert settings.min_calls_per_agent == 3
+    assert settings.gzip is True
+    assert (settings.clickhouse_host, settings.clickhouse_port) == ("ch.internal", 8443)
+    assert settings.clickhouse_user == "reader"
+    assert settings.clickhouse_password_set and settings.clickhouse_secure
+    assert settings.s3_bucket == "metrics"
+    assert settings.s3_prefix == "daily/agents"
+    assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
+    assert settings.aws_region == "eu-west-3"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENT_METRICS_TIMEZONE", "Mars/Olympus"),
+        ("AGENT_METRICS_START_DATE", "01/02/2025"),
+        ("AGENT_METRICS_STATUSES", " , "),
+        ("AGENT_METRICS_SOURCE_TABLE", "calls; DROP TABLE calls"),
+        ("AGENT_METRICS_SOURCE_COLUMNS", "agent_id=agent`x"),
+        ("AGENT_METRICS_SOURCE_COLUMNS", "caller=agent"),
+        ("AGENT_METRICS_INVALID_ROWS", "ignore"),
+        ("AGENT_METRICS_MAX_CALL_LENGTH_SEC", "-1"),
+        ("AGENT_METRICS_MIN_CALLS_PER_AGENT", "zero"),
+        ("CLICKHOUSE_PORT", "http"),
+        ("CLICKHOUSE_DATABASE", "my-db"),
+        ("CLICKHOUSE_SECURE", "maybe"),
+        ("S3_PREFIX", "///"),
+    ],
+)
+def test_bad_values_name_the_variable(variable, value):
+    with pytest.raises(ConfigError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_values_are_bound_and_identifiers_quoted():
+    import datetime as dt
+
+    settings = Settings.from_env({"AGENT_METRICS_STATUSES": "Answered,It's done"})
+    start = dt.datetime(2026, 11, 20, 5, tzinfo=dt.UTC)
+    sql, parameters = build_metrics_query(
+        settings.source, start, start + dt.timedelta(days=1), "America/New_York", settings.statuses
+    )
+    assert "It's done" not in sql and "America/New_York" not in sql
+    assert parameters == {
+        "timezone": "America/New_York",
+        "window_start": "2026-11-20 05:00:00.000",
+        "window_end": "2026-11-21 05:00:00.000",
+        "statuses": ["Answered", "It's done"],
+    }
+    assert "FROM `default`.`calls`" in sql

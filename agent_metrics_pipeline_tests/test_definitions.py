@@ -1,0 +1,168 @@
+"""The project as users run it: ``defs`` from the environment, the Dagster CLI, the demo."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
+from agent_metrics_pipeline.resources import ClickHouseResource
+from agent_metrics_pipeline_tests.helpers import random_calls
+from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PYTHON_BIN = Path(sys.executable).parent
+
+
+def test_defaults_build_embedded_engine_and_local_folder(tmp_path):
+    defs = build_definitions(Settings.from_env({"AGENT_METRICS_HOME": str(tmp_path)}))
+    clickhouse = defs.resources["clickhouse"]
+    assert isinstance(clickhouse, ClickHouseResource) and clickhouse.host is None
+    assert Path(clickhouse.embedded_path) == tmp_path / "clickhouse"
+    io_manager = defs.resources["csv_io_manager"]
+    assert isinstance(io_manager, LocalCsvIOManager)
+    assert Path(io_manager.base_dir) == tmp_path / "output"
+    asset = defs.resolve_assets_def("agent_metrics")
+    assert asset.partitions_def.start == dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+
+
+def test_s3_bucket_switches_to_s3(monkeypatch):
+    monkeypatch.setenv("CLICKHOUSE_PASSWORD", "not-shown")
+    defs = build_definitions(
+        Settings.from_env(
+            {
+                "S3_BUCKET": "metrics",
+                "S3_ENDPOINT_URL": "http://127.0.0.1:9",
+                "CLICKHOUSE_HOST": "ch.internal",
+                "CLICKHOUSE_PASSWORD": "not-shown",
+            }
+        )
+    )
+    io_manager = defs.resources["csv_io_manager"]
+    assert isinstance(io_manager, S3CsvIOManager)
+    assert io_manager.bucket == "metrics"
+    assert io_manager.s3.endpoint_url == "http://127.0.0.1:9"
+    clickhouse = defs.resources["clickhouse"]
+    assert clickhouse.host == "ch.internal"
+    assert "not-shown" not in clickhouse.description
+
+
+def _calls_to_parquet(calls: list[Call], path: Path) -> None:
+    pl.DataFrame(
+        {
+            "call_id": [c.call_id for c in calls],
+            "agent_id": [c.agent_id for c in calls],
+            "started_at": [c.started_at for c in calls],
+            "duration_sec": [c.duration_sec for c in calls],
+            "status": [c.status for c in calls],
+        },
+        schema_overrides={"started_at": pl.Datetime("ms", "UTC")},
+    ).write_parquet(path)
+
+
+def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture
+def project_env(tmp_path) -> dict[str, str]:
+    """A clean environment for a subprocess: own home, own Dagster instance folder."""
+    (tmp_path / "dagster_home").mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_"))
+    }
+    env.update(
+        AGENT_METRICS_HOME=str(tmp_path / "home"),
+        AGENT_METRICS_START_DATE="2026-01-01",
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        PATH=f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket, tmp_path):
+    first = dt.date(2026, 11, 1)
+    calls = random_calls(first - dt.timedelta(days=1), days=10, calls_per_day=200, seed=21)
+    _calls_to_parquet(calls, tmp_path / "calls.parquet")
+    engine_dir = str(Path(project_env["AGENT_METRICS_HOME"]) / "clickhouse")
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "agent_metrics_pipeline_tests.engine_cli",
+            "load",
+            engine_dir,
+            str(tmp_path / "calls.parquet"),
+        ],
+        project_env,
+    )
+    env = {
+        **project_env,
+        "S3_BUCKET": bucket.name,
+        "S3_ENDPOINT_URL": bucket.server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+    }
+    base = [
+        "dagster",
+        "asset",
+        "materialize",
+        "-m",
+        "agent_metrics_pipeline.definitions",
+        "--select",
+        "agent_metrics",
+    ]
+
+    _run([*base, "--partition", "2026-11-08"], env)
+    _run([*base, "--partition-range", "2026-11-01...2026-11-07"], env)
+
+    days = [first + dt.timedelta(days=i) for i in range(8)]
+    assert bucket.keys() == [f"agent_metrics/{d}/agent_metrics_{d}.csv" for d in days]
+    expected = expected_metrics(calls)
+    for day in days:
+        assert_csv_matches(
+            bucket.get(f"agent_metrics/{day}/agent_metrics_{day}.csv"), expected[day], day
+        )
+
+
+def test_demo_publishes_correct_files_on_the_embedded_default(project_env, tmp_path):
+    result = _run([sys.executable, "-m", "agent_metrics_pipeline.demo"], project_env)
+    home = Path(project_env["AGENT_METRICS_HOME"])
+    files = sorted((home / "output" / "agent_metrics").glob("*/agent_metrics_*.csv"))
+    assert len(files) == 8
+    assert str(files[-1]) in result.stdout
+
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "agent_metrics_pipeline_tests.engine_cli",
+            "dump",
+            str(home / "clickhouse"),
+            str(tmp_path / "seeded.parquet"),
+        ],
+        project_env,
+    )
+    calls = [
+        Call(**row) for row in pl.read_parquet(tmp_path / "seeded.parquet").iter_rows(named=True)
+    ]
+    expected = expected_metrics(calls)
+    for path in files:
+        day = dt.date.fromisoformat(path.parent.name)
+        assert len(expected[day]) == 300
+        assert_csv_matches(path.read_bytes(), expected[day], day)
