@@ -1,8 +1,17 @@
 """The ``agent_metrics`` asset: per-agent call metrics for each day, from ClickHouse."""
 
+from collections.abc import Iterator
+
 import dagster as dg
 import polars as pl
 
+from agent_metrics_pipeline.checks import (
+    CheckThresholds,
+    check_specs,
+    describe_failures,
+    evaluate_checks,
+    failed_blocking_checks,
+)
 from agent_metrics_pipeline.errors import PermanentError
 from agent_metrics_pipeline.metrics import shape_metrics, to_markdown
 from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettingsResource
@@ -24,6 +33,7 @@ def build_agent_metrics_asset(
         partitions_def=partitions_def,
         backfill_policy=backfill_policy or dg.BackfillPolicy.single_run(),
         io_manager_key=CSV_IO_MANAGER_KEY,
+        check_specs=check_specs(ASSET_NAME),
         kinds={"clickhouse", "polars", "s3"},
         description=(
             "Per agent and day: average and 90th-percentile call length (seconds, 2 decimals, "
@@ -34,7 +44,7 @@ def build_agent_metrics_asset(
         context: dg.AssetExecutionContext,
         clickhouse: ClickHouseResource,
         metrics_settings: MetricsSettingsResource,
-    ) -> dg.Output[pl.DataFrame]:
+    ) -> Iterator[dg.AssetCheckResult | dg.Output[pl.DataFrame]]:
         window = context.partition_time_window
         sql, parameters = build_metrics_query(
             source=metrics_settings.source,
@@ -42,6 +52,7 @@ def build_agent_metrics_asset(
             window_end=window.end,
             timezone=partitions_def.timezone,
             statuses=metrics_settings.statuses,
+            max_call_length_sec=metrics_settings.max_call_length_sec,
         )
         context.log.info(
             f"Aggregating {len(context.partition_keys)} day(s) "
@@ -53,7 +64,32 @@ def build_agent_metrics_asset(
         except PermanentError as error:
             raise dg.Failure(description=str(error), allow_retries=False) from None
         metrics, quality = shape_metrics(raw)
-        return dg.Output(
+
+        results = evaluate_checks(
+            metrics,
+            quality,
+            context.partition_keys,
+            CheckThresholds(
+                invalid_rows=metrics_settings.invalid_rows,
+                max_call_length_sec=metrics_settings.max_call_length_sec,
+                min_calls_per_agent=metrics_settings.min_calls_per_agent,
+            ),
+        )
+        yield from results
+        # A failed blocking check must stop publication here: once the Output is yielded, Dagster
+        # hands it to the IO manager whatever the checks said.
+        failures = failed_blocking_checks(results)
+        if failures:
+            raise dg.Failure(
+                description=(
+                    f"Nothing published for {context.partition_keys[0]}..."
+                    f"{context.partition_keys[-1]}: failed checks {describe_failures(failures)}. "
+                    "See the check results for counts and sample ids; fix the source rows, or "
+                    "set AGENT_METRICS_INVALID_ROWS=exclude to leave unmeasurable calls out."
+                ),
+                allow_retries=False,
+            )
+        yield dg.Output(
             metrics,
             metadata={
                 "days": len(context.partition_keys),

@@ -114,6 +114,13 @@ def _parse_number(name: str, value: str, kind: type, minimum: float) -> float | 
     return number
 
 
+def _parse_hour(name: str, value: str) -> int:
+    hour = int(_parse_number(name, value, int, 0))
+    if hour > 23:
+        raise ConfigError(f"{name}={value!r} must be an hour of the day, 0 to 23")
+    return hour
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the definitions need from the environment, already validated."""
@@ -136,6 +143,7 @@ class Settings:
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
     gzip: bool = False
+    freshness_deadline_hour: int = DEFAULT_FRESHNESS_DEADLINE_HOUR
 
     @property
     def embedded_clickhouse_path(self) -> Path:
@@ -218,4 +226,9 @@ class Settings:
             s3_endpoint_url=get("S3_ENDPOINT_URL"),
             aws_region=get("AWS_REGION"),
             gzip=_parse_bool("AGENT_METRICS_GZIP", get("AGENT_METRICS_GZIP") or ""),
+            freshness_deadline_hour=_parse_hour(
+                "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR",
+                get("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR")
+                or str(DEFAULT_FRESHNESS_DEADLINE_HOUR),
+            ),
         )

@@ -8,6 +8,7 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
+from agent_metrics_pipeline.checks import build_freshness_checks
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.io_managers import DailyCsvIOManager, LocalCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
@@ -47,8 +48,13 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     agent_metrics = build_agent_metrics_asset(daily_partitions(settings))
+    freshness_checks, freshness_sensor = build_freshness_checks(
+        agent_metrics, settings.freshness_deadline_hour, settings.timezone
+    )
     return dg.Definitions(
         assets=[agent_metrics],
+        asset_checks=freshness_checks,
+        sensors=[freshness_sensor],
         resources={
             "clickhouse": clickhouse_resource(settings),
             "metrics_settings": MetricsSettingsResource.from_settings(settings),

@@ -23,8 +23,10 @@ METRIC_COLUMNS = tuple(METRICS_SCHEMA.names())
 class SourceQuality:
     """Counts of source calls the metrics could not measure, per day, from the same scan."""
 
-    per_day: pl.DataFrame  # date, null_agent_calls, null_duration_calls, negative_duration_calls
+    # date, null_agent_calls, null_duration_calls, negative_duration_calls, overlong_calls
+    per_day: pl.DataFrame
     sample_call_ids: tuple[str, ...]
+    sample_overlong_call_ids: tuple[str, ...] = ()
 
     @property
     def unmeasurable_calls(self) -> int:
@@ -55,14 +57,20 @@ def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
             pl.col("source_calls").filter(is_null_agent).sum().alias("null_agent_calls"),
             pl.col("null_duration_calls").filter(~is_null_agent).sum(),
             pl.col("negative_duration_calls").filter(~is_null_agent).sum(),
+            pl.col("overlong_calls").sum(),
         )
         .cast({"date": pl.Date, pl.selectors.numeric(): pl.Int64})
         .sort("date")
     )
-    sample = tuple(
-        raw.select(pl.col("unmeasurable_call_ids").explode().drop_nulls().head(10)).to_series()
+
+    def sample(column: str) -> tuple[str, ...]:
+        return tuple(raw.select(pl.col(column).explode().drop_nulls().head(10)).to_series())
+
+    return metrics, SourceQuality(
+        per_day=per_day,
+        sample_call_ids=sample("unmeasurable_call_ids"),
+        sample_overlong_call_ids=sample("overlong_call_ids"),
     )
-    return metrics, SourceQuality(per_day=per_day, sample_call_ids=sample)
 
 
 def metrics_for_day(metrics: pl.DataFrame, day: dt.date) -> pl.DataFrame:

@@ -28,6 +28,7 @@ def build_metrics_query(
     window_end: dt.datetime,
     timezone: str,
     statuses: Sequence[str],
+    max_call_length_sec: float,
 ) -> tuple[str, dict[str, object]]:
     """Per (day, agent) metrics over ``[window_start, window_end)`` plus source-quality counts.
 
@@ -36,7 +37,8 @@ def build_metrics_query(
 
     Metrics are computed over measurable calls only (an agent and a non-negative duration).
     The counts of unmeasurable calls ride along in the same scan so the checks can decide
-    whether the day may be published; calls with a NULL agent form their own group.
+    whether the day may be published; calls with a NULL agent form their own group. Calls
+    longer than ``max_call_length_sec`` are counted too: they are implausible, not invalid.
 
     The average is taken over ``Decimal128(6)`` so the sum is exact and does not depend on how
     ClickHouse splits the work between threads: re-running a day yields identical bytes.
@@ -60,7 +62,10 @@ SELECT
         AS p90_call_length_sec,
     countIf({duration} IS NULL) AS null_duration_calls,
     countIf({duration} < 0) AS negative_duration_calls,
-    groupArrayIf(5)(toString({call_id}), NOT measurable) AS unmeasurable_call_ids
+    groupArrayIf(5)(toString({call_id}), NOT measurable) AS unmeasurable_call_ids,
+    countIf({duration} > {{max_call_length_sec:Float64}}) AS overlong_calls,
+    groupArrayIf(5)(toString({call_id}), {duration} > {{max_call_length_sec:Float64}})
+        AS overlong_call_ids
 FROM `{source.database}`.`{source.table}`
 WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
   AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
@@ -73,5 +78,6 @@ ORDER BY date, agent_id
         "window_start": _utc_literal(window_start),
         "window_end": _utc_literal(window_end),
         "statuses": list(statuses),
+        "max_call_length_sec": float(max_call_length_sec),
     }
     return sql, parameters

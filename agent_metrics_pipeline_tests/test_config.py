@@ -98,7 +98,12 @@ def test_values_are_bound_and_identifiers_quoted():
     settings = Settings.from_env({"AGENT_METRICS_STATUSES": "Answered,It's done"})
     start = dt.datetime(2026, 11, 20, 5, tzinfo=dt.UTC)
     sql, parameters = build_metrics_query(
-        settings.source, start, start + dt.timedelta(days=1), "America/New_York", settings.statuses
+        settings.source,
+        start,
+        start + dt.timedelta(days=1),
+        "America/New_York",
+        settings.statuses,
+        settings.max_call_length_sec,
     )
     assert "It's done" not in sql and "America/New_York" not in sql
     assert parameters == {
@@ -106,5 +111,6 @@ def test_values_are_bound_and_identifiers_quoted():
         "window_start": "2026-11-20 05:00:00.000",
         "window_end": "2026-11-21 05:00:00.000",
         "statuses": ["Answered", "It's done"],
+        "max_call_length_sec": 86_400.0,
     }
     assert "FROM `default`.`calls`" in sql

@@ -1,0 +1,341 @@
+"""Data-quality checks: each one passes on clean data and fails on data made to break it.
+
+A failed ERROR check publishes nothing for any day of the run and leaves earlier objects alone;
+WARN checks publish and flag.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import dagster as dg
+import polars as pl
+import pytest
+from dagster._core.test_utils import freeze_time
+
+from agent_metrics_pipeline import checks
+from agent_metrics_pipeline.config import InvalidRowsPolicy
+from agent_metrics_pipeline.io_managers import LocalCsvIOManager
+from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SourceQuality
+from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
+from agent_metrics_pipeline_tests.helpers import (
+    UTC,
+    build_asset,
+    materialize,
+    metrics_settings,
+    random_calls,
+)
+from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
+
+DAY = dt.date(2026, 11, 20)
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+
+
+def key_for(day: dt.date) -> str:
+    return f"agent_metrics/{day}/agent_metrics_{day}.csv"
+
+
+def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+
+def meta(evaluation: dg.AssetCheckEvaluation, key: str):
+    return evaluation.metadata[key].value
+
+
+def noon(day: dt.date = DAY, minutes: int = 0) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(12), tzinfo=UTC) + dt.timedelta(minutes=minutes)
+
+
+def bad_call(call_id: str, agent: str | None, duration: float | None, day: dt.date = DAY) -> Call:
+    return Call(call_id, agent, noon(day, 7), duration, "Answered")
+
+
+@pytest.fixture
+def good_calls() -> list[Call]:
+    return random_calls(DAY - dt.timedelta(days=2), days=4, calls_per_day=300, seed=17)
+
+
+def test_clean_day_passes_every_check_and_is_published(
+    clickhouse, calls_table, bucket: Bucket, good_calls
+):
+    insert_calls(clickhouse, calls_table, good_calls)
+
+    result = materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+
+    found = evaluations(result)
+    assert set(found) == set(checks.CHECK_DESCRIPTIONS)
+    assert all(e.passed for e in found.values()), {n: e.passed for n, e in found.items()}
+    assert {n for n, e in found.items() if e.severity == ERROR} == set(checks.BLOCKING_CHECKS)
+    assert meta(found[checks.EXCLUDED_SOURCE_ROWS], "excluded_calls") == 0
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls)[DAY], DAY)
+
+
+@pytest.mark.parametrize(
+    ("check_name", "bad_rows", "count_key"),
+    [
+        (
+            checks.NO_NULLS,
+            [bad_call("null-agent", None, 30.0), bad_call("null-duration", "agent-001", None)],
+            "source_null_agent_or_duration_calls",
+        ),
+        (
+            checks.NO_NEGATIVE_VALUES,
+            [bad_call("negative-1", "agent-002", -5.0), bad_call("negative-2", "x", -0.5)],
+            "source_negative_duration_calls",
+        ),
+    ],
+)
+def test_invalid_source_rows_block_publication_and_keep_the_earlier_object(
+    clickhouse, calls_table, bucket, good_calls, check_name, bad_rows, count_key
+):
+    insert_calls(clickhouse, calls_table, good_calls)
+    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    published = bucket.get(key_for(DAY))
+
+    insert_calls(clickhouse, calls_table, bad_rows)
+    result = materialize(
+        clickhouse,
+        metrics_settings(calls_table),
+        bucket.io_manager(),
+        str(DAY),
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    evaluation = evaluations(result)[check_name]
+    assert not evaluation.passed and evaluation.severity == ERROR
+    assert meta(evaluation, count_key) == len(bad_rows)
+    assert meta(evaluation, "source_offending_days") == [str(DAY)]
+    assert sorted(meta(evaluation, "sample_call_ids")) == sorted(c.call_id for c in bad_rows)
+    (failure,) = result.get_step_failure_events()
+    message = str(failure.step_failure_data.error)
+    assert check_name in message and str(DAY) in message
+    assert bucket.get(key_for(DAY)) == published, "the earlier good object must be untouched"
+    assert bucket.keys() == [key_for(DAY)]
+
+
+def test_implausible_call_length_blocks_publication_unless_the_limit_allows_it(
+    clickhouse, calls_table, bucket, good_calls
+):
+    marathon = [Call("marathon", "agent-003", noon(), 90_000.0, "Answered")]
+    insert_calls(clickhouse, calls_table, good_calls + marathon)
+
+    strict = materialize(
+        clickhouse,
+        metrics_settings(calls_table),
+        bucket.io_manager(),
+        str(DAY),
+        raise_on_error=False,
+    )
+    evaluation = evaluations(strict)[checks.PLAUSIBLE_RANGES]
+    assert not evaluation.passed and evaluation.severity == ERROR
+    assert meta(evaluation, "source_calls_over_max") == 1
+    assert meta(evaluation, "sample_call_ids") == ["marathon"]
+    assert meta(evaluation, "source_offending_days") == [str(DAY)]
+    assert bucket.keys() == []
+
+    relaxed = materialize(
+        clickhouse,
+        metrics_settings(calls_table, max_call_length_sec=100_000.0),
+        bucket.io_manager(),
+        str(DAY),
+    )
+    assert evaluations(relaxed)[checks.PLAUSIBLE_RANGES].passed
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + marathon)[DAY], DAY)
+
+
+def test_exclude_policy_publishes_without_invalid_rows_and_warns(
+    clickhouse, calls_table, bucket, good_calls
+):
+    bad_rows = [
+        bad_call("null-agent", None, 30.0),
+        bad_call("null-duration", "agent-001", None),
+        bad_call("negative", "agent-002", -5.0),
+        bad_call("other-day", None, 1.0, day=DAY + dt.timedelta(days=1)),
+    ]
+    insert_calls(clickhouse, calls_table, good_calls + bad_rows)
+
+    result = materialize(
+        clickhouse,
+        metrics_settings(calls_table, invalid_rows=InvalidRowsPolicy.EXCLUDE),
+        bucket.io_manager(),
+        str(DAY),
+    )
+
+    found = evaluations(result)
+    assert found[checks.NO_NULLS].passed and found[checks.NO_NEGATIVE_VALUES].passed
+    excluded = found[checks.EXCLUDED_SOURCE_ROWS]
+    assert not excluded.passed and excluded.severity == WARN
+    assert meta(excluded, "excluded_calls") == 3
+    assert meta(excluded, "excluded_null_agent_or_duration_calls") == 2
+    assert meta(excluded, "excluded_negative_duration_calls") == 1
+    assert sorted(meta(excluded, "sample_call_ids")) == ["negative", "null-agent", "null-duration"]
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + bad_rows)[DAY], DAY)
+
+
+def test_empty_day_warns_and_publishes_a_header_only_file(clickhouse, calls_table, bucket):
+    insert_calls(clickhouse, calls_table, [bad_call("elsewhere", "a", 3.0, DAY + dt.timedelta(1))])
+
+    result = materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+
+    evaluation = evaluations(result)[checks.CALLS_PRESENT]
+    assert not evaluation.passed and evaluation.severity == WARN
+    assert meta(evaluation, "empty_days") == [str(DAY)]
+    assert bucket.keys() == [key_for(DAY)]
+
+
+def test_agents_below_the_minimum_number_of_calls_are_flagged(clickhouse, calls_table, bucket):
+    calls = [Call(f"c{i}", "busy", noon(minutes=i), 60.0 + i, "Answered") for i in range(5)]
+    calls += [
+        Call("q1", "quiet", noon(), 30.0, "Answered"),
+        Call("q2", "quiet", noon(), 40.0, "Answered"),
+    ]
+    insert_calls(clickhouse, calls_table, calls)
+
+    at_two = materialize(
+        clickhouse,
+        metrics_settings(calls_table, min_calls_per_agent=2),
+        bucket.io_manager(),
+        str(DAY),
+    )
+    assert evaluations(at_two)[checks.MIN_CALLS_PER_AGENT].passed
+
+    at_three = materialize(
+        clickhouse,
+        metrics_settings(calls_table, min_calls_per_agent=3),
+        bucket.io_manager(),
+        str(DAY),
+    )
+    evaluation = evaluations(at_three)[checks.MIN_CALLS_PER_AGENT]
+    assert not evaluation.passed and evaluation.severity == WARN
+    assert meta(evaluation, "sample_agent_ids") == ["quiet"]
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)
+
+
+def test_range_with_one_bad_day_publishes_nothing_and_names_that_day(
+    clickhouse, calls_table, bucket, good_calls
+):
+    first = DAY - dt.timedelta(days=2)
+    bad_day = DAY - dt.timedelta(days=1)
+    insert_calls(
+        clickhouse, calls_table, good_calls + [bad_call("neg", "agent-004", -1.0, bad_day)]
+    )
+
+    result = materialize(
+        clickhouse,
+        metrics_settings(calls_table),
+        bucket.io_manager(),
+        str(first),
+        str(DAY + dt.timedelta(days=1)),
+        raise_on_error=False,
+    )
+
+    assert not result.success
+    assert bucket.keys() == []
+    evaluation = evaluations(result)[checks.NO_NEGATIVE_VALUES]
+    assert meta(evaluation, "source_offending_days") == [str(bad_day)]
+    (failure,) = result.get_step_failure_events()
+    assert f"no_negative_values (days: {bad_day})" in str(failure.step_failure_data.error)
+
+
+def test_failed_error_check_writes_no_local_file(clickhouse, calls_table, tmp_path, good_calls):
+    insert_calls(clickhouse, calls_table, good_calls + [bad_call("n", None, 1.0)])
+    result = materialize(
+        clickhouse,
+        metrics_settings(calls_table),
+        LocalCsvIOManager(base_dir=str(tmp_path)),
+        str(DAY),
+        raise_on_error=False,
+    )
+    assert not result.success
+    assert list(tmp_path.rglob("*")) == []
+
+
+def _frame(rows: list[tuple]) -> pl.DataFrame:
+    return pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
+
+
+def _clean_quality() -> SourceQuality:
+    per_day = pl.DataFrame(
+        {
+            "date": [DAY],
+            "null_agent_calls": [0],
+            "null_duration_calls": [0],
+            "negative_duration_calls": [0],
+            "overlong_calls": [0],
+        }
+    )
+    return SourceQuality(per_day=per_day, sample_call_ids=())
+
+
+THRESHOLDS = checks.CheckThresholds(InvalidRowsPolicy.FAIL, 3600.0, 1)
+
+
+@pytest.mark.parametrize(
+    ("check_name", "bad_row"),
+    [
+        # Shapes the query cannot produce, so the guards are exercised on hand-made frames.
+        (checks.NO_NULLS, ("a", None, 1.0, 1, DAY)),
+        (checks.NO_NEGATIVE_VALUES, ("a", -1.0, 1.0, 1, DAY)),
+        (checks.PLAUSIBLE_RANGES, ("a", 1.0, 1.0, 0, DAY)),
+        (checks.PLAUSIBLE_RANGES, ("a", 1.0, 3600.01, 1, DAY)),
+        (checks.ONE_ROW_PER_AGENT_PER_DAY, ("b", 1.0, 1.0, 1, DAY)),
+        (checks.ONE_ROW_PER_AGENT_PER_DAY, ("c", 1.0, 1.0, 1, DAY + dt.timedelta(days=1))),
+    ],
+)
+def test_output_guards(check_name, bad_row):
+    clean = _frame([("b", 10.0, 12.0, 3, DAY)])
+    results = {
+        r.check_name: r
+        for r in checks.evaluate_checks(clean, _clean_quality(), [str(DAY)], THRESHOLDS)
+    }
+    assert all(r.passed for r in results.values())
+
+    dirty = pl.concat([clean, _frame([bad_row])])
+    results = {
+        r.check_name: r
+        for r in checks.evaluate_checks(dirty, _clean_quality(), [str(DAY)], THRESHOLDS)
+    }
+    assert not results[check_name].passed
+    assert results[check_name].severity == ERROR
+    others = [name for name, r in results.items() if not r.passed and name != check_name]
+    # A broken row may trip a second guard too (a 0-call row is also below the minimum).
+    assert set(others) <= {checks.PLAUSIBLE_RANGES, checks.MIN_CALLS_PER_AGENT}
+
+
+def test_freshness_check_flags_a_missing_yesterday_after_the_deadline(
+    clickhouse, calls_table, tmp_path, good_calls
+):
+    insert_calls(clickhouse, calls_table, good_calls)
+    asset = build_asset()
+    freshness_checks, _ = checks.build_freshness_checks(asset, deadline_hour=3, timezone="UTC")
+    defs = dg.Definitions(
+        assets=[asset],
+        asset_checks=freshness_checks,
+        resources={
+            "clickhouse": clickhouse,
+            "metrics_settings": metrics_settings(calls_table),
+            "csv_io_manager": LocalCsvIOManager(base_dir=str(tmp_path)),
+        },
+        jobs=[
+            dg.define_asset_job("freshness", selection=dg.AssetSelection.checks(*freshness_checks))
+        ],
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    after_deadline = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(3, 30), tzinfo=UTC)
+
+    def freshness_passed() -> bool:
+        with freeze_time(after_deadline):
+            result = defs.resolve_job_def("freshness").execute_in_process(
+                instance=instance, raise_on_error=False
+            )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation.passed
+
+    assert not freshness_passed()
+    with freeze_time(after_deadline):
+        defs.resolve_implicit_global_asset_job_def().execute_in_process(
+            partition_key=str(DAY), instance=instance
+        )
+    assert freshness_passed()
