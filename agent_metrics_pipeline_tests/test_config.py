@@ -35,6 +35,7 @@ def test_every_variable_is_read():
             "AGENT_METRICS_MAX_CALL_LENGTH_SEC": "7200",
             "AGENT_METRICS_MIN_CALLS_PER_AGENT": "3",
             "AGENT_METRICS_GZIP": "true",
+            "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR": "6",
             "CLICKHOUSE_HOST": "ch.internal",
             "CLICKHOUSE_PORT": "8443",
             "CLICKHOUSE_USER": "reader",
@@ -60,6 +61,7 @@ def test_every_variable_is_read():
     assert settings.max_call_length_sec == 7200.0
     assert settings.min_calls_per_agent == 3
     assert settings.gzip is True
+    assert settings.freshness_deadline_hour == 6
     assert (settings.clickhouse_host, settings.clickhouse_port) == ("ch.internal", 8443)
     assert settings.clickhouse_user == "reader"
     assert settings.clickhouse_password_set and settings.clickhouse_secure
@@ -85,6 +87,7 @@ def test_every_variable_is_read():
         ("CLICKHOUSE_DATABASE", "my-db"),
         ("CLICKHOUSE_SECURE", "maybe"),
         ("S3_PREFIX", "///"),
+        ("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", "24"),
     ],
 )
 def test_bad_values_name_the_variable(variable, value):
