@@ -12,7 +12,7 @@ from agent_metrics_pipeline.checks import (
     evaluate_checks,
     failed_blocking_checks,
 )
-from agent_metrics_pipeline.errors import PermanentError
+from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.metrics import shape_metrics, to_markdown
 from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettingsResource
 from agent_metrics_pipeline.sql import build_metrics_query
@@ -25,8 +25,14 @@ PREVIEW_ROWS = 10
 def build_agent_metrics_asset(
     partitions_def: dg.DailyPartitionsDefinition,
     backfill_policy: dg.BackfillPolicy | None = None,
+    retry_policy: dg.RetryPolicy | None = None,
+    pool: str | None = None,
 ) -> dg.AssetsDefinition:
-    """The asset over ``partitions_def``; a range of days runs as one query by default."""
+    """The asset over ``partitions_def``; a range of days runs as one query by default.
+
+    ``pool`` serialises runs that share a resource only one process may hold (the embedded
+    engine's folder); ``retry_policy`` applies to transient faults only.
+    """
 
     @dg.asset(
         name=ASSET_NAME,
@@ -34,6 +40,8 @@ def build_agent_metrics_asset(
         backfill_policy=backfill_policy or dg.BackfillPolicy.single_run(),
         io_manager_key=CSV_IO_MANAGER_KEY,
         check_specs=check_specs(ASSET_NAME),
+        retry_policy=retry_policy,
+        pool=pool,
         kinds={"clickhouse", "polars", "s3"},
         description=(
             "Per agent and day: average and 90th-percentile call length (seconds, 2 decimals, "
@@ -59,10 +67,8 @@ def build_agent_metrics_asset(
             f"[{window.start.isoformat()}, {window.end.isoformat()}) "
             f"on the {clickhouse.description}"
         )
-        try:
+        with no_retry_for_permanent_errors():
             raw = clickhouse.query_polars(sql, parameters)
-        except PermanentError as error:
-            raise dg.Failure(description=str(error), allow_retries=False) from None
         metrics, quality = shape_metrics(raw)
 
         results = evaluate_checks(

@@ -17,6 +17,8 @@ from pathlib import Path
 
 IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SOURCE_COLUMN_ROLES = ("call_id", "agent_id", "started_at", "duration_sec", "status")
+# Values of these variables are masked wherever an error message could carry them out.
+SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 DEFAULT_HOME = ".agent_metrics"
 DEFAULT_START_DATE = "2025-01-01"
@@ -24,6 +26,9 @@ DEFAULT_STATUSES = ("Answered",)
 DEFAULT_S3_PREFIX = "agent_metrics"
 DEFAULT_MAX_CALL_LENGTH_SEC = 86_400.0
 DEFAULT_FRESHNESS_DEADLINE_HOUR = 3
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_DELAY_SEC = 30
+DEFAULT_UI_URL = "http://127.0.0.1:3000"
 
 
 class ConfigError(ValueError):
@@ -114,6 +119,15 @@ def _parse_number(name: str, value: str, kind: type, minimum: float) -> float | 
     return number
 
 
+def _parse_url(name: str, value: str | None) -> str | None:
+    """Only the scheme is checked, and the value is never echoed: webhook URLs embed tokens."""
+    if value is None:
+        return None
+    if not value.startswith(("http://", "https://")):
+        raise ConfigError(f"{name} must start with http:// or https://")
+    return value
+
+
 def _parse_hour(name: str, value: str) -> int:
     hour = int(_parse_number(name, value, int, 0))
     if hour > 23:
@@ -144,6 +158,17 @@ class Settings:
     aws_region: str | None = None
     gzip: bool = False
     freshness_deadline_hour: int = DEFAULT_FRESHNESS_DEADLINE_HOUR
+    backfill_max_days_per_run: int | None = None
+    schedule_lookback_days: int = 0
+    max_retries: int = DEFAULT_MAX_RETRIES
+    retry_delay_sec: int = DEFAULT_RETRY_DELAY_SEC
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    ui_url: str = DEFAULT_UI_URL
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_host is None
 
     @property
     def embedded_clickhouse_path(self) -> Path:
@@ -231,4 +256,40 @@ class Settings:
                 get("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR")
                 or str(DEFAULT_FRESHNESS_DEADLINE_HOUR),
             ),
+            backfill_max_days_per_run=(
+                int(_parse_number("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", max_days, int, 1))
+                if (max_days := get("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN"))
+                else None
+            ),
+            schedule_lookback_days=int(
+                _parse_number(
+                    "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS",
+                    get("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS") or "0",
+                    int,
+                    0,
+                )
+            ),
+            max_retries=int(
+                _parse_number(
+                    "AGENT_METRICS_MAX_RETRIES",
+                    get("AGENT_METRICS_MAX_RETRIES") or str(DEFAULT_MAX_RETRIES),
+                    int,
+                    0,
+                )
+            ),
+            retry_delay_sec=int(
+                _parse_number(
+                    "AGENT_METRICS_RETRY_DELAY_SEC",
+                    get("AGENT_METRICS_RETRY_DELAY_SEC") or str(DEFAULT_RETRY_DELAY_SEC),
+                    int,
+                    0,
+                )
+            ),
+            alert_webhook_url=_parse_url(
+                "AGENT_METRICS_ALERT_WEBHOOK_URL", get("AGENT_METRICS_ALERT_WEBHOOK_URL")
+            ),
+            secrets=tuple(value for name in SECRET_VARIABLES if (value := get(name))),
+            ui_url=(
+                _parse_url("AGENT_METRICS_UI_URL", get("AGENT_METRICS_UI_URL")) or DEFAULT_UI_URL
+            ).rstrip("/"),
         )

@@ -8,15 +8,29 @@ import dagster as dg
 from dagster_aws.s3 import S3Resource
 
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
+from agent_metrics_pipeline.automation import (
+    build_agent_metrics_job,
+    build_daily_schedule,
+    build_failure_alert_sensor,
+)
 from agent_metrics_pipeline.checks import build_freshness_checks
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.io_managers import DailyCsvIOManager, LocalCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
 from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettingsResource
 
+# The embedded engine's folder can be opened by one process at a time; dagster.yaml limits
+# every pool to one slot, so runs that use it queue instead of failing on the lock.
+EMBEDDED_ENGINE_POOL = "embedded_clickhouse"
+# botocore retries inside one attempt of the step; the step's RetryPolicy does the rest.
+S3_MAX_ATTEMPTS = 2
+
+# backfill_policy is beta in Dagster 1.13, but the CLI's --partition-range requires it.
+warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+
 
 def clickhouse_resource(settings: Settings) -> ClickHouseResource:
-    if settings.clickhouse_host is None:
+    if settings.embedded_clickhouse:
         return ClickHouseResource(embedded_path=str(settings.embedded_clickhouse_path))
     return ClickHouseResource(
         host=settings.clickhouse_host,
@@ -35,26 +49,57 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
             base_dir=str(settings.local_output_dir), prefix=settings.s3_prefix, gzip=settings.gzip
         )
     return S3CsvIOManager(
-        s3=S3Resource(endpoint_url=settings.s3_endpoint_url, region_name=settings.aws_region),
+        s3=S3Resource(
+            endpoint_url=settings.s3_endpoint_url,
+            region_name=settings.aws_region,
+            max_attempts=S3_MAX_ATTEMPTS,
+        ),
         bucket=settings.s3_bucket,
         prefix=settings.s3_prefix,
         gzip=settings.gzip,
     )
 
 
-# backfill_policy is beta in Dagster 1.13, but the CLI's --partition-range requires it.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+def backfill_policy(settings: Settings) -> dg.BackfillPolicy:
+    """One run per backfill by default: one query, and the CLI's --partition-range accepts it."""
+    if settings.backfill_max_days_per_run is None:
+        return dg.BackfillPolicy.single_run()
+    return dg.BackfillPolicy.multi_run(settings.backfill_max_days_per_run)
+
+
+def retry_policy(settings: Settings) -> dg.RetryPolicy:
+    """Exponential backoff for transient faults; permanent errors opt out of it."""
+    return dg.RetryPolicy(
+        max_retries=settings.max_retries,
+        delay=settings.retry_delay_sec,
+        backoff=dg.Backoff.EXPONENTIAL,
+        jitter=dg.Jitter.PLUS_MINUS,
+    )
 
 
 def build_definitions(settings: Settings) -> dg.Definitions:
-    agent_metrics = build_agent_metrics_asset(daily_partitions(settings))
+    partitions_def = daily_partitions(settings)
+    agent_metrics = build_agent_metrics_asset(
+        partitions_def,
+        backfill_policy=backfill_policy(settings),
+        retry_policy=retry_policy(settings),
+        pool=EMBEDDED_ENGINE_POOL if settings.embedded_clickhouse else None,
+    )
     freshness_checks, freshness_sensor = build_freshness_checks(
         agent_metrics, settings.freshness_deadline_hour, settings.timezone
     )
+    job = build_agent_metrics_job(agent_metrics)
     return dg.Definitions(
         assets=[agent_metrics],
         asset_checks=freshness_checks,
-        sensors=[freshness_sensor],
+        jobs=[job],
+        schedules=[build_daily_schedule(job, partitions_def, settings.schedule_lookback_days)],
+        sensors=[
+            freshness_sensor,
+            build_failure_alert_sensor(
+                settings.alert_webhook_url, settings.ui_url, settings.secrets
+            ),
+        ],
         resources={
             "clickhouse": clickhouse_resource(settings),
             "metrics_settings": MetricsSettingsResource.from_settings(settings),

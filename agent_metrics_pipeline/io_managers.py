@@ -24,7 +24,11 @@ import polars as pl
 from dagster_aws.s3 import S3Resource
 from pydantic import Field
 
-from agent_metrics_pipeline.errors import PermanentError, TransientError
+from agent_metrics_pipeline.errors import (
+    PermanentError,
+    TransientError,
+    no_retry_for_permanent_errors,
+)
 from agent_metrics_pipeline.metrics import from_csv_bytes, metrics_for_day, to_csv_bytes
 
 CREDENTIAL_ERROR_CODES = {
@@ -90,10 +94,11 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             )
         asset_name = context.asset_key.path[-1]
         uris = []
-        for key, day in days.items():
-            object_key = self.object_key(asset_name, key)
-            self._write(object_key, self._encode(metrics_for_day(obj, day)))
-            uris.append(self.uri(object_key))
+        with no_retry_for_permanent_errors():
+            for key, day in days.items():
+                object_key = self.object_key(asset_name, key)
+                self._write(object_key, self._encode(metrics_for_day(obj, day)))
+                uris.append(self.uri(object_key))
         context.log.info(
             f"Wrote {len(uris)} file(s): {uris[0]}" + (" ..." if len(uris) > 1 else "")
         )
@@ -111,7 +116,8 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
         asset_name = context.asset_key.path[-1]
-        frames = {key: self.load_day(asset_name, key) for key in context.asset_partition_keys}
+        with no_retry_for_permanent_errors():
+            frames = {key: self.load_day(asset_name, key) for key in context.asset_partition_keys}
         if len(frames) == 1:
             return next(iter(frames.values()))
         return frames
