@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
 from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings, SourceTable
@@ -15,6 +19,7 @@ from agent_metrics_pipeline.partitions import daily_partitions
 from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettingsResource
 from agent_metrics_pipeline_tests.oracle import Call
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.UTC
 AWKWARD_AGENT_IDS = ["a,b", 'say "hi"', "Zoë-Ångström", "007", "line\nbreak", "  padded "]
 STATUSES = ["Answered", "Answered", "Answered", "Missed", "Voicemail", "answered"]
@@ -101,4 +106,41 @@ def materialize(
         },
         raise_on_error=raise_on_error,
         instance=instance,
+    )
+
+
+def calls_to_parquet(calls: Sequence[Call], path: Path) -> None:
+    pl.DataFrame(
+        {
+            "call_id": [c.call_id for c in calls],
+            "agent_id": [c.agent_id for c in calls],
+            "started_at": [c.started_at for c in calls],
+            "duration_sec": [c.duration_sec for c in calls],
+            "status": [c.status for c in calls],
+        },
+        schema_overrides={"started_at": pl.Datetime("ms", "UTC")},
+    ).write_parquet(path)
+
+
+def run_ok(args: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess:
+    """Run a command from the repository root; fail the test with its output if it fails."""
+    result = subprocess.run(
+        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def load_into_engine(engine_dir: Path, calls_parquet: Path) -> None:
+    """Fill an embedded engine folder from another process (this one may hold a different one)."""
+    run_ok(
+        [
+            sys.executable,
+            "-m",
+            "agent_metrics_pipeline_tests.engine_cli",
+            "load",
+            str(engine_dir),
+            str(calls_parquet),
+        ],
+        env=None,
     )

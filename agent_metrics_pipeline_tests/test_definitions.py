@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,10 +14,14 @@ from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline.resources import ClickHouseResource
-from agent_metrics_pipeline_tests.helpers import random_calls
+from agent_metrics_pipeline_tests.helpers import (
+    calls_to_parquet,
+    load_into_engine,
+    random_calls,
+    run_ok,
+)
 from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON_BIN = Path(sys.executable).parent
 
 
@@ -55,27 +58,6 @@ def test_s3_bucket_switches_to_s3(monkeypatch):
     assert "not-shown" not in clickhouse.description
 
 
-def _calls_to_parquet(calls: list[Call], path: Path) -> None:
-    pl.DataFrame(
-        {
-            "call_id": [c.call_id for c in calls],
-            "agent_id": [c.agent_id for c in calls],
-            "started_at": [c.started_at for c in calls],
-            "duration_sec": [c.duration_sec for c in calls],
-            "status": [c.status for c in calls],
-        },
-        schema_overrides={"started_at": pl.Datetime("ms", "UTC")},
-    ).write_parquet(path)
-
-
-def _run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        args, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture
 def project_env(tmp_path) -> dict[str, str]:
     """A clean environment for a subprocess: own home, own Dagster instance folder."""
@@ -97,18 +79,9 @@ def project_env(tmp_path) -> dict[str, str]:
 def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket, tmp_path):
     first = dt.date(2026, 11, 1)
     calls = random_calls(first - dt.timedelta(days=1), days=10, calls_per_day=200, seed=21)
-    _calls_to_parquet(calls, tmp_path / "calls.parquet")
-    engine_dir = str(Path(project_env["AGENT_METRICS_HOME"]) / "clickhouse")
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "agent_metrics_pipeline_tests.engine_cli",
-            "load",
-            engine_dir,
-            str(tmp_path / "calls.parquet"),
-        ],
-        project_env,
+    calls_to_parquet(calls, tmp_path / "calls.parquet")
+    load_into_engine(
+        Path(project_env["AGENT_METRICS_HOME"]) / "clickhouse", tmp_path / "calls.parquet"
     )
     env = {
         **project_env,
@@ -128,8 +101,8 @@ def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket,
         "agent_metrics",
     ]
 
-    _run([*base, "--partition", "2026-11-08"], env)
-    _run([*base, "--partition-range", "2026-11-01...2026-11-07"], env)
+    run_ok([*base, "--partition", "2026-11-08"], env)
+    run_ok([*base, "--partition-range", "2026-11-01...2026-11-07"], env)
 
     days = [first + dt.timedelta(days=i) for i in range(8)]
     assert bucket.keys() == [f"agent_metrics/{d}/agent_metrics_{d}.csv" for d in days]
@@ -141,13 +114,13 @@ def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket,
 
 
 def test_demo_publishes_correct_files_on_the_embedded_default(project_env, tmp_path):
-    result = _run([sys.executable, "-m", "agent_metrics_pipeline.demo"], project_env)
+    result = run_ok([sys.executable, "-m", "agent_metrics_pipeline.demo"], project_env)
     home = Path(project_env["AGENT_METRICS_HOME"])
     files = sorted((home / "output" / "agent_metrics").glob("*/agent_metrics_*.csv"))
     assert len(files) == 8
     assert str(files[-1]) in result.stdout
 
-    _run(
+    run_ok(
         [
             sys.executable,
             "-m",

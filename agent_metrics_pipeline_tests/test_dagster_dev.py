@@ -1,0 +1,221 @@
+"""End to end through `dagster dev` (webserver + daemon) as users run it.
+
+A partition backfill launched over the webserver's GraphQL API goes through the daemon, the run
+queue (with the embedded engine's pool of one) and the runs' own processes, against the embedded
+engine and the local S3 server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from agent_metrics_pipeline import checks
+from agent_metrics_pipeline_tests.conftest import Bucket, free_port
+from agent_metrics_pipeline_tests.helpers import (
+    REPO_ROOT,
+    calls_to_parquet,
+    load_into_engine,
+    random_calls,
+)
+from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
+
+FIRST_DAY = dt.date(2026, 11, 1)
+DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(10)]
+STARTUP_TIMEOUT_SEC = 120
+BACKFILL_TIMEOUT_SEC = 300
+
+LAUNCH_BACKFILL = """
+mutation Launch($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on UnauthorizedError { message }
+    ... on InvalidSubsetError { message }
+    ... on PartitionSetNotFoundError { message }
+  }
+}
+"""
+BACKFILL_STATUS = """
+query Status($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status }
+    ... on PythonError { message }
+  }
+}
+"""
+BACKFILL_RUNS = """
+query Runs($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+    ... on Runs { results { runId status } }
+  }
+}
+"""
+ASSET_CHECKS = """
+{
+  assetNodeOrError(assetKey: {path: ["agent_metrics"]}) {
+    ... on AssetNode {
+      partitionKeys
+      assetChecksOrError { ... on AssetChecks { checks { name } } }
+    }
+  }
+}
+"""
+
+
+def graphql(url: str, query: str, variables: dict | None = None) -> dict:
+    response = requests.post(url, json={"query": query, "variables": variables or {}}, timeout=30)
+    response.raise_for_status()
+    body = response.json()
+    assert "errors" not in body, body
+    return body["data"]
+
+
+@contextmanager
+def dagster_dev(env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """`dagster dev` in its own process group; stopped with SIGINT to the group, as Ctrl-C would."""
+    port = free_port()
+    log = (workdir / f"dagster-dev-{port}.log").open("w")
+    process = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "dev",
+            "-m",
+            "agent_metrics_pipeline.definitions",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SEC
+        while True:
+            try:
+                if requests.get(f"{base}/server_info", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None, (workdir / log.name).read_text()[-3000:]
+            assert time.monotonic() < deadline, "dagster dev did not start in time"
+            time.sleep(0.5)
+        yield f"{base}/graphql"
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            raise
+        finally:
+            log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail("dagster dev left processes behind after SIGINT")
+
+
+def run_backfill(url: str) -> list[dict]:
+    params = {
+        "assetSelection": [{"path": ["agent_metrics"]}],
+        "partitionNames": [str(day) for day in DAYS],
+    }
+    launched = graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+    deadline = time.monotonic() + BACKFILL_TIMEOUT_SEC
+    while True:
+        status = graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        runs = graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
+        finished = all(run["status"] in ("SUCCESS", "FAILURE", "CANCELED") for run in runs)
+        if status["status"].startswith(("COMPLETED", "FAILED")) and runs and finished:
+            assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs)
+            return runs
+        assert time.monotonic() < deadline, f"backfill still {status} with runs {runs}"
+        time.sleep(1)
+
+
+@pytest.fixture(scope="module")
+def seeded_home(tmp_path_factory) -> tuple[Path, list]:
+    """An embedded engine folder with ten days of calls, for both scenarios."""
+    workdir = tmp_path_factory.mktemp("dagster_dev")
+    calls = random_calls(FIRST_DAY, days=len(DAYS), calls_per_day=200, seed=41)
+    calls_to_parquet(calls, workdir / "calls.parquet")
+    load_into_engine(workdir / "home" / "clickhouse", workdir / "calls.parquet")
+    return workdir, calls
+
+
+@pytest.mark.parametrize(("max_days_per_run", "expected_runs"), [(None, 1), (4, 3)])
+def test_backfill_through_the_webserver_and_daemon(
+    seeded_home, s3_server, max_days_per_run, expected_runs
+):
+    workdir, calls = seeded_home
+    dagster_home = workdir / f"dagster_home_{max_days_per_run}"
+    dagster_home.mkdir()
+    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    bucket = Bucket(f"backfill-{max_days_per_run or 'single'}", s3_server)
+    s3_server.client().create_bucket(Bucket=bucket.name)
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_"))
+    }
+    env.update(
+        DAGSTER_HOME=str(dagster_home),
+        AGENT_METRICS_HOME=str(workdir / "home"),
+        AGENT_METRICS_START_DATE="2026-01-01",
+        S3_BUCKET=bucket.name,
+        S3_ENDPOINT_URL=s3_server.endpoint_url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_REGION="us-east-1",
+    )
+    if max_days_per_run:
+        env["AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN"] = str(max_days_per_run)
+
+    with dagster_dev(env, workdir) as url:
+        node = graphql(url, ASSET_CHECKS)["assetNodeOrError"]
+        check_names = {check["name"] for check in node["assetChecksOrError"]["checks"]}
+        assert set(checks.CHECK_DESCRIPTIONS) | {"freshness_check"} <= check_names
+        assert str(DAYS[0]) in node["partitionKeys"]
+
+        started = time.monotonic()
+        runs = run_backfill(url)
+        elapsed = time.monotonic() - started
+
+    print(
+        f"\n{len(DAYS)}-day backfill, max days per run {max_days_per_run}: "
+        f"{len(runs)} run(s) in {elapsed:.1f}s"
+    )
+    assert len(runs) == expected_runs
+    assert all(run["status"] == "SUCCESS" for run in runs)
+    assert bucket.keys() == [f"agent_metrics/{d}/agent_metrics_{d}.csv" for d in DAYS]
+    expected = expected_metrics(calls)
+    for day in DAYS:
+        assert_csv_matches(
+            bucket.get(f"agent_metrics/{day}/agent_metrics_{day}.csv"), expected[day], day
+        )
