@@ -36,6 +36,13 @@ def test_every_variable_is_read():
             "AGENT_METRICS_MIN_CALLS_PER_AGENT": "3",
             "AGENT_METRICS_GZIP": "true",
             "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR": "6",
+            "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS": "2",
+            "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN": "4",
+            "AGENT_METRICS_MAX_RETRIES": "5",
+            "AGENT_METRICS_RETRY_DELAY_SEC": "7",
+            "AGENT_METRICS_ALERT_WEBHOOK_URL": "https://hooks.example/T0KEN",
+            "AGENT_METRICS_UI_URL": "https://dagster.example/",
+            "AWS_SECRET_ACCESS_KEY": "aws-secret",
             "CLICKHOUSE_HOST": "ch.internal",
             "CLICKHOUSE_PORT": "8443",
             "CLICKHOUSE_USER": "reader",
@@ -62,6 +69,13 @@ def test_every_variable_is_read():
     assert settings.min_calls_per_agent == 3
     assert settings.gzip is True
     assert settings.freshness_deadline_hour == 6
+    assert settings.schedule_lookback_days == 2
+    assert settings.backfill_max_days_per_run == 4
+    assert (settings.max_retries, settings.retry_delay_sec) == (5, 7)
+    assert settings.alert_webhook_url == "https://hooks.example/T0KEN"
+    assert settings.ui_url == "https://dagster.example"
+    assert set(settings.secrets) == {"x", "aws-secret"}
+    assert "T0KEN" not in repr(settings) and "aws-secret" not in repr(settings)
     assert (settings.clickhouse_host, settings.clickhouse_port) == ("ch.internal", 8443)
     assert settings.clickhouse_user == "reader"
     assert settings.clickhouse_password_set and settings.clickhouse_secure
@@ -88,11 +102,18 @@ def test_every_variable_is_read():
         ("CLICKHOUSE_SECURE", "maybe"),
         ("S3_PREFIX", "///"),
         ("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", "24"),
+        ("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", "-1"),
+        ("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", "0"),
+        ("AGENT_METRICS_MAX_RETRIES", "many"),
+        ("AGENT_METRICS_RETRY_DELAY_SEC", "-5"),
+        ("AGENT_METRICS_ALERT_WEBHOOK_URL", "hooks.example/T0KEN"),
     ],
 )
 def test_bad_values_name_the_variable(variable, value):
-    with pytest.raises(ConfigError, match=variable):
+    with pytest.raises(ConfigError, match=variable) as raised:
         Settings.from_env({variable: value})
+    if variable == "AGENT_METRICS_ALERT_WEBHOOK_URL":
+        assert value not in str(raised.value), "webhook URLs carry tokens"
 
 
 def test_values_are_bound_and_identifiers_quoted():

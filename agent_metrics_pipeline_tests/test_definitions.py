@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
 
@@ -15,6 +16,7 @@ from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline.resources import ClickHouseResource
 from agent_metrics_pipeline_tests.helpers import (
+    REPO_ROOT,
     calls_to_parquet,
     load_into_engine,
     random_calls,
@@ -139,3 +141,29 @@ def test_demo_publishes_correct_files_on_the_embedded_default(project_env, tmp_p
         day = dt.date.fromisoformat(path.parent.name)
         assert len(expected[day]) == 300
         assert_csv_matches(path.read_bytes(), expected[day], day)
+
+
+def test_embedded_engine_runs_in_a_pool_of_one_and_a_server_does_not():
+    embedded = build_definitions(Settings.from_env({})).resolve_assets_def("agent_metrics")
+    server = build_definitions(Settings.from_env({"CLICKHOUSE_HOST": "ch.internal"}))
+    assert embedded.op.pool == "embedded_clickhouse"
+    assert server.resolve_assets_def("agent_metrics").op.pool is None
+    instance_settings = (REPO_ROOT / "dagster.yaml").read_text()
+    assert "default_limit: 1" in instance_settings
+
+
+def test_backfill_policy_and_retries_follow_the_environment():
+    single = build_definitions(Settings.from_env({})).resolve_assets_def("agent_metrics")
+    assert single.backfill_policy == dg.BackfillPolicy.single_run()
+    split = build_definitions(
+        Settings.from_env(
+            {
+                "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN": "4",
+                "AGENT_METRICS_MAX_RETRIES": "5",
+                "AGENT_METRICS_RETRY_DELAY_SEC": "2",
+            }
+        )
+    ).resolve_assets_def("agent_metrics")
+    assert split.backfill_policy == dg.BackfillPolicy.multi_run(4)
+    policy = split.op.retry_policy
+    assert (policy.max_retries, policy.delay, policy.backoff) == (5, 2, dg.Backoff.EXPONENTIAL)
