@@ -4,7 +4,7 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test dev lint sync bootstrap
+.PHONY: demo test dev lint bench sync bootstrap
 
 demo: sync  ## Seed sample calls into the embedded engine and publish 8 days of metrics.
 	$(UV) run --frozen python -m agent_metrics_pipeline.demo
@@ -14,6 +14,9 @@ test: sync  ## The whole test suite, against the real engine and a local S3 serv
 
 dev: sync  ## The Dagster UI on http://127.0.0.1:3000.
 	$(UV) run --frozen dagster dev
+
+bench: sync  ## Pushdown vs. pulling the calls, on demand (about a minute).
+	$(UV) run --frozen python benchmarks/pushdown.py --calls-per-day 100000 1000000 4000000
 
 lint: sync
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .

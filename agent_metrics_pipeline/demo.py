@@ -47,14 +47,19 @@ def create_calls_table(clickhouse: ClickHouseResource, source: SourceTable) -> N
 
 
 def seed_sample_calls(
-    clickhouse: ClickHouseResource, source: SourceTable, first_day: dt.date, days: int
+    clickhouse: ClickHouseResource,
+    source: SourceTable,
+    first_day: dt.date,
+    days: int,
+    calls_per_day: int = SEED_CALLS_PER_DAY,
+    agents: int = SEED_AGENTS,
 ) -> int:
     """Replace the table's rows with deterministic sample calls, generated inside ClickHouse.
 
     Durations are log-normal (median about 2.5 minutes); about 80% of calls are answered.
     """
     col = source.column
-    total = days * SEED_CALLS_PER_DAY
+    total = days * calls_per_day
     with clickhouse.get_client() as client:
         client.command(f"TRUNCATE TABLE `{source.database}`.`{source.table}`")
         client.command(
@@ -62,7 +67,7 @@ def seed_sample_calls(
             INSERT INTO `{source.database}`.`{source.table}`
             SELECT
                 concat('call-', toString(number)) AS `{col("call_id")}`,
-                concat('agent-', leftPad(toString(sipHash64(number, 1) % {SEED_AGENTS}), 3, '0'))
+                concat('agent-', leftPad(toString(sipHash64(number, 1) % {agents}), 3, '0'))
                     AS `{col("agent_id")}`,
                 toDateTime64({{first_day:DateTime}}, 3, 'UTC')
                     + toIntervalMillisecond(sipHash64(number, 2) % ({days} * 86400000))
