@@ -119,31 +119,29 @@ def evaluate_checks(
     negative_calls, negative_days = _source_counts(quality, ["negative_duration_calls"])
     results = []
 
-    source_nulls_block = fail_on_invalid and null_calls > 0
-    results.append(
-        _result(
-            NO_NULLS,
-            null_rows,
-            error,
-            source_failed=source_nulls_block,
-            source_null_agent_or_duration_calls=null_calls,
-            source_offending_days=null_days,
-            sample_call_ids=sample_call_ids if source_nulls_block else [],
-        )
-    )
-
-    source_negatives_block = fail_on_invalid and negative_calls > 0
-    results.append(
-        _result(
+    # Under invalid_rows=fail, unmeasurable source calls fail these checks as well.
+    for name, offending_rows, count_key, source_calls, source_days in (
+        (NO_NULLS, null_rows, "source_null_agent_or_duration_calls", null_calls, null_days),
+        (
             NO_NEGATIVE_VALUES,
             negative_rows,
-            error,
-            source_failed=source_negatives_block,
-            source_negative_duration_calls=negative_calls,
-            source_offending_days=negative_days,
-            sample_call_ids=sample_call_ids if source_negatives_block else [],
+            "source_negative_duration_calls",
+            negative_calls,
+            negative_days,
+        ),
+    ):
+        source_failed = fail_on_invalid and source_calls > 0
+        results.append(
+            _result(
+                name,
+                offending_rows,
+                error,
+                source_failed=source_failed,
+                source_offending_days=source_days,
+                sample_call_ids=sample_call_ids if source_failed else [],
+                **{count_key: source_calls},
+            )
         )
-    )
 
     max_length = thresholds.max_call_length_sec
     overlong_calls, overlong_days = _source_counts(quality, ["overlong_calls"])

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SOURCE_COLUMN_ROLES = ("call_id", "agent_id", "started_at", "duration_sec", "status")
@@ -29,6 +30,9 @@ DEFAULT_FRESHNESS_DEADLINE_HOUR = 3
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY_SEC = 30
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
+
+
+N = TypeVar("N", int, float)
 
 
 class ConfigError(ValueError):
@@ -100,39 +104,45 @@ def parse_column_mapping(text: str) -> dict[str, str]:
     return columns
 
 
-def _parse_bool(name: str, value: str) -> bool:
-    lowered = value.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name}={value!r} must be true or false")
+class _Environment:
+    """Typed reads of environment variables; every error names the variable."""
 
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self._environ = environ
 
-def _parse_number(name: str, value: str, kind: type, minimum: float) -> float | int:
-    try:
-        number = kind(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} must be a {kind.__name__}") from None
-    if number < minimum:
-        raise ConfigError(f"{name}={value!r} must be at least {minimum}")
-    return number
+    def text(self, name: str) -> str | None:
+        value = self._environ.get(name, "").strip()
+        return value or None
 
+    def flag(self, name: str) -> bool:
+        value = (self.text(name) or "false").lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}={value!r} must be true or false")
 
-def _parse_url(name: str, value: str | None) -> str | None:
-    """Only the scheme is checked, and the value is never echoed: webhook URLs embed tokens."""
-    if value is None:
-        return None
-    if not value.startswith(("http://", "https://")):
-        raise ConfigError(f"{name} must start with http:// or https://")
-    return value
+    def number(self, name: str, default: N, minimum: N, maximum: N | None = None) -> N:
+        """A whole number when ``default`` is an int, a decimal one when it is a float."""
+        text = self.text(name)
+        if text is None:
+            return default
+        try:
+            value = type(default)(text)
+        except ValueError:
+            kind = "number" if isinstance(default, float) else "whole number"
+            raise ConfigError(f"{name}={text!r} must be a {kind}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ConfigError(f"{name}={text!r} must be {bounds}")
+        return value
 
-
-def _parse_hour(name: str, value: str) -> int:
-    hour = int(_parse_number(name, value, int, 0))
-    if hour > 23:
-        raise ConfigError(f"{name}={value!r} must be an hour of the day, 0 to 23")
-    return hour
+    def url(self, name: str) -> str | None:
+        """Only the scheme is checked, and the value is never echoed: webhook URLs embed tokens."""
+        value = self.text(name)
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ConfigError(f"{name} must start with http:// or https://")
+        return value
 
 
 @dataclass(frozen=True)
@@ -180,13 +190,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
+        env = _Environment(os.environ if environ is None else environ)
 
-        def get(name: str) -> str | None:
-            value = env.get(name, "").strip()
-            return value or None
-
-        start_date = get("AGENT_METRICS_START_DATE") or DEFAULT_START_DATE
+        start_date = env.text("AGENT_METRICS_START_DATE") or DEFAULT_START_DATE
         try:
             dt.date.fromisoformat(start_date)
         except ValueError:
@@ -194,13 +200,12 @@ class Settings:
                 f"AGENT_METRICS_START_DATE={start_date!r} must be a date like 2025-01-01"
             ) from None
 
-        statuses = tuple(
-            s.strip() for s in (get("AGENT_METRICS_STATUSES") or "Answered").split(",") if s.strip()
-        )
+        statuses_text = env.text("AGENT_METRICS_STATUSES") or ",".join(DEFAULT_STATUSES)
+        statuses = tuple(s.strip() for s in statuses_text.split(",") if s.strip())
         if not statuses:
             raise ConfigError("AGENT_METRICS_STATUSES must name at least one call status")
 
-        policy_text = (get("AGENT_METRICS_INVALID_ROWS") or "fail").lower()
+        policy_text = (env.text("AGENT_METRICS_INVALID_ROWS") or "fail").lower()
         try:
             policy = InvalidRowsPolicy(policy_text)
         except ValueError:
@@ -208,88 +213,49 @@ class Settings:
                 f"AGENT_METRICS_INVALID_ROWS={policy_text!r} must be 'fail' or 'exclude'"
             ) from None
 
-        prefix = (get("S3_PREFIX") or DEFAULT_S3_PREFIX).strip("/")
+        prefix = (env.text("S3_PREFIX") or DEFAULT_S3_PREFIX).strip("/")
         if not prefix:
             raise ConfigError("S3_PREFIX must not be empty or only slashes")
 
+        max_days = env.number("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", 0, minimum=1)
         return cls(
-            home=Path(get("AGENT_METRICS_HOME") or DEFAULT_HOME),
-            timezone=validate_timezone(get("AGENT_METRICS_TIMEZONE") or "UTC"),
+            home=Path(env.text("AGENT_METRICS_HOME") or DEFAULT_HOME),
+            timezone=validate_timezone(env.text("AGENT_METRICS_TIMEZONE") or "UTC"),
             start_date=start_date,
             statuses=statuses,
             source=SourceTable(
-                database=get("CLICKHOUSE_DATABASE") or "default",
-                table=get("AGENT_METRICS_SOURCE_TABLE") or "calls",
-                columns=parse_column_mapping(get("AGENT_METRICS_SOURCE_COLUMNS") or ""),
+                database=env.text("CLICKHOUSE_DATABASE") or "default",
+                table=env.text("AGENT_METRICS_SOURCE_TABLE") or "calls",
+                columns=parse_column_mapping(env.text("AGENT_METRICS_SOURCE_COLUMNS") or ""),
             ),
             invalid_rows=policy,
-            max_call_length_sec=float(
-                _parse_number(
-                    "AGENT_METRICS_MAX_CALL_LENGTH_SEC",
-                    get("AGENT_METRICS_MAX_CALL_LENGTH_SEC") or str(DEFAULT_MAX_CALL_LENGTH_SEC),
-                    float,
-                    0,
-                )
+            max_call_length_sec=env.number(
+                "AGENT_METRICS_MAX_CALL_LENGTH_SEC", DEFAULT_MAX_CALL_LENGTH_SEC, minimum=0.0
             ),
-            min_calls_per_agent=int(
-                _parse_number(
-                    "AGENT_METRICS_MIN_CALLS_PER_AGENT",
-                    get("AGENT_METRICS_MIN_CALLS_PER_AGENT") or "1",
-                    int,
-                    1,
-                )
-            ),
-            clickhouse_host=get("CLICKHOUSE_HOST"),
-            clickhouse_port=int(
-                _parse_number("CLICKHOUSE_PORT", get("CLICKHOUSE_PORT") or "8123", int, 1)
-            ),
-            clickhouse_user=get("CLICKHOUSE_USER") or "default",
-            clickhouse_password_set=get("CLICKHOUSE_PASSWORD") is not None,
-            clickhouse_secure=_parse_bool("CLICKHOUSE_SECURE", get("CLICKHOUSE_SECURE") or ""),
-            s3_bucket=get("S3_BUCKET"),
+            min_calls_per_agent=env.number("AGENT_METRICS_MIN_CALLS_PER_AGENT", 1, minimum=1),
+            clickhouse_host=env.text("CLICKHOUSE_HOST"),
+            clickhouse_port=env.number("CLICKHOUSE_PORT", 8123, minimum=1, maximum=65535),
+            clickhouse_user=env.text("CLICKHOUSE_USER") or "default",
+            clickhouse_password_set=env.text("CLICKHOUSE_PASSWORD") is not None,
+            clickhouse_secure=env.flag("CLICKHOUSE_SECURE"),
+            s3_bucket=env.text("S3_BUCKET"),
             s3_prefix=prefix,
-            s3_endpoint_url=get("S3_ENDPOINT_URL"),
-            aws_region=get("AWS_REGION"),
-            gzip=_parse_bool("AGENT_METRICS_GZIP", get("AGENT_METRICS_GZIP") or ""),
-            freshness_deadline_hour=_parse_hour(
+            s3_endpoint_url=env.text("S3_ENDPOINT_URL"),
+            aws_region=env.text("AWS_REGION"),
+            gzip=env.flag("AGENT_METRICS_GZIP"),
+            freshness_deadline_hour=env.number(
                 "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR",
-                get("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR")
-                or str(DEFAULT_FRESHNESS_DEADLINE_HOUR),
+                DEFAULT_FRESHNESS_DEADLINE_HOUR,
+                minimum=0,
+                maximum=23,
             ),
-            backfill_max_days_per_run=(
-                int(_parse_number("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", max_days, int, 1))
-                if (max_days := get("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN"))
-                else None
+            backfill_max_days_per_run=max_days or None,
+            schedule_lookback_days=env.number("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", 0, minimum=0),
+            max_retries=env.number("AGENT_METRICS_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
+            retry_delay_sec=env.number(
+                "AGENT_METRICS_RETRY_DELAY_SEC", DEFAULT_RETRY_DELAY_SEC, minimum=0
             ),
-            schedule_lookback_days=int(
-                _parse_number(
-                    "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS",
-                    get("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS") or "0",
-                    int,
-                    0,
-                )
-            ),
-            max_retries=int(
-                _parse_number(
-                    "AGENT_METRICS_MAX_RETRIES",
-                    get("AGENT_METRICS_MAX_RETRIES") or str(DEFAULT_MAX_RETRIES),
-                    int,
-                    0,
-                )
-            ),
-            retry_delay_sec=int(
-                _parse_number(
-                    "AGENT_METRICS_RETRY_DELAY_SEC",
-                    get("AGENT_METRICS_RETRY_DELAY_SEC") or str(DEFAULT_RETRY_DELAY_SEC),
-                    int,
-                    0,
-                )
-            ),
-            alert_webhook_url=_parse_url(
-                "AGENT_METRICS_ALERT_WEBHOOK_URL", get("AGENT_METRICS_ALERT_WEBHOOK_URL")
-            ),
-            secrets=tuple(value for name in SECRET_VARIABLES if (value := get(name))),
-            ui_url=(
-                _parse_url("AGENT_METRICS_UI_URL", get("AGENT_METRICS_UI_URL")) or DEFAULT_UI_URL
-            ).rstrip("/"),
+            alert_webhook_url=env.url("AGENT_METRICS_ALERT_WEBHOOK_URL"),
+            ui_url=(env.url("AGENT_METRICS_UI_URL") or DEFAULT_UI_URL).rstrip("/"),
+            secrets=tuple(value for name in SECRET_VARIABLES if (value := env.text(name))),
         )
