@@ -12,8 +12,9 @@ demo: sync  ## Seed sample calls into the embedded engine and publish 8 days of 
 test: sync  ## The whole test suite, against the real engine and a local S3 server.
 	$(UV) run --frozen pytest
 
-dev: sync  ## The Dagster UI on http://127.0.0.1:3000.
-	$(UV) run --frozen dagster dev
+dev: sync  ## The Dagster UI on http://127.0.0.1:3000; run history kept in .dagster_home/.
+	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
+	DAGSTER_HOME="$(CURDIR)/.dagster_home" $(UV) run --frozen dagster dev
 
 bench: sync  ## Pushdown vs. pulling the calls, on demand (about a minute).
 	$(UV) run --frozen python benchmarks/pushdown.py --calls-per-day 100000 1000000 4000000
