@@ -17,7 +17,7 @@ import dagster as dg
 import polars as pl
 
 from agent_metrics_pipeline.config import InvalidRowsPolicy
-from agent_metrics_pipeline.metrics import METRIC_COLUMNS, SourceQuality
+from agent_metrics_pipeline.metrics import METRIC_COLUMNS, SAMPLE_SIZE, SourceQuality
 
 NO_NULLS = "no_nulls"
 NO_NEGATIVE_VALUES = "no_negative_values"
@@ -26,8 +26,6 @@ ONE_ROW_PER_AGENT_PER_DAY = "one_row_per_agent_per_day"
 CALLS_PRESENT = "calls_present"
 EXCLUDED_SOURCE_ROWS = "excluded_source_rows"
 MIN_CALLS_PER_AGENT = "min_calls_per_agent"
-
-SAMPLE_SIZE = 5
 
 CHECK_DESCRIPTIONS = {
     NO_NULLS: "No NULL in any published column; under invalid_rows=fail, no counted source "
@@ -107,7 +105,8 @@ def evaluate_checks(
     """Every check of ``CHECK_DESCRIPTIONS``, in that order, from what the step already holds."""
     error, warn = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
     fail_on_invalid = thresholds.invalid_rows is InvalidRowsPolicy.FAIL
-    sample_call_ids = list(quality.sample_call_ids[:SAMPLE_SIZE])
+    null_ids = list(quality.samples["null_call_ids"])
+    negative_ids = list(quality.samples["negative_call_ids"])
 
     null_rows = metrics.filter(pl.any_horizontal(pl.col(METRIC_COLUMNS).is_null()))
     null_calls, null_days = _source_counts(quality, ["null_agent_calls", "null_duration_calls"])
@@ -120,14 +119,22 @@ def evaluate_checks(
     results = []
 
     # Under invalid_rows=fail, unmeasurable source calls fail these checks as well.
-    for name, offending_rows, count_key, source_calls, source_days in (
-        (NO_NULLS, null_rows, "source_null_agent_or_duration_calls", null_calls, null_days),
+    for name, offending_rows, count_key, source_calls, source_days, sample_ids in (
+        (
+            NO_NULLS,
+            null_rows,
+            "source_null_agent_or_duration_calls",
+            null_calls,
+            null_days,
+            null_ids,
+        ),
         (
             NO_NEGATIVE_VALUES,
             negative_rows,
             "source_negative_duration_calls",
             negative_calls,
             negative_days,
+            negative_ids,
         ),
     ):
         source_failed = fail_on_invalid and source_calls > 0
@@ -138,7 +145,7 @@ def evaluate_checks(
                 error,
                 source_failed=source_failed,
                 source_offending_days=source_days,
-                sample_call_ids=sample_call_ids if source_failed else [],
+                sample_call_ids=sample_ids if source_failed else [],
                 **{count_key: source_calls},
             )
         )
@@ -158,7 +165,7 @@ def evaluate_checks(
             max_call_length_sec=max_length,
             source_calls_over_max=overlong_calls,
             source_offending_days=overlong_days,
-            sample_call_ids=list(quality.sample_overlong_call_ids[:SAMPLE_SIZE]),
+            sample_call_ids=list(quality.samples["overlong_call_ids"]),
             longest_p90_call_length_sec=metrics.get_column("p90_call_length_sec").max() or 0.0,
         )
     )
@@ -197,7 +204,9 @@ def evaluate_checks(
                 "excluded_null_agent_or_duration_calls": 0 if fail_on_invalid else null_calls,
                 "excluded_negative_duration_calls": 0 if fail_on_invalid else negative_calls,
                 "offending_days": [] if fail_on_invalid else sorted({*null_days, *negative_days}),
-                "sample_call_ids": [] if fail_on_invalid else sample_call_ids,
+                "sample_call_ids": []
+                if fail_on_invalid
+                else (null_ids + negative_ids)[:SAMPLE_SIZE],
             },
         )
     )

@@ -19,58 +19,55 @@ METRICS_SCHEMA = pl.Schema(
 METRIC_COLUMNS = tuple(METRICS_SCHEMA.names())
 
 
+QUALITY_COUNTS = (
+    "null_agent_calls",
+    "null_duration_calls",
+    "negative_duration_calls",
+    "overlong_calls",
+)
+UNMEASURABLE_COUNTS = QUALITY_COUNTS[:3]
+SAMPLE_IDS = ("null_call_ids", "negative_call_ids", "overlong_call_ids")
+SAMPLE_SIZE = 5
+
+
 @dataclass(frozen=True)
 class SourceQuality:
-    """Counts of source calls the metrics could not measure, per day, from the same scan."""
+    """Source calls the metrics could not (or should not) measure, from the same scan.
 
-    # date, null_agent_calls, null_duration_calls, negative_duration_calls, overlong_calls
+    ``per_day`` has a ``date`` column and one column per name in ``QUALITY_COUNTS``;
+    ``samples`` holds a few call ids per name in ``SAMPLE_IDS``.
+    """
+
     per_day: pl.DataFrame
-    sample_call_ids: tuple[str, ...]
-    sample_overlong_call_ids: tuple[str, ...] = ()
+    samples: dict[str, tuple[str, ...]]
 
     @property
     def unmeasurable_calls(self) -> int:
-        return int(
-            self.per_day.select(
-                pl.sum_horizontal(
-                    "null_agent_calls", "null_duration_calls", "negative_duration_calls"
-                ).sum()
-            ).item()
-        )
+        return int(self.per_day.select(pl.sum_horizontal(UNMEASURABLE_COUNTS).sum()).item())
 
 
 def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
     """Split the query result into publishable metrics and source-quality counts.
 
-    Rows of the NULL-agent group and agents left with no measurable call carry no metrics;
-    their calls are counted in the quality summary instead.
+    The group of calls without an agent and agents left with no measurable call carry no
+    metrics; their calls are counted in the quality summary instead.
     """
-    is_null_agent = pl.col("agent_id").is_null()
     metrics = (
-        raw.filter(~is_null_agent & (pl.col("total_calls") > 0))
+        raw.filter(pl.col("agent_id").is_not_null() & (pl.col("total_calls") > 0))
         .select(pl.col(name).cast(dtype) for name, dtype in METRICS_SCHEMA.items())
         .sort("date", "agent_id")
     )
     per_day = (
         raw.group_by("date")
-        .agg(
-            pl.col("source_calls").filter(is_null_agent).sum().alias("null_agent_calls"),
-            pl.col("null_duration_calls").filter(~is_null_agent).sum(),
-            pl.col("negative_duration_calls").filter(~is_null_agent).sum(),
-            pl.col("overlong_calls").sum(),
-        )
+        .agg(pl.col(QUALITY_COUNTS).sum())
         .cast({"date": pl.Date, pl.selectors.numeric(): pl.Int64})
         .sort("date")
     )
-
-    def sample(column: str) -> tuple[str, ...]:
-        return tuple(raw.select(pl.col(column).explode().drop_nulls().head(10)).to_series())
-
-    return metrics, SourceQuality(
-        per_day=per_day,
-        sample_call_ids=sample("unmeasurable_call_ids"),
-        sample_overlong_call_ids=sample("overlong_call_ids"),
-    )
+    samples = {
+        column: tuple(raw.get_column(column).explode().drop_nulls().head(SAMPLE_SIZE))
+        for column in SAMPLE_IDS
+    }
+    return metrics, SourceQuality(per_day=per_day, samples=samples)
 
 
 def metrics_for_day(metrics: pl.DataFrame, day: dt.date) -> pl.DataFrame:

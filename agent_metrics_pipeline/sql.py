@@ -35,38 +35,49 @@ def build_metrics_query(
     A call belongs to the day its start falls in, in ``timezone``. The filter is a range
     predicate on the start column so ClickHouse can use the table's primary key.
 
-    Metrics are computed over measurable calls only (an agent and a non-negative duration).
-    The counts of unmeasurable calls ride along in the same scan so the checks can decide
-    whether the day may be published; calls with a NULL agent form their own group. Calls
-    longer than ``max_call_length_sec`` are counted too: they are implausible, not invalid.
+    Metrics are computed over measurable calls only: an agent (not NULL, not empty) and a
+    non-negative duration. The counts of unmeasurable calls, and of measurable calls longer than
+    ``max_call_length_sec``, ride along in the same scan with a few of their call ids, so the
+    checks can decide whether the day may be published. Calls without an agent form their own
+    group.
 
-    The average is taken over ``Decimal128(6)`` so the sum is exact and does not depend on how
-    ClickHouse splits the work between threads: re-running a day yields identical bytes.
+    Every source column is qualified with the table alias, so a source column named like an
+    output (``date``, say) is never mistaken for it. The average sums whole microseconds as
+    integers: exact, so it does not depend on how ClickHouse splits the work between threads,
+    and re-running a day yields identical bytes.
     """
     if not statuses:
         raise ValueError("at least one call status must be counted")
-    call_id = f"`{source.column('call_id')}`"
-    agent = f"`{source.column('agent_id')}`"
-    started_at = f"`{source.column('started_at')}`"
-    duration = f"`{source.column('duration_sec')}`"
-    status = f"`{source.column('status')}`"
+    call_id, agent, started_at, duration, status = (
+        f"src.`{source.column(role)}`"
+        for role in ("call_id", "agent_id", "started_at", "duration_sec", "status")
+    )
     sql = f"""
-WITH {agent} IS NOT NULL AND {duration} IS NOT NULL AND {duration} >= 0 AS measurable
+WITH
+    nullIf({agent}, '') AS call_agent,
+    call_agent IS NOT NULL AND {duration} IS NOT NULL AND {duration} >= 0 AS measurable,
+    measurable AND {duration} > {{max_call_length_sec:Float64}} AS overlong
 SELECT
     toDate({started_at}, {{timezone:String}}) AS date,
-    {agent} AS agent_id,
-    count() AS source_calls,
+    call_agent AS agent_id,
     countIf(measurable) AS total_calls,
-    round(avgIf(toDecimal128(assumeNotNull({duration}), 6), measurable), 2) AS avg_call_length_sec,
+    round(
+        sumIf(toInt64(round(assumeNotNull({duration}) * 1000000)), measurable)
+            / total_calls / 1000000,
+        2
+    ) AS avg_call_length_sec,
     round(quantileExactInclusiveIf(0.9)(assumeNotNull({duration}), measurable), 2)
         AS p90_call_length_sec,
-    countIf({duration} IS NULL) AS null_duration_calls,
-    countIf({duration} < 0) AS negative_duration_calls,
-    groupArrayIf(5)(toString({call_id}), NOT measurable) AS unmeasurable_call_ids,
-    countIf({duration} > {{max_call_length_sec:Float64}}) AS overlong_calls,
-    groupArrayIf(5)(toString({call_id}), {duration} > {{max_call_length_sec:Float64}})
-        AS overlong_call_ids
-FROM `{source.database}`.`{source.table}`
+    countIf(call_agent IS NULL) AS null_agent_calls,
+    countIf(call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
+    countIf(call_agent IS NOT NULL AND {duration} < 0) AS negative_duration_calls,
+    countIf(overlong) AS overlong_calls,
+    groupArrayIf(5)(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
+        AS null_call_ids,
+    groupArrayIf(5)(toString({call_id}), call_agent IS NOT NULL AND {duration} < 0)
+        AS negative_call_ids,
+    groupArrayIf(5)(toString({call_id}), overlong) AS overlong_call_ids
+FROM `{source.database}`.`{source.table}` AS src
 WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
   AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
   AND {status} IN {{statuses:Array(String)}}

@@ -42,11 +42,14 @@ def expected_metrics(
     timezone: str = "UTC",
     statuses: Sequence[str] = ("Answered",),
 ) -> dict[dt.date, list[ExpectedRow]]:
-    """Rows per day, sorted by agent; only measurable calls of the counted statuses."""
+    """Rows per day, sorted by agent; only measurable calls of the counted statuses.
+
+    A call is measurable when it has an agent (not NULL, not empty) and a duration >= 0.
+    """
     zone = zoneinfo.ZoneInfo(timezone)
     durations: dict[tuple[dt.date, str], list[float]] = defaultdict(list)
     for call in calls:
-        if call.status not in statuses or call.agent_id is None:
+        if call.status not in statuses or not call.agent_id:
             continue
         if call.duration_sec is None or call.duration_sec < 0:
             continue

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import uuid
 
+from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.demo import create_calls_table
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline.resources import ClickHouseResource
 from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
@@ -214,3 +217,23 @@ def test_gzip_objects_decompress_to_the_same_csv(clickhouse, calls_table, bucket
     key = key_for(DAY) + ".gz"
     assert bucket.keys() == [key]
     assert_csv_matches(gzip.decompress(bucket.get(key)), expected_metrics(calls)[DAY], DAY)
+
+
+def test_source_columns_named_like_outputs_are_read_from_the_source(clickhouse, bucket):
+    source = SourceTable(
+        table=f"calls_renamed_{uuid.uuid4().hex[:8]}",
+        columns={
+            "call_id": "id",
+            "agent_id": "agent",
+            "started_at": "date",
+            "duration_sec": "avg_call_length_sec",
+            "status": "total_calls",
+        },
+    )
+    create_calls_table(clickhouse, source)
+    calls = random_calls(DAY - dt.timedelta(days=1), days=3, calls_per_day=200, seed=23)
+    insert_calls(clickhouse, source, calls)
+
+    materialize(clickhouse, metrics_settings(source), bucket.io_manager(), str(DAY))
+
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)

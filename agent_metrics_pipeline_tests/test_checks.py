@@ -16,7 +16,7 @@ from dagster._core.test_utils import freeze_time
 from agent_metrics_pipeline import checks
 from agent_metrics_pipeline.config import InvalidRowsPolicy
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SourceQuality
+from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SAMPLE_IDS, SourceQuality
 from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
@@ -76,7 +76,11 @@ def test_clean_day_passes_every_check_and_is_published(
     [
         (
             checks.NO_NULLS,
-            [bad_call("null-agent", None, 30.0), bad_call("null-duration", "agent-001", None)],
+            [
+                bad_call("null-agent", None, 30.0),
+                bad_call("empty-agent", "", 12.0),
+                bad_call("null-duration", "agent-001", None),
+            ],
             "source_null_agent_or_duration_calls",
         ),
         (
@@ -145,6 +149,26 @@ def test_implausible_call_length_blocks_publication_unless_the_limit_allows_it(
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + marathon)[DAY], DAY)
 
 
+def test_each_source_check_samples_only_its_own_calls(clickhouse, calls_table, bucket, good_calls):
+    nulls = [bad_call("null-agent", None, 30.0), bad_call("null-duration", "agent-001", None)]
+    negatives = [bad_call("negative", "agent-002", -5.0)]
+    insert_calls(clickhouse, calls_table, good_calls + nulls + negatives)
+
+    result = materialize(
+        clickhouse,
+        metrics_settings(calls_table),
+        bucket.io_manager(),
+        str(DAY),
+        raise_on_error=False,
+    )
+
+    found = evaluations(result)
+    assert sorted(meta(found[checks.NO_NULLS], "sample_call_ids")) == sorted(
+        c.call_id for c in nulls
+    )
+    assert meta(found[checks.NO_NEGATIVE_VALUES], "sample_call_ids") == ["negative"]
+
+
 def test_exclude_policy_publishes_without_invalid_rows_and_warns(
     clickhouse, calls_table, bucket, good_calls
 ):
@@ -153,6 +177,8 @@ def test_exclude_policy_publishes_without_invalid_rows_and_warns(
         bad_call("null-duration", "agent-001", None),
         bad_call("negative", "agent-002", -5.0),
         bad_call("other-day", None, 1.0, day=DAY + dt.timedelta(days=1)),
+        # Excluded for its missing agent, so its implausible length blocks nothing.
+        bad_call("no-agent-marathon", None, 200_000.0),
     ]
     insert_calls(clickhouse, calls_table, good_calls + bad_rows)
 
@@ -167,10 +193,16 @@ def test_exclude_policy_publishes_without_invalid_rows_and_warns(
     assert found[checks.NO_NULLS].passed and found[checks.NO_NEGATIVE_VALUES].passed
     excluded = found[checks.EXCLUDED_SOURCE_ROWS]
     assert not excluded.passed and excluded.severity == WARN
-    assert meta(excluded, "excluded_calls") == 3
-    assert meta(excluded, "excluded_null_agent_or_duration_calls") == 2
+    assert found[checks.PLAUSIBLE_RANGES].passed
+    assert meta(excluded, "excluded_calls") == 4
+    assert meta(excluded, "excluded_null_agent_or_duration_calls") == 3
     assert meta(excluded, "excluded_negative_duration_calls") == 1
-    assert sorted(meta(excluded, "sample_call_ids")) == ["negative", "null-agent", "null-duration"]
+    assert sorted(meta(excluded, "sample_call_ids")) == [
+        "negative",
+        "no-agent-marathon",
+        "null-agent",
+        "null-duration",
+    ]
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + bad_rows)[DAY], DAY)
 
 
@@ -266,7 +298,7 @@ def _clean_quality() -> SourceQuality:
             "overlong_calls": [0],
         }
     )
-    return SourceQuality(per_day=per_day, sample_call_ids=())
+    return SourceQuality(per_day=per_day, samples={name: () for name in SAMPLE_IDS})
 
 
 THRESHOLDS = checks.CheckThresholds(InvalidRowsPolicy.FAIL, 3600.0, 1)

@@ -137,4 +137,4 @@ def test_values_are_bound_and_identifiers_quoted():
         "statuses": ["Answered", "It's done"],
         "max_call_length_sec": 86_400.0,
     }
-    assert "FROM `default`.`calls`" in sql
+    assert "FROM `default`.`calls` AS src" in sql
