@@ -27,6 +27,8 @@ from agent_metrics_pipeline.errors import PermanentError, TransientError
 CREDENTIAL_ERROR_CODES = {192, 193, 194, 497, 516}  # unknown user, wrong/required password, ...
 MISSING_OBJECT_ERROR_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 UNKNOWN_IDENTIFIER_CODE = 47
+# Codes that a later attempt may not hit: timeouts, overload, memory pressure, network trouble.
+TRANSIENT_ERROR_CODES = {3, 32, 159, 202, 209, 210, 241, 394, 999}
 
 
 class ClickHouseUnavailableError(TransientError):
@@ -99,13 +101,29 @@ class ClickHouseResource(dg.ConfigurableResource):
         return clickhouse_connect.get_client(interface="chdb", path=str(path))
 
     def _translate(self, error: Exception) -> Exception:
-        detail = self._scrub(str(error)).strip().splitlines()[0][:500]
+        lines = self._scrub(str(error)).strip().splitlines()
+        detail = (lines[0] if lines else type(error).__name__)[:500]
         if isinstance(error, OperationalError):
             return ClickHouseUnavailableError(
                 f"Could not reach the {self.description}: {detail}. Check CLICKHOUSE_HOST, "
                 "CLICKHOUSE_PORT and CLICKHOUSE_SECURE, and that the server is up."
             )
+        if not self.host and "EmbeddedServer already initialized" in str(error):
+            return ClickHouseQueryError(
+                f"This process already serves another embedded engine folder: {detail}. One "
+                "process can open one folder; close the other clients first."
+            )
+        if not self.host and "EmbeddedServer" in str(error):
+            return ClickHouseUnavailableError(
+                f"The {self.description} is in use by another process: {detail}. The embedded "
+                "engine's folder opens in one process at a time; wait for the other run (or "
+                "the demo) to finish."
+            )
         code = _error_code(error) if isinstance(error, ClickHouseError) else None
+        if code in TRANSIENT_ERROR_CODES:
+            return ClickHouseUnavailableError(
+                f"The {self.description} could not finish the query now: {detail}"
+            )
         if code in CREDENTIAL_ERROR_CODES:
             return ClickHouseQueryError(
                 f"The {self.description} rejected the credentials: {detail}. Check "
@@ -123,11 +141,6 @@ class ClickHouseResource(dg.ConfigurableResource):
             )
         if isinstance(error, DatabaseError) and code is not None:
             return ClickHouseQueryError(f"The {self.description} refused the query: {detail}")
-        if "Cannot lock file" in str(error):
-            return ClickHouseUnavailableError(
-                f"The {self.description} is in use by another process: {detail}. The embedded "
-                "engine serves one process at a time; wait for the other run to finish."
-            )
         return ClickHouseUnavailableError(f"The {self.description} failed: {detail}")
 
     @contextlib.contextmanager

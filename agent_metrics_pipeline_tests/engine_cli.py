@@ -5,11 +5,14 @@ session's folder; subprocess tests (CLI, demo) use this to reach their own folde
 
     python -m agent_metrics_pipeline_tests.engine_cli load ENGINE_DIR CALLS.parquet
     python -m agent_metrics_pipeline_tests.engine_cli dump ENGINE_DIR CALLS.parquet
+    python -m agent_metrics_pipeline_tests.engine_cli hold ENGINE_DIR    # until terminated
+    python -m agent_metrics_pipeline_tests.engine_cli probe ENGINE_DIR   # prints the error, if any
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import polars as pl
 
@@ -20,7 +23,7 @@ from agent_metrics_pipeline.resources import ClickHouseResource
 CALL_COLUMNS = ["call_id", "agent_id", "started_at", "duration_sec", "status"]
 
 
-def main(command: str, engine_dir: str, path: str) -> None:
+def main(command: str, engine_dir: str, path: str = "") -> None:
     clickhouse = ClickHouseResource(embedded_path=engine_dir)
     source = SourceTable()
     if command == "load":
@@ -32,6 +35,17 @@ def main(command: str, engine_dir: str, path: str) -> None:
         clickhouse.query_polars(
             f"SELECT {', '.join(CALL_COLUMNS)} FROM default.calls"
         ).write_parquet(path)
+    elif command == "hold":
+        with clickhouse.get_client() as client:
+            client.query("SELECT 1")
+            print("holding", flush=True)
+            time.sleep(600)
+    elif command == "probe":
+        try:
+            clickhouse.query_polars("SELECT 1")
+            print("ok")
+        except Exception as error:
+            print(f"{type(error).__name__}: {error}")
     else:
         raise SystemExit(f"unknown command {command!r}")
 

@@ -63,37 +63,91 @@ def test_unreachable_clickhouse_server_fails_fast_without_leaking_the_password(t
     assert not any(tmp_path.rglob("*.csv"))
 
 
-class _AuthFailingClickHouse(http.server.BaseHTTPRequestHandler):
-    """Answers every request the way a ClickHouse server rejects a wrong password."""
+def failing_clickhouse_server(code: int, status: int, message: str) -> http.server.HTTPServer:
+    """An HTTP server answering every request as a ClickHouse server reporting ``code``.
 
-    def _reject(self) -> None:
-        body = b"Code: 516. DB::Exception: default: Authentication failed: password is incorrect."
-        self.send_response(401)
-        self.send_header("X-ClickHouse-Exception-Code", "516")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+    No modern ClickHouse server can be installed here, so these faults are replayed over real
+    HTTP, in the server's wire format.
+    """
+    body = f"Code: {code}. DB::Exception: {message}".encode()
 
-    do_GET = do_POST = _reject
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            self.send_response(status)
+            self.send_header("X-ClickHouse-Exception-Code", str(code))
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
 
-    def log_message(self, *args) -> None:
-        pass
+        do_GET = do_POST = _answer
 
+        def log_message(self, *args) -> None:
+            pass
 
-def test_wrong_clickhouse_credentials_are_a_permanent_error():
-    # No ClickHouse server can be installed here, so this fault is replayed over real HTTP.
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AuthFailingClickHouse)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "message", "expected_error", "hint"),
+    [
+        (
+            516,
+            401,
+            f"default: Authentication failed: password '{SECRET}' is incorrect.",
+            ClickHouseQueryError,
+            "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD",
+        ),
+        (60, 404, "Table default.calls does not exist.", ClickHouseQueryError, "SOURCE_TABLE"),
+        (159, 500, "Timeout exceeded: elapsed 300 seconds.", ClickHouseUnavailableError, "now"),
+        (202, 500, "Too many simultaneous queries.", ClickHouseUnavailableError, "now"),
+        (241, 500, "Memory limit exceeded.", ClickHouseUnavailableError, "now"),
+    ],
+)
+def test_server_errors_are_classified_and_never_show_the_password(
+    code, status, message, expected_error, hint
+):
+    server = failing_clickhouse_server(code, status, message)
     try:
         resource = ClickHouseResource(
             host="127.0.0.1", port=server.server_address[1], password=SECRET
         )
-        with pytest.raises(ClickHouseQueryError) as raised:
+        with pytest.raises(expected_error) as raised:
             resource.query_polars("SELECT 1")
     finally:
         server.shutdown()
-    assert "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD" in str(raised.value)
+    assert hint in str(raised.value)
     assert SECRET not in str(raised.value)
+
+
+def test_embedded_engine_held_by_another_process_is_a_transient_error(tmp_path):
+    engine_dir = tmp_path / "engine"
+    holder = subprocess.Popen(
+        [sys.executable, "-m", "agent_metrics_pipeline_tests.engine_cli", "hold", str(engine_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        probe = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "agent_metrics_pipeline_tests.engine_cli",
+                "probe",
+                str(engine_dir),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        holder.terminate()
+        holder.wait(timeout=30)
+    error_class, _, message = probe.stdout.strip().partition(": ")
+    assert error_class == "ClickHouseUnavailableError", probe.stdout + probe.stderr
+    assert "in use by another process" in message
 
 
 def test_missing_table_names_the_variable_to_fix(clickhouse, tmp_path):
