@@ -17,12 +17,13 @@ import os
 import tempfile
 from abc import abstractmethod
 from pathlib import Path
+from typing import Any
 
 import botocore.exceptions
 import dagster as dg
 import polars as pl
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from agent_metrics_pipeline.errors import (
     PermanentError,
@@ -41,6 +42,15 @@ CREDENTIAL_ERROR_CODES = {
 }
 MISSING_BUCKET_ERROR_CODES = {"NoSuchBucket"}
 MISSING_OBJECT_ERROR_CODES = {"NoSuchKey", "404"}
+# Answers that a later attempt may not get: throttling, timeouts, server trouble.
+TRANSIENT_ERROR_CODES = {
+    "RequestTimeout",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "ServiceUnavailable",
+}
 
 
 class ObjectStoreUnavailableError(TransientError):
@@ -158,6 +168,7 @@ class S3CsvIOManager(DailyCsvIOManager):
 
     s3: S3Resource
     bucket: str = Field(description="Bucket name, without s3://.")
+    _s3_client: Any = PrivateAttr(default=None)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -167,10 +178,22 @@ class S3CsvIOManager(DailyCsvIOManager):
         return f"bucket {self.bucket!r} at {endpoint}"
 
     def _translate(self, error: Exception, key: str) -> Exception:
+        if isinstance(
+            error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
+        ):
+            return ObjectStoreUnavailableError(
+                f"Could not reach the {self._where()}: {type(error).__name__}. Check "
+                "S3_ENDPOINT_URL and the network."
+            )
         if isinstance(error, botocore.exceptions.NoCredentialsError):
             return ObjectStoreError(
                 f"No AWS credentials found for {self._where()}: set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role."
+            )
+        if isinstance(error, botocore.exceptions.BotoCoreError):
+            return ObjectStoreError(
+                f"The S3 client for the {self._where()} is misconfigured: {error}. Check "
+                "AWS_PROFILE, AWS_REGION and the AWS credential variables."
             )
         if isinstance(error, botocore.exceptions.ClientError):
             code = str(error.response.get("Error", {}).get("Code", ""))
@@ -190,20 +213,23 @@ class S3CsvIOManager(DailyCsvIOManager):
                     f"No object {self.uri(key)}: materialize that partition before reading it."
                 )
             status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-            if status >= 500:
+            if code in TRANSIENT_ERROR_CODES or status >= 500 or status == 429:
                 return ObjectStoreUnavailableError(
                     f"The {self._where()} failed with {code} (HTTP {status}); retry later."
                 )
             return ObjectStoreError(f"The {self._where()} refused the request: {code}.")
-        return ObjectStoreUnavailableError(
-            f"Could not reach the {self._where()}: {type(error).__name__}. Check S3_ENDPOINT_URL "
-            "and the network."
-        )
+        return ObjectStoreUnavailableError(f"The {self._where()} failed: {type(error).__name__}.")
+
+    def _client(self) -> Any:
+        """One boto3 client per IO manager instance, not one per day written."""
+        if self._s3_client is None:
+            self._s3_client = self.s3.get_client()
+        return self._s3_client
 
     def _write(self, key: str, data: bytes) -> None:
         content_type = "application/gzip" if self.gzip else "text/csv; charset=utf-8"
         try:
-            self.s3.get_client().put_object(
+            self._client().put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
@@ -211,7 +237,7 @@ class S3CsvIOManager(DailyCsvIOManager):
 
     def _read(self, key: str) -> bytes:
         try:
-            response = self.s3.get_client().get_object(Bucket=self.bucket, Key=key)
+            response = self._client().get_object(Bucket=self.bucket, Key=key)
             return response["Body"].read()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._translate(error, key) from None

@@ -17,6 +17,7 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import pytest
+from dagster_aws.s3 import S3Resource
 
 from agent_metrics_pipeline.config import SourceTable
 from agent_metrics_pipeline.demo import create_calls_table
@@ -278,3 +279,55 @@ def test_invalid_partition_key_is_refused_before_any_work(
 def test_reading_a_day_never_published_says_so(tmp_path):
     with pytest.raises(ObjectStoreError, match="materialize that partition"):
         LocalCsvIOManager(base_dir=str(tmp_path)).load_day("agent_metrics", DAY)
+
+
+def test_unknown_aws_profile_is_a_permanent_error(s3_server):
+    output = S3CsvIOManager(
+        s3=s3_server.resource(
+            profile_name="no-such-profile", aws_access_key_id=None, aws_secret_access_key=None
+        ),
+        bucket="any",
+    )
+    with pytest.raises(ObjectStoreError, match="AWS_PROFILE"):
+        output._write("k", b"x")
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(503, "SlowDown"), (400, "RequestTimeout"), (500, "InternalError")]
+)
+def test_throttling_and_server_trouble_are_transient(status, code):
+    # Throttling cannot be provoked on the local S3 server, so its answer is replayed over HTTP.
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>try again</Message></Error>"
+    ).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        output = S3CsvIOManager(
+            s3=S3Resource(
+                endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+                region_name=S3_TEST_REGION,
+                max_attempts=0,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            ),
+            bucket="metrics",
+        )
+        with pytest.raises(ObjectStoreUnavailableError, match=code):
+            output._write("agent_metrics/x.csv", b"x")
+    finally:
+        server.shutdown()
