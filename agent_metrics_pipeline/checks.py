@@ -242,21 +242,27 @@ def describe_failures(failures: Sequence[dg.AssetCheckResult]) -> str:
     return "; ".join(lines)
 
 
-def build_freshness_checks(
-    asset: dg.AssetsDefinition, deadline_hour: int, timezone: str
-) -> tuple[Sequence[dg.AssetChecksDefinition], dg.SensorDefinition]:
-    """A check that fails when yesterday's partition is not materialized by ``deadline_hour``,
-    and the sensor that evaluates it.
+FRESHNESS_TIMEZONE = "UTC"
 
-    The deadline is read in the partitions' timezone, so it always falls after the day it
-    expects has ended. Dagster 1.13 prefers ``FreshnessPolicy``, but a policy only looks at the
-    latest materialization of any partition: a backfill of old days would pass it. This check
-    looks for the expected partition itself.
+
+def build_freshness_checks(
+    asset: dg.AssetsDefinition, deadline_hour: int
+) -> tuple[Sequence[dg.AssetChecksDefinition], dg.SensorDefinition]:
+    """A check that fails when yesterday's partition is not materialized by ``deadline_hour``
+    UTC, and the sensor that evaluates it.
+
+    At the deadline, "yesterday" is the newest day that has ended in the partitions' timezone:
+    the same day the 02:00 UTC schedule materialized an hour before, whatever that timezone.
+    Dagster 1.13 prefers ``FreshnessPolicy``, but a policy only looks at the latest
+    materialization of any partition: a backfill of old days would pass it. This check looks
+    for the expected partition itself.
     """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.SupersessionWarning)
         checks = dg.build_time_partition_freshness_checks(
-            assets=[asset], deadline_cron=f"0 {deadline_hour} * * *", timezone=timezone
+            assets=[asset],
+            deadline_cron=f"0 {deadline_hour} * * *",
+            timezone=FRESHNESS_TIMEZONE,
         )
         # Running by default: it only evaluates the check, it never launches a materialization.
         sensor = dg.build_sensor_for_freshness_checks(

@@ -7,6 +7,7 @@ with a message naming the variable, instead of deep inside a run at 02:00.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import re
 import zoneinfo
@@ -26,7 +27,7 @@ DEFAULT_START_DATE = "2025-01-01"
 DEFAULT_STATUSES = ("Answered",)
 DEFAULT_S3_PREFIX = "agent_metrics"
 DEFAULT_MAX_CALL_LENGTH_SEC = 86_400.0
-DEFAULT_FRESHNESS_DEADLINE_HOUR = 3
+DEFAULT_FRESHNESS_DEADLINE_HOUR = 3  # UTC, an hour after the daily schedule
 DEFAULT_MAX_RETRIES = 3
 DEFAULT_RETRY_DELAY_SEC = 30
 DEFAULT_UI_URL = "http://127.0.0.1:3000"
@@ -129,6 +130,8 @@ class _Environment:
             return default
         try:
             value = type(default)(text)
+            if not math.isfinite(value):
+                raise ValueError(text)
         except ValueError:
             kind = "number" if isinstance(default, float) else "whole number"
             raise ConfigError(f"{name}={text!r} must be a {kind}") from None

@@ -22,8 +22,9 @@ from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettings
 # The embedded engine's folder can be opened by one process at a time; dagster.yaml limits
 # every pool to one slot, so runs that use it queue instead of failing on the lock.
 EMBEDDED_ENGINE_POOL = "embedded_clickhouse"
-# botocore retries inside one attempt of the step; the step's RetryPolicy does the rest.
-S3_MAX_ATTEMPTS = 2
+# botocore's "max_attempts" counts retries: 1 means two tries per attempt of the step, whose
+# RetryPolicy does the rest.
+S3_MAX_ATTEMPTS = 1
 
 # backfill_policy is beta in Dagster 1.13, but the CLI's --partition-range requires it.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
@@ -86,9 +87,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         pool=EMBEDDED_ENGINE_POOL if settings.embedded_clickhouse else None,
     )
     freshness_checks, freshness_sensor = build_freshness_checks(
-        agent_metrics, settings.freshness_deadline_hour, settings.timezone
+        agent_metrics, settings.freshness_deadline_hour
     )
-    job = build_agent_metrics_job(agent_metrics)
+    job = build_agent_metrics_job(agent_metrics, freshness_checks)
     return dg.Definitions(
         assets=[agent_metrics],
         asset_checks=freshness_checks,

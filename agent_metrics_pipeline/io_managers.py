@@ -133,6 +133,15 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         return frames
 
 
+PUBLISHED_FILE_MODE = 0o666
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class LocalCsvIOManager(DailyCsvIOManager):
     """The same layout under a local folder, written atomically (temp file, then rename)."""
 
@@ -148,10 +157,16 @@ class LocalCsvIOManager(DailyCsvIOManager):
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp.name, target)
+            try:
+                tmp.write(data)
+                tmp.flush()
+                os.fsync(tmp.fileno())
+                # Temp files are private (0600); published files get the usual permissions.
+                os.chmod(tmp.name, PUBLISHED_FILE_MODE & ~_current_umask())
+                os.replace(tmp.name, target)
+            except BaseException:
+                os.unlink(tmp.name)
+                raise
 
     def _read(self, key: str) -> bytes:
         path = self._path(key)

@@ -14,13 +14,14 @@ import pytest
 from dagster._core.test_utils import freeze_time
 
 from agent_metrics_pipeline import checks
-from agent_metrics_pipeline.config import InvalidRowsPolicy
+from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
+from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings
+from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SAMPLE_IDS, SourceQuality
 from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
-    build_asset,
     materialize,
     metrics_settings,
     random_calls,
@@ -336,26 +337,33 @@ def test_output_guards(check_name, bad_row):
     assert set(others) <= {checks.PLAUSIBLE_RANGES, checks.MIN_CALLS_PER_AGENT}
 
 
-def test_freshness_check_flags_a_missing_yesterday_after_the_deadline(
-    clickhouse, calls_table, tmp_path, good_calls
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_freshness_deadline_expects_the_day_the_schedule_publishes(
+    clickhouse, calls_table, tmp_path, good_calls, timezone
 ):
     insert_calls(clickhouse, calls_table, good_calls)
-    asset = build_asset()
-    freshness_checks, _ = checks.build_freshness_checks(asset, deadline_hour=3, timezone="UTC")
+    project = build_definitions(
+        Settings(timezone=timezone, start_date="2026-01-01", source=calls_table)
+    )
     defs = dg.Definitions(
-        assets=[asset],
-        asset_checks=freshness_checks,
+        assets=project.assets,
+        asset_checks=project.asset_checks,
+        jobs=[
+            *project.jobs,
+            dg.define_asset_job(
+                "freshness", selection=dg.AssetSelection.checks(*project.asset_checks)
+            ),
+        ],
+        schedules=project.schedules,
         resources={
             "clickhouse": clickhouse,
             "metrics_settings": metrics_settings(calls_table),
             "csv_io_manager": LocalCsvIOManager(base_dir=str(tmp_path)),
         },
-        jobs=[
-            dg.define_asset_job("freshness", selection=dg.AssetSelection.checks(*freshness_checks))
-        ],
     )
     instance = dg.DagsterInstance.ephemeral()
-    after_deadline = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(3, 30), tzinfo=UTC)
+    schedule_tick = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
+    after_deadline = schedule_tick + dt.timedelta(hours=1, minutes=30)
 
     def freshness_passed() -> bool:
         with freeze_time(after_deadline):
@@ -366,8 +374,15 @@ def test_freshness_check_flags_a_missing_yesterday_after_the_deadline(
         return evaluation.passed
 
     assert not freshness_passed()
-    with freeze_time(after_deadline):
-        defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            partition_key=str(DAY), instance=instance
+    tick = defs.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick(
+        dg.build_schedule_context(
+            scheduled_execution_time=schedule_tick, repository_def=defs.get_repository_def()
         )
+    )
+    (request,) = tick.run_requests
+    with freeze_time(schedule_tick):
+        run = defs.resolve_job_def(JOB_NAME).execute_in_process(
+            partition_key=request.partition_key, instance=instance
+        )
+    assert "freshness_check" not in {e.check_name for e in run.get_asset_check_evaluations()}
     assert freshness_passed()

@@ -96,6 +96,8 @@ def test_every_variable_is_read():
         ("AGENT_METRICS_SOURCE_COLUMNS", "caller=agent"),
         ("AGENT_METRICS_INVALID_ROWS", "ignore"),
         ("AGENT_METRICS_MAX_CALL_LENGTH_SEC", "-1"),
+        ("AGENT_METRICS_MAX_CALL_LENGTH_SEC", "nan"),
+        ("AGENT_METRICS_MAX_CALL_LENGTH_SEC", "inf"),
         ("AGENT_METRICS_MIN_CALLS_PER_AGENT", "zero"),
         ("CLICKHOUSE_PORT", "http"),
         ("CLICKHOUSE_DATABASE", "my-db"),
