@@ -53,8 +53,11 @@ def seed_sample_calls(
     days: int,
     calls_per_day: int = SEED_CALLS_PER_DAY,
     agents: int = SEED_AGENTS,
+    timezone: str = "UTC",
 ) -> int:
     """Replace the table's rows with deterministic sample calls, generated inside ClickHouse.
+
+    The calls cover whole days from ``first_day`` in ``timezone``, the partitions' timezone.
 
     Durations are log-normal (median about 2.5 minutes); about 80% of calls are answered.
     """
@@ -69,7 +72,7 @@ def seed_sample_calls(
                 concat('call-', toString(number)) AS `{col("call_id")}`,
                 concat('agent-', leftPad(toString(sipHash64(number, 1) % {agents}), 3, '0'))
                     AS `{col("agent_id")}`,
-                toDateTime64({{first_day:DateTime}}, 3, 'UTC')
+                toDateTime64({{first_day:String}}, 3, {{timezone:String}})
                     + toIntervalMillisecond(sipHash64(number, 2) % ({days} * 86400000))
                     AS `{col("started_at")}`,
                 round(exp(5 + 0.7 * sqrt(-2 * log((sipHash64(number, 3) % 1000000 + 1) / 1000001))
@@ -81,7 +84,7 @@ def seed_sample_calls(
                     AS `{col("status")}`
             FROM numbers({total})
             """,
-            parameters={"first_day": f"{first_day.isoformat()} 00:00:00"},
+            parameters={"first_day": f"{first_day.isoformat()} 00:00:00", "timezone": timezone},
         )
     return total
 
@@ -100,7 +103,7 @@ def run_demo(settings: Settings, today: dt.date) -> None:
     first_day = today - dt.timedelta(days=SEED_DAYS)
 
     create_calls_table(clickhouse, source)
-    seeded = seed_sample_calls(clickhouse, source, first_day, SEED_DAYS)
+    seeded = seed_sample_calls(clickhouse, source, first_day, SEED_DAYS, timezone=settings.timezone)
     logger.info("Seeded %s sample calls from %s into %s", seeded, first_day, clickhouse.description)
 
     job = defs.resolve_implicit_global_asset_job_def()

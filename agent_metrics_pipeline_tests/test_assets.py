@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import os
 import uuid
 
 from agent_metrics_pipeline.config import SourceTable
@@ -204,6 +205,9 @@ def test_rerun_overwrites_with_identical_bytes_locally(clickhouse, calls_table, 
     materialize(clickhouse, metrics_settings(calls_table), io_manager, str(DAY))
 
     assert target.read_bytes() == first
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask, "readable like any other file"
     assert_csv_matches(first, expected_metrics(calls)[DAY], DAY)
     assert [p.name for p in target.parent.iterdir()] == [target.name], "no temp files left"
 

@@ -19,6 +19,7 @@ from agent_metrics_pipeline.automation import (
     JOB_NAME,
     SCHEDULE_NAME,
     build_failure_alert_sensor,
+    failure_alert,
 )
 from agent_metrics_pipeline.config import Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
@@ -236,3 +237,25 @@ def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
     assert result.run_id[:8] in payload["text"]
     assert SECRET.encode() not in body
     assert b"T0KEN" not in body
+
+
+def test_alert_masks_secrets_quoted_in_an_error():
+    run = dg.DagsterRun(
+        job_name="agent_metrics_job",
+        run_id="0123456789abcdef",
+        tags={
+            "dagster/asset_partition_range_start": "2026-11-01",
+            "dagster/asset_partition_range_end": "2026-11-07",
+        },
+    )
+    payload = failure_alert(
+        run,
+        step_errors=[f"login failed for password={SECRET} with key aws-secret-value"],
+        run_message="run failed",
+        ui_url="http://dagster.example:3000",
+        secrets=(SECRET, "aws-secret-value"),
+    )
+    body = json.dumps(payload)
+    assert SECRET not in body and "aws-secret-value" not in body
+    assert payload["partitions"] == "2026-11-01...2026-11-07"
+    assert "login failed for password=***" in payload["error"]
