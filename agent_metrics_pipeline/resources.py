@@ -69,7 +69,8 @@ class ClickHouseResource(dg.ConfigurableResource):
     connect_timeout_sec: int = Field(default=10)
     send_receive_timeout_sec: int = Field(default=300)
     embedded_path: str = Field(
-        default=".agent_metrics/clickhouse", description="Data folder of the embedded engine."
+        default=str(Settings().embedded_clickhouse_path),
+        description="Data folder of the embedded engine.",
     )
 
     @property
