@@ -59,9 +59,12 @@ query Status($id: String!) {
 BACKFILL_RUNS = """
 query Runs($id: String!) {
   runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
-    ... on Runs { results { runId status } }
+    ... on Runs { results { runId status stepStats { stepKey startTime endTime } } }
   }
 }
+"""
+POOLS = """
+{ instance { concurrencyLimits { concurrencyKey slotCount } } }
 """
 ASSET_CHECKS = """
 {
@@ -206,6 +209,7 @@ def test_backfill_through_the_webserver_and_daemon(
         started = time.monotonic()
         runs = run_backfill(url)
         elapsed = time.monotonic() - started
+        pools = graphql(url, POOLS)["instance"]["concurrencyLimits"]
 
     print(
         f"\n{len(DAYS)}-day backfill, max days per run {max_days_per_run}: "
@@ -213,6 +217,17 @@ def test_backfill_through_the_webserver_and_daemon(
     )
     assert len(runs) == expected_runs
     assert all(run["status"] == "SUCCESS" for run in runs)
+    # The embedded engine opens in one process at a time: a pool of one keeps the steps apart.
+    assert {"concurrencyKey": "embedded_clickhouse", "slotCount": 1} in pools
+    steps = sorted(
+        (step["startTime"], step["endTime"])
+        for run in runs
+        for step in run["stepStats"]
+        if step["stepKey"] == "agent_metrics"
+    )
+    assert len(steps) == expected_runs
+    for (_, previous_end), (next_start, _) in zip(steps, steps[1:], strict=False):
+        assert next_start >= previous_end, f"agent_metrics steps overlapped: {steps}"
     assert bucket.keys() == [f"agent_metrics/{d}/agent_metrics_{d}.csv" for d in DAYS]
     expected = expected_metrics(calls)
     for day in DAYS:
