@@ -30,8 +30,8 @@ def build_agent_metrics_asset(
 ) -> dg.AssetsDefinition:
     """The asset over ``partitions_def``; a range of days runs as one query by default.
 
-    ``pool`` serialises runs that share a resource only one process may hold (the embedded
-    engine's folder); ``retry_policy`` applies to transient faults only.
+    ``pool`` serialises the steps that share a resource only one process may hold (the
+    embedded engine's folder); ``retry_policy`` applies to transient faults only.
     """
 
     @dg.asset(
@@ -90,8 +90,9 @@ def build_agent_metrics_asset(
                 description=(
                     f"Nothing published for {context.partition_keys[0]}..."
                     f"{context.partition_keys[-1]}: failed checks {describe_failures(failures)}. "
-                    "See the check results for counts and sample ids; fix the source rows, or "
-                    "set AGENT_METRICS_INVALID_ROWS=exclude to leave unmeasurable calls out."
+                    "The check results hold counts and sample ids. Fix the source rows, or the "
+                    "knob the README lists for the check (AGENT_METRICS_INVALID_ROWS=exclude "
+                    "leaves unmeasurable calls out)."
                 ),
                 allow_retries=False,
             )
