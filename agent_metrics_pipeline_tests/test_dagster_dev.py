@@ -35,6 +35,7 @@ FIRST_DAY = dt.date(2026, 11, 1)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(10)]
 STARTUP_TIMEOUT_SEC = 120
 BACKFILL_TIMEOUT_SEC = 300
+SHUTDOWN_TIMEOUT_SEC = 90
 
 LAUNCH_BACKFILL = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -122,24 +123,34 @@ def dagster_dev(env: dict[str, str], workdir: Path) -> Iterator[str]:
             time.sleep(0.5)
         yield f"{base}/graphql"
     finally:
-        os.killpg(process.pid, signal.SIGINT)
+        log.close()
+        stop_process_group(process)
+
+
+def group_members(pgid: int) -> list[str]:
+    members = subprocess.run(
+        ["ps", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True
+    ).stdout
+    return [line.strip()[:160] for line in members.splitlines() if line.strip()]
+
+
+def stop_process_group(leader: subprocess.Popen) -> None:
+    """Ctrl-C, then a termination request if it is slow: every process must be gone after."""
+    pgid = leader.pid
+    for sig, grace in ((signal.SIGINT, SHUTDOWN_TIMEOUT_SEC), (signal.SIGTERM, 30)):
         try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            raise
-        finally:
-            log.close()
-        deadline = time.monotonic() + 30
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
         while time.monotonic() < deadline:
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                break
+            leader.poll()  # reaps the leader once it exits
+            if not group_members(pgid):
+                return
             time.sleep(0.5)
-        else:
-            os.killpg(process.pid, signal.SIGKILL)
-            pytest.fail("dagster dev left processes behind after SIGINT")
+    lingering = group_members(pgid)
+    os.killpg(pgid, signal.SIGKILL)
+    pytest.fail(f"dagster dev left processes behind: {lingering}")
 
 
 def run_backfill(url: str) -> list[dict]:

@@ -144,7 +144,7 @@ def test_embedded_engine_held_by_another_process_is_a_transient_error(tmp_path):
             timeout=120,
         )
     finally:
-        holder.terminate()
+        holder.kill()
         holder.wait(timeout=30)
     error_class, _, message = probe.stdout.strip().partition(": ")
     assert error_class == "ClickHouseUnavailableError", probe.stdout + probe.stderr
