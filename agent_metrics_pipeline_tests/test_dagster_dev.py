@@ -94,6 +94,12 @@ def dagster_dev(env: dict[str, str], workdir: Path) -> Iterator[str]:
     log = (workdir / f"dagster-dev-{port}.log").open("w")
     process = subprocess.Popen(
         [
+            sys.executable,
+            "-c",
+            # A shell that starts CI in the background leaves SIGINT ignored, and children
+            # inherit that: dagster dev would then never hear the Ctrl-C this test sends.
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "os.execv(sys.argv[1], sys.argv[1:])",
             str(Path(sys.executable).parent / "dagster"),
             "dev",
             "-m",
