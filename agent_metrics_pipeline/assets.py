@@ -6,7 +6,6 @@ import dagster as dg
 import polars as pl
 
 from agent_metrics_pipeline.checks import (
-    CheckThresholds,
     check_specs,
     describe_failures,
     evaluate_checks,
@@ -72,14 +71,7 @@ def build_agent_metrics_asset(
         metrics, quality = shape_metrics(raw)
 
         results = evaluate_checks(
-            metrics,
-            quality,
-            context.partition_keys,
-            CheckThresholds(
-                invalid_rows=metrics_settings.invalid_rows,
-                max_call_length_sec=metrics_settings.max_call_length_sec,
-                min_calls_per_agent=metrics_settings.min_calls_per_agent,
-            ),
+            metrics, quality, context.partition_keys, metrics_settings.thresholds
         )
         yield from results
         # A failed blocking check must stop publication here: once the Output is yielded, Dagster

@@ -13,6 +13,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 from pydantic import Field
 
+from agent_metrics_pipeline.checks import CheckThresholds
 from agent_metrics_pipeline.config import (
     DEFAULT_MAX_CALL_LENGTH_SEC,
     DEFAULT_STATUSES,
@@ -189,6 +190,14 @@ class MetricsSettingsResource(dg.ConfigurableResource):
     @property
     def source(self) -> SourceTable:
         return SourceTable(database=self.database, table=self.table, columns=self.columns)
+
+    @property
+    def thresholds(self) -> CheckThresholds:
+        return CheckThresholds(
+            invalid_rows=self.invalid_rows,
+            max_call_length_sec=self.max_call_length_sec,
+            min_calls_per_agent=self.min_calls_per_agent,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MetricsSettingsResource:

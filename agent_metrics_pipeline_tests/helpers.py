@@ -109,6 +109,13 @@ def materialize(
     )
 
 
+def failure_message(result: dg.ExecuteInProcessResult) -> str:
+    """The error of the run's one failed step."""
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    return str(failure.step_failure_data.error)
+
+
 def calls_to_parquet(calls: Sequence[Call], path: Path) -> None:
     pl.DataFrame(
         {

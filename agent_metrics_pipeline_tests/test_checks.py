@@ -22,6 +22,7 @@ from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SAMPLE_IDS, SourceQua
 from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
+    failure_message,
     materialize,
     metrics_settings,
     random_calls,
@@ -113,8 +114,7 @@ def test_invalid_source_rows_block_publication_and_keep_the_earlier_object(
     assert meta(evaluation, count_key) == len(bad_rows)
     assert meta(evaluation, "source_offending_days") == [str(DAY)]
     assert sorted(meta(evaluation, "sample_call_ids")) == sorted(c.call_id for c in bad_rows)
-    (failure,) = result.get_step_failure_events()
-    message = str(failure.step_failure_data.error)
+    message = failure_message(result)
     assert check_name in message and str(DAY) in message
     assert bucket.get(key_for(DAY)) == published, "the earlier good object must be untouched"
     assert bucket.keys() == [key_for(DAY)]
@@ -268,8 +268,7 @@ def test_range_with_one_bad_day_publishes_nothing_and_names_that_day(
     assert bucket.keys() == []
     evaluation = evaluations(result)[checks.NO_NEGATIVE_VALUES]
     assert meta(evaluation, "source_offending_days") == [str(bad_day)]
-    (failure,) = result.get_step_failure_events()
-    assert f"no_negative_values (days: {bad_day})" in str(failure.step_failure_data.error)
+    assert f"no_negative_values (days: {bad_day})" in failure_message(result)
 
 
 def test_failed_error_check_writes_no_local_file(clickhouse, calls_table, tmp_path, good_calls):

@@ -33,16 +33,15 @@ from agent_metrics_pipeline.resources import (
     ClickHouseUnavailableError,
 )
 from agent_metrics_pipeline_tests.conftest import S3_TEST_REGION, free_port, insert_calls
-from agent_metrics_pipeline_tests.helpers import materialize, metrics_settings, random_calls
+from agent_metrics_pipeline_tests.helpers import (
+    failure_message,
+    materialize,
+    metrics_settings,
+    random_calls,
+)
 
 DAY = "2026-11-20"
 SECRET = "s3cr3t-Pa55word"
-
-
-def failure_message(result: dg.ExecuteInProcessResult) -> str:
-    assert not result.success
-    (failure,) = result.get_step_failure_events()
-    return str(failure.step_failure_data.error)
 
 
 def test_unreachable_clickhouse_server_fails_fast_without_leaking_the_password(tmp_path):
