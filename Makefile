@@ -4,13 +4,16 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: demo test dev lint bench sync bootstrap
+.PHONY: demo test test-fast dev lint bench sync bootstrap
 
 demo: sync  ## Seed sample calls into the embedded engine and publish 8 days of metrics.
 	$(UV) run --frozen python -m agent_metrics_pipeline.demo
 
 test: sync  ## The whole test suite, against the real engine and a local S3 server.
 	$(UV) run --frozen pytest
+
+test-fast: sync  ## Everything but the end-to-end runs (dagster dev, PostgreSQL, CLI, demo).
+	$(UV) run --frozen pytest -m "not e2e"
 
 dev: sync  ## The Dagster UI on http://127.0.0.1:3000; run history kept in .dagster_home/.
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml

@@ -5,15 +5,11 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from agent_metrics_pipeline.checks import (
-    check_specs,
-    describe_failures,
-    evaluate_checks,
-    failed_blocking_checks,
-)
+from agent_metrics_pipeline.checks import Evidence, check_specs, describe_failures, evaluate_checks
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.metrics import shape_metrics, to_markdown
-from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettingsResource
 from agent_metrics_pipeline.sql import build_metrics_query
 
 ASSET_NAME = "agent_metrics"
@@ -23,14 +19,16 @@ PREVIEW_ROWS = 10
 
 def build_agent_metrics_asset(
     partitions_def: dg.DailyPartitionsDefinition,
+    measurement: Measurement,
     backfill_policy: dg.BackfillPolicy | None = None,
     retry_policy: dg.RetryPolicy | None = None,
     pool: str | None = None,
 ) -> dg.AssetsDefinition:
-    """The asset over ``partitions_def``; a range of days runs as one query by default.
+    """The asset over ``partitions_def``, measuring what ``measurement`` says.
 
-    ``pool`` serialises the steps that share a resource only one process may hold (the
-    embedded engine's folder); ``retry_policy`` applies to transient faults only.
+    A range of days runs as one query by default. ``pool`` serialises the steps that share a
+    resource only one process may hold (the embedded engine's folder); ``retry_policy`` applies
+    to transient faults only.
     """
 
     @dg.asset(
@@ -42,56 +40,46 @@ def build_agent_metrics_asset(
         retry_policy=retry_policy,
         pool=pool,
         kinds={"clickhouse", "polars", "s3"},
+        metadata=measurement.describe(),
         description=(
             "Per agent and day: average and 90th-percentile call length (seconds, 2 decimals, "
             "p90 by linear interpolation) and the number of calls counted."
         ),
     )
     def agent_metrics(
-        context: dg.AssetExecutionContext,
-        clickhouse: ClickHouseResource,
-        metrics_settings: MetricsSettingsResource,
+        context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
     ) -> Iterator[dg.AssetCheckResult | dg.Output[pl.DataFrame]]:
-        window = context.partition_time_window
+        window, days = context.partition_time_window, context.partition_keys
         sql, parameters = build_metrics_query(
-            source=metrics_settings.source,
-            window_start=window.start,
-            window_end=window.end,
-            timezone=partitions_def.timezone,
-            statuses=metrics_settings.statuses,
-            max_call_length_sec=metrics_settings.max_call_length_sec,
+            measurement, window.start, window.end, partitions_def.timezone
         )
         context.log.info(
-            f"Aggregating {len(context.partition_keys)} day(s) "
-            f"[{window.start.isoformat()}, {window.end.isoformat()}) "
-            f"on the {clickhouse.description}"
+            f"Aggregating {len(days)} day(s) [{window.start.isoformat()}, "
+            f"{window.end.isoformat()}) on the {clickhouse.description}"
         )
         with no_retry_for_permanent_errors():
             raw = clickhouse.query_polars(sql, parameters)
         metrics, quality = shape_metrics(raw)
 
-        results = evaluate_checks(
-            metrics, quality, context.partition_keys, metrics_settings.thresholds
-        )
-        yield from results
+        verdicts = evaluate_checks(Evidence(metrics, quality, days, measurement))
+        yield from (verdict.result for verdict in verdicts)
         # A failed blocking check must stop publication here: once the Output is yielded, Dagster
         # hands it to the IO manager whatever the checks said.
-        failures = failed_blocking_checks(results)
-        if failures:
+        blocking = [verdict for verdict in verdicts if verdict.blocks_publication]
+        if blocking:
             raise dg.Failure(
                 description=(
-                    f"Nothing published for {context.partition_keys[0]}..."
-                    f"{context.partition_keys[-1]}: failed checks {describe_failures(failures)}. "
-                    "The check results hold counts and sample ids. Fix the source rows, or the "
-                    "knob the README lists for the check (AGENT_METRICS_INVALID_ROWS=exclude "
-                    "leaves unmeasurable calls out)."
+                    f"Nothing published for {days[0]}...{days[-1]}: failed checks "
+                    f"{describe_failures(blocking)}. The check results hold counts and sample "
+                    "ids. Fix the source rows, or the knob the README lists for the check "
+                    "(AGENT_METRICS_INVALID_ROWS=exclude leaves unmeasurable calls out)."
                 ),
                 allow_retries=False,
             )
         yield dg.Output(
             metrics,
             metadata={
-                "days": len(context.partition_keys),
+                "days": len(days),
                 "rows": metrics.height,
                 "agents": metrics.get_column("agent_id").n_unique(),
                 "calls_counted": int(metrics.get_column("total_calls").sum()),

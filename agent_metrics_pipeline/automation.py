@@ -1,22 +1,17 @@
-"""How the asset runs without a person: the job, the daily schedule and the failure alerts."""
+"""How the asset runs without a person: the job, the daily schedule and the freshness check."""
 
 from __future__ import annotations
 
-import json
-import urllib.parse
-import urllib.request
+import warnings
 from collections.abc import Iterator, Sequence
 
 import dagster as dg
-from dagster_shared.error import SerializableErrorInfo
 
 JOB_NAME = "agent_metrics_job"
 SCHEDULE_NAME = "agent_metrics_daily"
 SCHEDULE_CRON = "0 2 * * *"
+# The schedule and the freshness deadline share one clock, whatever the partitions' timezone.
 SCHEDULE_TIMEZONE = "UTC"
-FAILURE_SENSOR_NAME = "agent_metrics_failure_alert"
-WEBHOOK_TIMEOUT_SEC = 10
-MAX_ERROR_CHARS = 2000
 
 
 def build_agent_metrics_job(
@@ -62,102 +57,27 @@ def build_daily_schedule(
     return agent_metrics_daily
 
 
-def _partitions_of(run: dg.DagsterRun) -> str:
-    tags = run.tags
-    if "dagster/partition" in tags:
-        return tags["dagster/partition"]
-    start = tags.get("dagster/asset_partition_range_start")
-    end = tags.get("dagster/asset_partition_range_end")
-    return f"{start}...{end}" if start and end else "unpartitioned"
+def build_freshness_checks(
+    asset: dg.AssetsDefinition, deadline_hour: int
+) -> tuple[Sequence[dg.AssetChecksDefinition], dg.SensorDefinition]:
+    """A check that fails when yesterday's partition is not materialized by ``deadline_hour``
+    UTC, and the sensor that evaluates it.
 
-
-def _error_chain(error: SerializableErrorInfo) -> str:
-    """The messages of an error and its causes, without stack traces."""
-    messages = []
-    current: SerializableErrorInfo | None = error
-    while current is not None:
-        messages.append(current.message.strip())
-        current = current.cause
-    return " <- ".join(messages)
-
-
-def _redact(text: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-def failure_alert(
-    run: dg.DagsterRun,
-    step_errors: Sequence[str],
-    run_message: str,
-    ui_url: str,
-    secrets: Sequence[str] = (),
-) -> dict[str, str]:
-    """The JSON an alert carries: what failed, which days, why, and where to look."""
-    error = "\n".join(step_errors) or run_message
-    error = _redact(error, secrets)[:MAX_ERROR_CHARS]
-    partitions = _partitions_of(run)
-    run_url = f"{ui_url}/runs/{run.run_id}"
-    return {
-        "text": f"agent-metrics run {run.run_id[:8]} ({run.job_name}, {partitions}) failed: "
-        f"{error.splitlines()[0] if error else 'see the run'} {run_url}",
-        "run_id": run.run_id,
-        "job": run.job_name,
-        "partitions": partitions,
-        "error": error,
-        "run_url": run_url,
-    }
-
-
-def post_json(url: str, payload: dict[str, str]) -> None:
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode("utf-8"),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SEC) as response:
-        response.read()
-
-
-def build_failure_alert_sensor(
-    webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
-) -> dg.SensorDefinition:
-    """Logs a summary of every failed run of this code location, and POSTs it to a webhook.
-
-    ``secrets`` are values that must never leave the process (passwords, keys); they are
-    masked in case an error message quoted one.
+    At the deadline, "yesterday" is the newest day that has ended in the partitions' timezone:
+    the same day the 02:00 UTC schedule materialized an hour before, whatever that timezone.
+    Dagster 1.13 prefers ``FreshnessPolicy``, but a policy only looks at the latest
+    materialization of any partition: a backfill of old days would pass it. This check looks
+    for the expected partition itself.
     """
-
-    @dg.run_failure_sensor(
-        name=FAILURE_SENSOR_NAME,
-        default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Logs failed runs and POSTs them to AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
-    )
-    def agent_metrics_failure_alert(context: dg.RunFailureSensorContext) -> None:
-        step_errors = [
-            _error_chain(event.step_failure_data.error)
-            if event.step_failure_data and event.step_failure_data.error
-            else str(event.message)
-            for event in context.get_step_failure_events()
-        ]
-        payload = failure_alert(
-            context.dagster_run, step_errors, str(context.failure_event.message), ui_url, secrets
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.SupersessionWarning)
+        checks = dg.build_time_partition_freshness_checks(
+            assets=[asset],
+            deadline_cron=f"0 {deadline_hour} * * *",
+            timezone=SCHEDULE_TIMEZONE,
         )
-        context.log.error(payload["text"])
-        if webhook_url is None:
-            return
-        host = urllib.parse.urlsplit(webhook_url).netloc
-        try:
-            post_json(webhook_url, payload)
-        except Exception as error:
-            # The URL may embed a token, and some errors quote it: name the host and the type.
-            context.log.error(
-                f"Could not deliver the alert to the webhook at {host}: {type(error).__name__}"
-            )
-        else:
-            context.log.info(f"Alert delivered to the webhook at {host}")
-
-    return agent_metrics_failure_alert
+        # Running by default: it only evaluates the check, it never launches a materialization.
+        sensor = dg.build_sensor_for_freshness_checks(
+            freshness_checks=checks, default_status=dg.DefaultSensorStatus.RUNNING
+        )
+    return checks, sensor

@@ -1,22 +1,23 @@
 """Data-quality checks on ``agent_metrics``, computed in-step, before anything is published.
 
-ERROR checks block publication: if one fails, the asset records every check result and then
-fails the run without handing the frame to the IO manager, so no file of that run is written.
-WARN checks publish but flag. A range run yields one result per check for the whole range;
-the offending days are named in its metadata.
+Each check is one small function from what the step holds (the metrics frame and the source
+counts of the same scan) to a :class:`Finding`: the days that fail it and metadata a person can
+act on. ERROR checks block publication: if one fails, the asset records every result and fails
+the run without handing the frame to the IO manager. WARN checks publish but flag. A range run
+yields one result per check for the whole range; its metadata names the offending days.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import dagster as dg
 import polars as pl
 
-from agent_metrics_pipeline.config import InvalidRowsPolicy
+from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.metrics import METRIC_COLUMNS, SAMPLE_SIZE, SourceQuality
 
 NO_NULLS = "no_nulls"
@@ -27,36 +28,34 @@ CALLS_PRESENT = "calls_present"
 EXCLUDED_SOURCE_ROWS = "excluded_source_rows"
 MIN_CALLS_PER_AGENT = "min_calls_per_agent"
 
-CHECK_DESCRIPTIONS = {
-    NO_NULLS: "No NULL in any published column; under invalid_rows=fail, no counted source "
-    "call with a NULL agent or duration.",
-    NO_NEGATIVE_VALUES: "No negative metric; under invalid_rows=fail, no counted source call "
-    "with a negative duration.",
-    PLAUSIBLE_RANGES: "0 <= avg, p90 <= max call length; total_calls >= 1; no counted source "
-    "call longer than the max call length.",
-    ONE_ROW_PER_AGENT_PER_DAY: "One row per agent and day, every date one of the run's days.",
-    CALLS_PRESENT: "Every day of the run has calls (an empty day still gets a header-only file).",
-    EXCLUDED_SOURCE_ROWS: "Under invalid_rows=exclude, how many unmeasurable source calls were "
-    "left out.",
-    MIN_CALLS_PER_AGENT: "Agents with fewer calls on a day than the configured minimum.",
-}
-BLOCKING_CHECKS = (NO_NULLS, NO_NEGATIVE_VALUES, PLAUSIBLE_RANGES, ONE_ROW_PER_AGENT_PER_DAY)
-
-
-def check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:
-    return [
-        dg.AssetCheckSpec(
-            name, asset=asset_name, description=description, blocking=name in BLOCKING_CHECKS
-        )
-        for name, description in CHECK_DESCRIPTIONS.items()
-    ]
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
 @dataclass(frozen=True)
-class CheckThresholds:
-    invalid_rows: InvalidRowsPolicy
-    max_call_length_sec: float
-    min_calls_per_agent: int
+class Evidence:
+    """What the step holds when the checks run: nothing here costs a second query."""
+
+    metrics: pl.DataFrame
+    quality: SourceQuality
+    partition_keys: Sequence[str]
+    measurement: Measurement
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one check found. A check fails exactly when it names failing days."""
+
+    failing_days: list[str]
+    metadata: dict[str, dg.RawMetadataValue]
+
+
+class Verdict(NamedTuple):
+    result: dg.AssetCheckResult
+    failing_days: list[str]
+
+    @property
+    def blocks_publication(self) -> bool:
+        return not self.result.passed and self.result.severity == ERROR
 
 
 def _days(frame: pl.DataFrame) -> list[str]:
@@ -65,207 +64,221 @@ def _days(frame: pl.DataFrame) -> list[str]:
     return sorted({str(day) for day in frame.get_column("date").to_list()})
 
 
-def _agents(frame: pl.DataFrame) -> list[str]:
-    return [str(agent) for agent in frame.get_column("agent_id").head(SAMPLE_SIZE).to_list()]
-
-
-def _result(
-    name: str,
-    offending: pl.DataFrame,
-    severity: dg.AssetCheckSeverity,
-    source_failed: bool = False,
-    **metadata: dg.RawMetadataValue,
-) -> dg.AssetCheckResult:
-    """A check over offending metric rows (and, optionally, source counts): passes when clean."""
-    return dg.AssetCheckResult(
-        check_name=name,
-        passed=offending.is_empty() and not source_failed,
-        severity=severity,
+def _offending_rows(
+    offending: pl.DataFrame, source_days: Sequence[str] = (), **metadata: dg.RawMetadataValue
+) -> Finding:
+    """A check over metric rows (and, optionally, days failed by source counts)."""
+    return Finding(
+        failing_days=sorted({*_days(offending), *source_days}),
         metadata={
             "offending_rows": offending.height,
             "offending_days": _days(offending),
-            "sample_agent_ids": _agents(offending),
+            "sample_agent_ids": [
+                str(a) for a in offending.get_column("agent_id").head(SAMPLE_SIZE)
+            ],
             **metadata,
         },
     )
 
 
 def _source_counts(quality: SourceQuality, columns: Sequence[str]) -> tuple[int, list[str]]:
+    """How many source calls the ``columns`` count, and on which days."""
     per_day = quality.per_day.select("date", pl.sum_horizontal(columns).alias("calls"))
-    offending = per_day.filter(pl.col("calls") > 0)
-    return int(per_day.get_column("calls").sum()), _days(offending)
+    return int(per_day.get_column("calls").sum()), _days(per_day.filter(pl.col("calls") > 0))
 
 
-def evaluate_checks(
-    metrics: pl.DataFrame,
-    quality: SourceQuality,
-    partition_keys: Sequence[str],
-    thresholds: CheckThresholds,
-) -> list[dg.AssetCheckResult]:
-    """Every check of ``CHECK_DESCRIPTIONS``, in that order, from what the step already holds."""
-    error, warn = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
-    fail_on_invalid = thresholds.invalid_rows is InvalidRowsPolicy.FAIL
-    null_ids = list(quality.samples["null_call_ids"])
-    negative_ids = list(quality.samples["negative_call_ids"])
+def _metrics_and_unmeasurable_calls(
+    evidence: Evidence,
+    offending: pl.DataFrame,
+    count_columns: Sequence[str],
+    count_key: str,
+    sample_name: str,
+) -> Finding:
+    """Under invalid_rows=fail, unmeasurable source calls fail the check as bad metrics do."""
+    calls, days = _source_counts(evidence.quality, count_columns)
+    blocked = evidence.measurement.fails_on_invalid_rows and calls > 0
+    return _offending_rows(
+        offending,
+        source_days=days if blocked else (),
+        source_offending_days=days,
+        sample_call_ids=list(evidence.quality.samples[sample_name]) if blocked else [],
+        **{count_key: calls},
+    )
 
-    null_rows = metrics.filter(pl.any_horizontal(pl.col(METRIC_COLUMNS).is_null()))
+
+def no_nulls(evidence: Evidence) -> Finding:
+    return _metrics_and_unmeasurable_calls(
+        evidence,
+        evidence.metrics.filter(pl.any_horizontal(pl.col(METRIC_COLUMNS).is_null())),
+        ["null_agent_calls", "null_duration_calls"],
+        "source_null_agent_or_duration_calls",
+        "null_call_ids",
+    )
+
+
+def no_negative_values(evidence: Evidence) -> Finding:
+    lengths_and_count = pl.col("avg_call_length_sec", "p90_call_length_sec", "total_calls")
+    return _metrics_and_unmeasurable_calls(
+        evidence,
+        evidence.metrics.filter(pl.any_horizontal(lengths_and_count.fill_null(0) < 0)),
+        ["negative_duration_calls"],
+        "source_negative_duration_calls",
+        "negative_call_ids",
+    )
+
+
+def plausible_ranges(evidence: Evidence) -> Finding:
+    metrics, max_length = evidence.metrics, evidence.measurement.max_call_length_sec
+    calls, days = _source_counts(evidence.quality, ["overlong_calls"])
+    return _offending_rows(
+        metrics.filter(
+            ~pl.col("avg_call_length_sec").is_between(0, max_length)
+            | ~pl.col("p90_call_length_sec").is_between(0, max_length)
+            | (pl.col("total_calls") < 1)
+        ),
+        source_days=days,
+        max_call_length_sec=max_length,
+        source_calls_over_max=calls,
+        source_offending_days=days,
+        sample_call_ids=list(evidence.quality.samples["overlong_call_ids"]),
+        longest_p90_call_length_sec=metrics.get_column("p90_call_length_sec").max() or 0.0,
+    )
+
+
+def one_row_per_agent_per_day(evidence: Evidence) -> Finding:
+    run_days = [dt.date.fromisoformat(key) for key in evidence.partition_keys]
+    return _offending_rows(
+        evidence.metrics.filter(
+            pl.struct("agent_id", "date").is_duplicated() | ~pl.col("date").is_in(run_days)
+        )
+    )
+
+
+def calls_present(evidence: Evidence) -> Finding:
+    days_with_rows = set(_days(evidence.metrics))
+    empty_days = [key for key in evidence.partition_keys if key not in days_with_rows]
+    return Finding(
+        failing_days=empty_days,
+        metadata={"empty_days": empty_days, "days_in_run": len(evidence.partition_keys)},
+    )
+
+
+def excluded_source_rows(evidence: Evidence) -> Finding:
+    quality, excluding = evidence.quality, not evidence.measurement.fails_on_invalid_rows
     null_calls, null_days = _source_counts(quality, ["null_agent_calls", "null_duration_calls"])
-    negative_rows = metrics.filter(
-        pl.any_horizontal(
-            pl.col("avg_call_length_sec", "p90_call_length_sec", "total_calls").fill_null(0) < 0
-        )
-    )
     negative_calls, negative_days = _source_counts(quality, ["negative_duration_calls"])
-    results = []
-
-    # Under invalid_rows=fail, unmeasurable source calls fail these checks as well.
-    for name, offending_rows, count_key, source_calls, source_days, sample_ids in (
-        (
-            NO_NULLS,
-            null_rows,
-            "source_null_agent_or_duration_calls",
-            null_calls,
-            null_days,
-            null_ids,
-        ),
-        (
-            NO_NEGATIVE_VALUES,
-            negative_rows,
-            "source_negative_duration_calls",
-            negative_calls,
-            negative_days,
-            negative_ids,
-        ),
-    ):
-        source_failed = fail_on_invalid and source_calls > 0
-        results.append(
-            _result(
-                name,
-                offending_rows,
-                error,
-                source_failed=source_failed,
-                source_offending_days=source_days,
-                sample_call_ids=sample_ids if source_failed else [],
-                **{count_key: source_calls},
-            )
-        )
-
-    max_length = thresholds.max_call_length_sec
-    overlong_calls, overlong_days = _source_counts(quality, ["overlong_calls"])
-    results.append(
-        _result(
-            PLAUSIBLE_RANGES,
-            metrics.filter(
-                ~pl.col("avg_call_length_sec").is_between(0, max_length)
-                | ~pl.col("p90_call_length_sec").is_between(0, max_length)
-                | (pl.col("total_calls") < 1)
-            ),
-            error,
-            source_failed=overlong_calls > 0,
-            max_call_length_sec=max_length,
-            source_calls_over_max=overlong_calls,
-            source_offending_days=overlong_days,
-            sample_call_ids=list(quality.samples["overlong_call_ids"]),
-            longest_p90_call_length_sec=metrics.get_column("p90_call_length_sec").max() or 0.0,
-        )
+    days = sorted({*null_days, *negative_days}) if excluding else []
+    samples = [*quality.samples["null_call_ids"], *quality.samples["negative_call_ids"]]
+    return Finding(
+        failing_days=days,
+        metadata={
+            "invalid_rows_policy": evidence.measurement.invalid_rows.value,
+            "excluded_calls": quality.unmeasurable_calls if excluding else 0,
+            "excluded_null_agent_or_duration_calls": null_calls if excluding else 0,
+            "excluded_negative_duration_calls": negative_calls if excluding else 0,
+            "offending_days": days,
+            "sample_call_ids": samples[:SAMPLE_SIZE] if excluding else [],
+        },
     )
 
-    run_days = [dt.date.fromisoformat(key) for key in partition_keys]
-    results.append(
-        _result(
-            ONE_ROW_PER_AGENT_PER_DAY,
-            metrics.filter(
-                pl.struct("agent_id", "date").is_duplicated() | ~pl.col("date").is_in(run_days)
-            ),
-            error,
-        )
+
+def min_calls_per_agent(evidence: Evidence) -> Finding:
+    minimum = evidence.measurement.min_calls_per_agent
+    return _offending_rows(
+        evidence.metrics.filter(pl.col("total_calls") < minimum), min_calls_per_agent=minimum
     )
 
-    days_with_rows = set(_days(metrics))
-    empty_days = [key for key in partition_keys if key not in days_with_rows]
-    results.append(
-        dg.AssetCheckResult(
-            check_name=CALLS_PRESENT,
-            passed=not empty_days,
-            severity=warn,
-            metadata={"empty_days": empty_days, "days_in_run": len(partition_keys)},
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    severity: dg.AssetCheckSeverity
+    description: str
+    find: Callable[[Evidence], Finding]
+
+    def spec(self, asset_name: str) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(
+            self.name,
+            asset=asset_name,
+            description=self.description,
+            blocking=self.severity == ERROR,
         )
+
+    def evaluate(self, evidence: Evidence) -> Verdict:
+        finding = self.find(evidence)
+        result = dg.AssetCheckResult(
+            check_name=self.name,
+            passed=not finding.failing_days,
+            severity=self.severity,
+            metadata=finding.metadata,
+        )
+        return Verdict(result, finding.failing_days)
+
+
+CHECKS = (
+    Check(
+        NO_NULLS,
+        ERROR,
+        "No NULL in any published column; under invalid_rows=fail, no counted source call with "
+        "a NULL agent or duration.",
+        no_nulls,
+    ),
+    Check(
+        NO_NEGATIVE_VALUES,
+        ERROR,
+        "No negative metric; under invalid_rows=fail, no counted source call with a negative "
+        "duration.",
+        no_negative_values,
+    ),
+    Check(
+        PLAUSIBLE_RANGES,
+        ERROR,
+        "0 <= avg, p90 <= max call length; total_calls >= 1; no counted source call longer than "
+        "the max call length.",
+        plausible_ranges,
+    ),
+    Check(
+        ONE_ROW_PER_AGENT_PER_DAY,
+        ERROR,
+        "One row per agent and day, every date one of the run's days.",
+        one_row_per_agent_per_day,
+    ),
+    Check(
+        CALLS_PRESENT,
+        WARN,
+        "Every day of the run has calls (an empty day still gets a header-only file).",
+        calls_present,
+    ),
+    Check(
+        EXCLUDED_SOURCE_ROWS,
+        WARN,
+        "Under invalid_rows=exclude, how many unmeasurable source calls were left out.",
+        excluded_source_rows,
+    ),
+    Check(
+        MIN_CALLS_PER_AGENT,
+        WARN,
+        "Agents with fewer calls on a day than the configured minimum.",
+        min_calls_per_agent,
+    ),
+)
+CHECK_DESCRIPTIONS = {check.name: check.description for check in CHECKS}
+BLOCKING_CHECKS = tuple(check.name for check in CHECKS if check.severity == ERROR)
+
+
+def check_specs(asset_name: str) -> list[dg.AssetCheckSpec]:
+    return [check.spec(asset_name) for check in CHECKS]
+
+
+def evaluate_checks(evidence: Evidence) -> list[Verdict]:
+    """Every check, in the order of ``CHECKS``."""
+    return [check.evaluate(evidence) for check in CHECKS]
+
+
+def describe_failures(verdicts: Sequence[Verdict]) -> str:
+    """One entry per failed check, naming the days that failed it, for a run's failure message."""
+    return "; ".join(
+        f"{verdict.result.check_name} (days: {', '.join(verdict.failing_days)})"
+        for verdict in verdicts
+        if not verdict.result.passed
     )
-
-    excluded = 0 if fail_on_invalid else quality.unmeasurable_calls
-    results.append(
-        dg.AssetCheckResult(
-            check_name=EXCLUDED_SOURCE_ROWS,
-            passed=excluded == 0,
-            severity=warn,
-            metadata={
-                "invalid_rows_policy": thresholds.invalid_rows.value,
-                "excluded_calls": excluded,
-                "excluded_null_agent_or_duration_calls": 0 if fail_on_invalid else null_calls,
-                "excluded_negative_duration_calls": 0 if fail_on_invalid else negative_calls,
-                "offending_days": [] if fail_on_invalid else sorted({*null_days, *negative_days}),
-                "sample_call_ids": []
-                if fail_on_invalid
-                else (null_ids + negative_ids)[:SAMPLE_SIZE],
-            },
-        )
-    )
-
-    results.append(
-        _result(
-            MIN_CALLS_PER_AGENT,
-            metrics.filter(pl.col("total_calls") < thresholds.min_calls_per_agent),
-            warn,
-            min_calls_per_agent=thresholds.min_calls_per_agent,
-        )
-    )
-    return results
-
-
-def failed_blocking_checks(results: Sequence[dg.AssetCheckResult]) -> list[dg.AssetCheckResult]:
-    return [
-        result
-        for result in results
-        if not result.passed and result.severity == dg.AssetCheckSeverity.ERROR
-    ]
-
-
-def describe_failures(failures: Sequence[dg.AssetCheckResult]) -> str:
-    """One line per failed check, naming the days involved, for the run's failure message."""
-    lines = []
-    for failure in failures:
-        days = set()
-        for key in ("offending_days", "source_offending_days"):
-            value = failure.metadata.get(key)
-            days.update(getattr(value, "value", value) or [])
-        lines.append(f"{failure.check_name} (days: {', '.join(sorted(days)) or 'n/a'})")
-    return "; ".join(lines)
-
-
-FRESHNESS_TIMEZONE = "UTC"
-
-
-def build_freshness_checks(
-    asset: dg.AssetsDefinition, deadline_hour: int
-) -> tuple[Sequence[dg.AssetChecksDefinition], dg.SensorDefinition]:
-    """A check that fails when yesterday's partition is not materialized by ``deadline_hour``
-    UTC, and the sensor that evaluates it.
-
-    At the deadline, "yesterday" is the newest day that has ended in the partitions' timezone:
-    the same day the 02:00 UTC schedule materialized an hour before, whatever that timezone.
-    Dagster 1.13 prefers ``FreshnessPolicy``, but a policy only looks at the latest
-    materialization of any partition: a backfill of old days would pass it. This check looks
-    for the expected partition itself.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.SupersessionWarning)
-        checks = dg.build_time_partition_freshness_checks(
-            assets=[asset],
-            deadline_cron=f"0 {deadline_hour} * * *",
-            timezone=FRESHNESS_TIMEZONE,
-        )
-        # Running by default: it only evaluates the check, it never launches a materialization.
-        sensor = dg.build_sensor_for_freshness_checks(
-            freshness_checks=checks, default_status=dg.DefaultSensorStatus.RUNNING
-        )
-    return checks, sensor

@@ -1,7 +1,8 @@
-"""The environment contract: every variable the pipeline reads, parsed and validated once.
+"""The environment contract, and the model of what is measured.
 
 Definitions load through :func:`Settings.from_env`, so a typo in a variable fails at load time
-with a message naming the variable, instead of deep inside a run at 02:00.
+with a message naming the variable, instead of deep inside a run at 02:00. Every default lives
+once, on the dataclass field it belongs to: an unset variable leaves the field's default alone.
 """
 
 from __future__ import annotations
@@ -15,22 +16,23 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# The source columns the metrics read, in the order of the source table's DDL.
 SOURCE_COLUMN_ROLES = ("call_id", "agent_id", "started_at", "duration_sec", "status")
 # Values of these variables are masked wherever an error message could carry them out.
 SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
-DEFAULT_HOME = ".agent_metrics"
-DEFAULT_START_DATE = "2025-01-01"
-DEFAULT_STATUSES = ("Answered",)
+DEFAULT_HOME = Path(".agent_metrics")
+DEFAULT_CLICKHOUSE_PORT = 8123
+DEFAULT_DATABASE = "default"
 DEFAULT_S3_PREFIX = "agent_metrics"
-DEFAULT_MAX_CALL_LENGTH_SEC = 86_400.0
-DEFAULT_FRESHNESS_DEADLINE_HOUR = 3  # UTC, an hour after the daily schedule
-DEFAULT_MAX_RETRIES = 3
-DEFAULT_RETRY_DELAY_SEC = 30
-DEFAULT_UI_URL = "http://127.0.0.1:3000"
+
+
+def embedded_engine_path(home: Path) -> Path:
+    """Where the embedded ClickHouse engine keeps its data under ``AGENT_METRICS_HOME``."""
+    return home / "clickhouse"
 
 
 N = TypeVar("N", int, float)
@@ -72,7 +74,7 @@ def validate_timezone(name: str, what: str = "AGENT_METRICS_TIMEZONE") -> str:
 class SourceTable:
     """Where the raw calls live and what their columns are called."""
 
-    database: str = "default"
+    database: str = DEFAULT_DATABASE
     table: str = "calls"
     columns: Mapping[str, str] = field(
         default_factory=lambda: {role: role for role in SOURCE_COLUMN_ROLES}
@@ -90,6 +92,15 @@ class SourceTable:
     def column(self, role: str) -> str:
         return self.columns[role]
 
+    @property
+    def column_names(self) -> tuple[str, ...]:
+        """The source's column names, one per role, in the order of ``SOURCE_COLUMN_ROLES``."""
+        return tuple(self.columns[role] for role in SOURCE_COLUMN_ROLES)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"`{self.database}`.`{self.table}`"
+
 
 def parse_column_mapping(text: str) -> dict[str, str]:
     """Parse ``role=column,role=column`` overrides on top of the default column names."""
@@ -105,8 +116,48 @@ def parse_column_mapping(text: str) -> dict[str, str]:
     return columns
 
 
+@dataclass(frozen=True)
+class Measurement:
+    """What is measured: which calls of which table count, and the bounds the checks apply.
+
+    The asset closes over one of these, as it closes over its partitions: changing what is
+    measured is a change of the definitions, visible in the UI, not run configuration.
+    """
+
+    source: SourceTable = field(default_factory=SourceTable)
+    statuses: tuple[str, ...] = ("Answered",)
+    invalid_rows: InvalidRowsPolicy = InvalidRowsPolicy.FAIL
+    max_call_length_sec: float = 86_400.0
+    min_calls_per_agent: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.statuses:
+            raise ConfigError("AGENT_METRICS_STATUSES must name at least one call status")
+
+    @property
+    def fails_on_invalid_rows(self) -> bool:
+        return self.invalid_rows is InvalidRowsPolicy.FAIL
+
+    def describe(self) -> dict[str, str]:
+        """Plain-text facts for the asset's definition metadata in the UI."""
+        mapping = ", ".join(f"{role}={column}" for role, column in self.source.columns.items())
+        return {
+            "source_table": f"{self.source.database}.{self.source.table}",
+            "source_columns": mapping,
+            "counted_statuses": ", ".join(self.statuses),
+            "invalid_rows_policy": self.invalid_rows.value,
+            "max_call_length_sec": f"{self.max_call_length_sec:g}",
+            "min_calls_per_agent": str(self.min_calls_per_agent),
+        }
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The values that were set, so unset variables fall back to the fields' own defaults."""
+    return {name: value for name, value in values.items() if value is not None}
+
+
 class _Environment:
-    """Typed reads of environment variables; every error names the variable."""
+    """Typed reads of environment variables; ``None`` when unset; every error names the variable."""
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self._environ = environ
@@ -115,26 +166,27 @@ class _Environment:
         value = self._environ.get(name, "").strip()
         return value or None
 
-    def flag(self, name: str) -> bool:
-        value = (self.text(name) or "false").lower()
-        if value in ("1", "true", "yes", "on"):
+    def flag(self, name: str) -> bool | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        if value.lower() in ("1", "true", "yes", "on"):
             return True
-        if value in ("0", "false", "no", "off"):
+        if value.lower() in ("0", "false", "no", "off"):
             return False
         raise ConfigError(f"{name}={value!r} must be true or false")
 
-    def number(self, name: str, default: N, minimum: N, maximum: N | None = None) -> N:
-        """A whole number when ``default`` is an int, a decimal one when it is a float."""
+    def number(self, name: str, kind: type[N], minimum: N, maximum: N | None = None) -> N | None:
         text = self.text(name)
         if text is None:
-            return default
+            return None
         try:
-            value = type(default)(text)
+            value = kind(text)
             if not math.isfinite(value):
                 raise ValueError(text)
         except ValueError:
-            kind = "number" if isinstance(default, float) else "whole number"
-            raise ConfigError(f"{name}={text!r} must be a {kind}") from None
+            noun = "number" if kind is float else "whole number"
+            raise ConfigError(f"{name}={text!r} must be a {noun}") from None
         if value < minimum or (maximum is not None and value > maximum):
             bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ConfigError(f"{name}={text!r} must be {bounds}")
@@ -147,21 +199,54 @@ class _Environment:
             raise ConfigError(f"{name} must start with http:// or https://")
         return value
 
+    def date(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None:
+            try:
+                dt.date.fromisoformat(value)
+            except ValueError:
+                raise ConfigError(f"{name}={value!r} must be a date like 2025-01-01") from None
+        return value
+
+    def items(self, name: str) -> tuple[str, ...] | None:
+        """A comma-separated list; set but holding no item is an error."""
+        value = self.text(name)
+        if value is None:
+            return None
+        items = tuple(item.strip() for item in value.split(",") if item.strip())
+        if not items:
+            raise ConfigError(f"{name} must name at least one value")
+        return items
+
+    def invalid_rows_policy(self, name: str) -> InvalidRowsPolicy | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        try:
+            return InvalidRowsPolicy(value.lower())
+        except ValueError:
+            raise ConfigError(f"{name}={value.lower()!r} must be 'fail' or 'exclude'") from None
+
+    def s3_prefix(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is None:
+            return None
+        prefix = value.strip("/")
+        if not prefix:
+            raise ConfigError(f"{name} must not be empty or only slashes")
+        return prefix
+
 
 @dataclass(frozen=True)
 class Settings:
     """Everything the definitions need from the environment, already validated."""
 
-    home: Path = Path(DEFAULT_HOME)
+    home: Path = DEFAULT_HOME
     timezone: str = "UTC"
-    start_date: str = DEFAULT_START_DATE
-    statuses: tuple[str, ...] = DEFAULT_STATUSES
-    source: SourceTable = field(default_factory=SourceTable)
-    invalid_rows: InvalidRowsPolicy = InvalidRowsPolicy.FAIL
-    max_call_length_sec: float = DEFAULT_MAX_CALL_LENGTH_SEC
-    min_calls_per_agent: int = 1
+    start_date: str = "2025-01-01"
+    measurement: Measurement = field(default_factory=Measurement)
     clickhouse_host: str | None = None
-    clickhouse_port: int = 8123
+    clickhouse_port: int = DEFAULT_CLICKHOUSE_PORT
     clickhouse_user: str = "default"
     clickhouse_password_set: bool = False
     clickhouse_secure: bool = False
@@ -170,13 +255,14 @@ class Settings:
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
     gzip: bool = False
-    freshness_deadline_hour: int = DEFAULT_FRESHNESS_DEADLINE_HOUR
+    # UTC, an hour after the daily schedule.
+    freshness_deadline_hour: int = 3
     backfill_max_days_per_run: int | None = None
     schedule_lookback_days: int = 0
-    max_retries: int = DEFAULT_MAX_RETRIES
-    retry_delay_sec: int = DEFAULT_RETRY_DELAY_SEC
+    max_retries: int = 3
+    retry_delay_sec: int = 30
     alert_webhook_url: str | None = field(default=None, repr=False)
-    ui_url: str = DEFAULT_UI_URL
+    ui_url: str = "http://127.0.0.1:3000"
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -185,7 +271,7 @@ class Settings:
 
     @property
     def embedded_clickhouse_path(self) -> Path:
-        return self.home / "clickhouse"
+        return embedded_engine_path(self.home)
 
     @property
     def local_output_dir(self) -> Path:
@@ -194,71 +280,57 @@ class Settings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         env = _Environment(os.environ if environ is None else environ)
-
-        start_date = env.text("AGENT_METRICS_START_DATE") or DEFAULT_START_DATE
-        try:
-            dt.date.fromisoformat(start_date)
-        except ValueError:
-            raise ConfigError(
-                f"AGENT_METRICS_START_DATE={start_date!r} must be a date like 2025-01-01"
-            ) from None
-
-        statuses_text = env.text("AGENT_METRICS_STATUSES") or ",".join(DEFAULT_STATUSES)
-        statuses = tuple(s.strip() for s in statuses_text.split(",") if s.strip())
-        if not statuses:
-            raise ConfigError("AGENT_METRICS_STATUSES must name at least one call status")
-
-        policy_text = (env.text("AGENT_METRICS_INVALID_ROWS") or "fail").lower()
-        try:
-            policy = InvalidRowsPolicy(policy_text)
-        except ValueError:
-            raise ConfigError(
-                f"AGENT_METRICS_INVALID_ROWS={policy_text!r} must be 'fail' or 'exclude'"
-            ) from None
-
-        prefix = (env.text("S3_PREFIX") or DEFAULT_S3_PREFIX).strip("/")
-        if not prefix:
-            raise ConfigError("S3_PREFIX must not be empty or only slashes")
-
-        max_days = env.number("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", 0, minimum=1)
+        columns = env.text("AGENT_METRICS_SOURCE_COLUMNS")
+        source = SourceTable(
+            **_given(
+                database=env.text("CLICKHOUSE_DATABASE"),
+                table=env.text("AGENT_METRICS_SOURCE_TABLE"),
+                columns=parse_column_mapping(columns) if columns else None,
+            )
+        )
+        measurement = Measurement(
+            source=source,
+            **_given(
+                statuses=env.items("AGENT_METRICS_STATUSES"),
+                invalid_rows=env.invalid_rows_policy("AGENT_METRICS_INVALID_ROWS"),
+                max_call_length_sec=env.number(
+                    "AGENT_METRICS_MAX_CALL_LENGTH_SEC", float, minimum=0.0
+                ),
+                min_calls_per_agent=env.number("AGENT_METRICS_MIN_CALLS_PER_AGENT", int, minimum=1),
+            ),
+        )
+        home = env.text("AGENT_METRICS_HOME")
+        timezone = env.text("AGENT_METRICS_TIMEZONE")
+        ui_url = env.url("AGENT_METRICS_UI_URL")
         return cls(
-            home=Path(env.text("AGENT_METRICS_HOME") or DEFAULT_HOME),
-            timezone=validate_timezone(env.text("AGENT_METRICS_TIMEZONE") or "UTC"),
-            start_date=start_date,
-            statuses=statuses,
-            source=SourceTable(
-                database=env.text("CLICKHOUSE_DATABASE") or "default",
-                table=env.text("AGENT_METRICS_SOURCE_TABLE") or "calls",
-                columns=parse_column_mapping(env.text("AGENT_METRICS_SOURCE_COLUMNS") or ""),
-            ),
-            invalid_rows=policy,
-            max_call_length_sec=env.number(
-                "AGENT_METRICS_MAX_CALL_LENGTH_SEC", DEFAULT_MAX_CALL_LENGTH_SEC, minimum=0.0
-            ),
-            min_calls_per_agent=env.number("AGENT_METRICS_MIN_CALLS_PER_AGENT", 1, minimum=1),
-            clickhouse_host=env.text("CLICKHOUSE_HOST"),
-            clickhouse_port=env.number("CLICKHOUSE_PORT", 8123, minimum=1, maximum=65535),
-            clickhouse_user=env.text("CLICKHOUSE_USER") or "default",
+            measurement=measurement,
             clickhouse_password_set=env.text("CLICKHOUSE_PASSWORD") is not None,
-            clickhouse_secure=env.flag("CLICKHOUSE_SECURE"),
-            s3_bucket=env.text("S3_BUCKET"),
-            s3_prefix=prefix,
-            s3_endpoint_url=env.text("S3_ENDPOINT_URL"),
-            aws_region=env.text("AWS_REGION"),
-            gzip=env.flag("AGENT_METRICS_GZIP"),
-            freshness_deadline_hour=env.number(
-                "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR",
-                DEFAULT_FRESHNESS_DEADLINE_HOUR,
-                minimum=0,
-                maximum=23,
-            ),
-            backfill_max_days_per_run=max_days or None,
-            schedule_lookback_days=env.number("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", 0, minimum=0),
-            max_retries=env.number("AGENT_METRICS_MAX_RETRIES", DEFAULT_MAX_RETRIES, minimum=0),
-            retry_delay_sec=env.number(
-                "AGENT_METRICS_RETRY_DELAY_SEC", DEFAULT_RETRY_DELAY_SEC, minimum=0
-            ),
-            alert_webhook_url=env.url("AGENT_METRICS_ALERT_WEBHOOK_URL"),
-            ui_url=(env.url("AGENT_METRICS_UI_URL") or DEFAULT_UI_URL).rstrip("/"),
             secrets=tuple(value for name in SECRET_VARIABLES if (value := env.text(name))),
+            **_given(
+                home=Path(home) if home else None,
+                timezone=validate_timezone(timezone) if timezone else None,
+                start_date=env.date("AGENT_METRICS_START_DATE"),
+                clickhouse_host=env.text("CLICKHOUSE_HOST"),
+                clickhouse_port=env.number("CLICKHOUSE_PORT", int, minimum=1, maximum=65535),
+                clickhouse_user=env.text("CLICKHOUSE_USER"),
+                clickhouse_secure=env.flag("CLICKHOUSE_SECURE"),
+                s3_bucket=env.text("S3_BUCKET"),
+                s3_prefix=env.s3_prefix("S3_PREFIX"),
+                s3_endpoint_url=env.text("S3_ENDPOINT_URL"),
+                aws_region=env.text("AWS_REGION"),
+                gzip=env.flag("AGENT_METRICS_GZIP"),
+                freshness_deadline_hour=env.number(
+                    "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", int, minimum=0, maximum=23
+                ),
+                backfill_max_days_per_run=env.number(
+                    "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", int, minimum=1
+                ),
+                schedule_lookback_days=env.number(
+                    "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", int, minimum=0
+                ),
+                max_retries=env.number("AGENT_METRICS_MAX_RETRIES", int, minimum=0),
+                retry_delay_sec=env.number("AGENT_METRICS_RETRY_DELAY_SEC", int, minimum=0),
+                alert_webhook_url=env.url("AGENT_METRICS_ALERT_WEBHOOK_URL"),
+                ui_url=ui_url.rstrip("/") if ui_url else None,
+            ),
         )

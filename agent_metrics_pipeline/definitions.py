@@ -7,17 +7,17 @@ import warnings
 import dagster as dg
 from dagster_aws.s3 import S3Resource
 
+from agent_metrics_pipeline.alerts import build_failure_alert_sensor
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
 from agent_metrics_pipeline.automation import (
     build_agent_metrics_job,
     build_daily_schedule,
-    build_failure_alert_sensor,
+    build_freshness_checks,
 )
-from agent_metrics_pipeline.checks import build_freshness_checks
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.io_managers import DailyCsvIOManager, LocalCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
-from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettingsResource
 
 # The embedded engine's folder can be opened by one process at a time; dagster.yaml limits
 # every pool to one slot, so runs that use it queue instead of failing on the lock.
@@ -39,7 +39,7 @@ def clickhouse_resource(settings: Settings) -> ClickHouseResource:
         username=settings.clickhouse_user,
         # An EnvVar keeps the secret out of the UI's resource view and out of run config.
         password=dg.EnvVar("CLICKHOUSE_PASSWORD") if settings.clickhouse_password_set else "",
-        database=settings.source.database,
+        database=settings.measurement.source.database,
         secure=settings.clickhouse_secure,
     )
 
@@ -82,6 +82,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     partitions_def = daily_partitions(settings)
     agent_metrics = build_agent_metrics_asset(
         partitions_def,
+        settings.measurement,
         backfill_policy=backfill_policy(settings),
         retry_policy=retry_policy(settings),
         pool=EMBEDDED_ENGINE_POOL if settings.embedded_clickhouse else None,
@@ -103,7 +104,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ],
         resources={
             "clickhouse": clickhouse_resource(settings),
-            "metrics_settings": MetricsSettingsResource.from_settings(settings),
             CSV_IO_MANAGER_KEY: csv_io_manager(settings),
         },
     )

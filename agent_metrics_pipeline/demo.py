@@ -13,12 +13,15 @@ import logging
 import sys
 import zoneinfo
 
+import dagster as dg
 import polars as pl
 
-from agent_metrics_pipeline.assets import ASSET_NAME, PREVIEW_ROWS
+from agent_metrics_pipeline.assets import ASSET_NAME, CSV_IO_MANAGER_KEY, PREVIEW_ROWS
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import ConfigError, Settings, SourceTable
-from agent_metrics_pipeline.definitions import build_definitions, csv_io_manager
-from agent_metrics_pipeline.resources import ClickHouseResource
+from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.io_managers import DailyCsvIOManager
+from agent_metrics_pipeline.sql import source_table_ddl
 
 SEED_DAYS = 35
 SEED_AGENTS = 300
@@ -26,24 +29,6 @@ SEED_CALLS_PER_DAY = 20_000
 RANGE_DAYS = 7
 
 logger = logging.getLogger("agent_metrics_pipeline.demo")
-
-
-def create_calls_table(clickhouse: ClickHouseResource, source: SourceTable) -> None:
-    """The source table of the contract: ordered by start time so day windows prune parts."""
-    col = source.column
-    with clickhouse.get_client() as client:
-        client.command(f"CREATE DATABASE IF NOT EXISTS `{source.database}`")
-        client.command(
-            f"""
-            CREATE TABLE IF NOT EXISTS `{source.database}`.`{source.table}` (
-                `{col("call_id")}` String,
-                `{col("agent_id")}` Nullable(String),
-                `{col("started_at")}` DateTime64(3, 'UTC'),
-                `{col("duration_sec")}` Nullable(Float64),
-                `{col("status")}` LowCardinality(String)
-            ) ENGINE = MergeTree ORDER BY `{col("started_at")}`
-            """
-        )
 
 
 def seed_sample_calls(
@@ -55,7 +40,8 @@ def seed_sample_calls(
     agents: int = SEED_AGENTS,
     timezone: str = "UTC",
 ) -> int:
-    """Replace the table's rows with deterministic sample calls, generated inside ClickHouse.
+    """Create the source table if needed and fill it with deterministic sample calls, generated
+    inside ClickHouse (replacing whatever it held).
 
     The calls cover whole days from ``first_day`` in ``timezone``, the partitions' timezone.
 
@@ -64,10 +50,12 @@ def seed_sample_calls(
     col = source.column
     total = days * calls_per_day
     with clickhouse.get_client() as client:
-        client.command(f"TRUNCATE TABLE `{source.database}`.`{source.table}`")
+        for statement in source_table_ddl(source):
+            client.command(statement)
+        client.command(f"TRUNCATE TABLE {source.qualified_name}")
         client.command(
             f"""
-            INSERT INTO `{source.database}`.`{source.table}`
+            INSERT INTO {source.qualified_name}
             SELECT
                 concat('call-', toString(number)) AS `{col("call_id")}`,
                 concat('agent-', leftPad(toString(sipHash64(number, 1) % {agents}), 3, '0'))
@@ -89,21 +77,18 @@ def seed_sample_calls(
     return total
 
 
-def run_demo(settings: Settings, today: dt.date) -> None:
+def run_demo(defs: dg.Definitions, settings: Settings, today: dt.date) -> None:
     """Seed sample calls, then materialize yesterday and the seven days before it."""
-    defs = build_definitions(settings)
-    resources = defs.resources
-    clickhouse = resources["clickhouse"]
+    clickhouse = defs.resources["clickhouse"]
     assert isinstance(clickhouse, ClickHouseResource)
-    source = settings.source
-
     yesterday = today - dt.timedelta(days=1)
     range_start = yesterday - dt.timedelta(days=RANGE_DAYS)
     range_end = yesterday - dt.timedelta(days=1)
     first_day = today - dt.timedelta(days=SEED_DAYS)
 
-    create_calls_table(clickhouse, source)
-    seeded = seed_sample_calls(clickhouse, source, first_day, SEED_DAYS, timezone=settings.timezone)
+    seeded = seed_sample_calls(
+        clickhouse, settings.measurement.source, first_day, SEED_DAYS, timezone=settings.timezone
+    )
     logger.info("Seeded %s sample calls from %s into %s", seeded, first_day, clickhouse.description)
 
     job = defs.resolve_implicit_global_asset_job_def()
@@ -133,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     today = dt.datetime.now(zoneinfo.ZoneInfo(settings.timezone)).date()
-    run_demo(settings, today)
+    defs = build_definitions(settings)
+    run_demo(defs, settings, today)
 
-    io_manager = csv_io_manager(settings)
+    io_manager = defs.resources[CSV_IO_MANAGER_KEY]
+    assert isinstance(io_manager, DailyCsvIOManager)
     days = [today - dt.timedelta(days=offset) for offset in range(RANGE_DAYS + 1, 0, -1)]
     print("\nPublished files:")
     for day in days:

@@ -1,4 +1,6 @@
-"""The metrics query: one aggregation per (day, agent), pushed down to ClickHouse.
+"""The SQL the pipeline sends: the metrics query, and the source table's DDL.
+
+The metrics query is one aggregation per (day, agent), pushed down to ClickHouse.
 
 ClickHouse returns one row per agent and day, so the pipeline's memory follows the number of
 agents, never the number of calls. Identifiers come from a validated :class:`SourceTable`;
@@ -8,9 +10,8 @@ every value (window, timezone, statuses) is bound as a query parameter.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
 
-from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.config import Measurement, SourceTable
 
 CLICKHOUSE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -23,12 +24,10 @@ def _utc_literal(moment: dt.datetime) -> str:
 
 
 def build_metrics_query(
-    source: SourceTable,
+    measurement: Measurement,
     window_start: dt.datetime,
     window_end: dt.datetime,
     timezone: str,
-    statuses: Sequence[str],
-    max_call_length_sec: float,
 ) -> tuple[str, dict[str, object]]:
     """Per (day, agent) metrics over ``[window_start, window_end)`` plus source-quality counts.
 
@@ -46,11 +45,9 @@ def build_metrics_query(
     integers: exact, so it does not depend on how ClickHouse splits the work between threads,
     and re-running a day yields identical bytes.
     """
-    if not statuses:
-        raise ValueError("at least one call status must be counted")
+    source = measurement.source
     call_id, agent, started_at, duration, status = (
-        f"src.`{source.column(role)}`"
-        for role in ("call_id", "agent_id", "started_at", "duration_sec", "status")
+        f"src.`{column}`" for column in source.column_names
     )
     sql = f"""
 WITH
@@ -77,7 +74,7 @@ SELECT
     groupArrayIf(5)(toString({call_id}), call_agent IS NOT NULL AND {duration} < 0)
         AS negative_call_ids,
     groupArrayIf(5)(toString({call_id}), overlong) AS overlong_call_ids
-FROM `{source.database}`.`{source.table}` AS src
+FROM {source.qualified_name} AS src
 WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
   AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
   AND {status} IN {{statuses:Array(String)}}
@@ -88,7 +85,25 @@ ORDER BY date, agent_id
         "timezone": timezone,
         "window_start": _utc_literal(window_start),
         "window_end": _utc_literal(window_end),
-        "statuses": list(statuses),
-        "max_call_length_sec": float(max_call_length_sec),
+        "statuses": list(measurement.statuses),
+        "max_call_length_sec": float(measurement.max_call_length_sec),
     }
     return sql, parameters
+
+
+def source_table_ddl(source: SourceTable) -> tuple[str, str]:
+    """The source table of the contract, and its database: ordered by start time so day windows
+    prune parts. For the demo, the tests and the benchmarks; production tables are the user's."""
+    call_id, agent, started_at, duration, status = source.column_names
+    return (
+        f"CREATE DATABASE IF NOT EXISTS `{source.database}`",
+        f"""
+CREATE TABLE IF NOT EXISTS {source.qualified_name} (
+    `{call_id}` String,
+    `{agent}` Nullable(String),
+    `{started_at}` DateTime64(3, 'UTC'),
+    `{duration}` Nullable(Float64),
+    `{status}` LowCardinality(String)
+) ENGINE = MergeTree ORDER BY `{started_at}`
+""",
+    )

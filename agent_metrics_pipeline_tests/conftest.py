@@ -12,34 +12,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import pytest
 import requests
-from dagster_aws.s3 import S3Resource
 
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline.demo import create_calls_table
-from agent_metrics_pipeline.io_managers import S3CsvIOManager
-from agent_metrics_pipeline.resources import ClickHouseResource
-from agent_metrics_pipeline_tests.oracle import Call
+from agent_metrics_pipeline_tests.helpers import Bucket, S3Server, create_calls_table, free_port
 
-S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-S3_TEST_REGION = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+PYTHON_BIN = Path(sys.executable).parent
 
 
 def _server_clickhouse() -> ClickHouseResource:
@@ -68,41 +55,7 @@ def calls_table(clickhouse: ClickHouseResource) -> Iterator[SourceTable]:
     create_calls_table(clickhouse, source)
     yield source
     with clickhouse.get_client() as client:
-        client.command(f"DROP TABLE IF EXISTS `{source.database}`.`{source.table}`")
-
-
-def insert_calls(
-    clickhouse: ClickHouseResource, source: SourceTable, calls: Sequence[Call]
-) -> None:
-    if not calls:
-        return
-    rows = [[c.call_id, c.agent_id, c.started_at, c.duration_sec, c.status] for c in calls]
-    columns = [
-        source.column(role)
-        for role in ("call_id", "agent_id", "started_at", "duration_sec", "status")
-    ]
-    with clickhouse.get_client() as client:
-        client.insert(f"`{source.database}`.`{source.table}`", rows, column_names=columns)
-
-
-@dataclass(frozen=True)
-class S3Server:
-    endpoint_url: str
-
-    def client(self):
-        return boto3.client(
-            "s3", endpoint_url=self.endpoint_url, region_name=S3_TEST_REGION, **S3_TEST_CREDENTIALS
-        )
-
-    def resource(self, **overrides) -> S3Resource:
-        options = {
-            "endpoint_url": self.endpoint_url,
-            "region_name": S3_TEST_REGION,
-            "max_attempts": 1,
-            **S3_TEST_CREDENTIALS,
-            **overrides,
-        }
-        return S3Resource(**options)
+        client.command(f"DROP TABLE IF EXISTS {source.qualified_name}")
 
 
 @pytest.fixture(scope="session")
@@ -129,24 +82,26 @@ def s3_server(tmp_path_factory) -> Iterator[S3Server]:
     log.close()
 
 
-@dataclass(frozen=True)
-class Bucket:
-    name: str
-    server: S3Server
-
-    def get(self, key: str) -> bytes:
-        return self.server.client().get_object(Bucket=self.name, Key=key)["Body"].read()
-
-    def keys(self) -> list[str]:
-        response = self.server.client().list_objects_v2(Bucket=self.name)
-        return sorted(item["Key"] for item in response.get("Contents", []))
-
-    def io_manager(self, **options) -> S3CsvIOManager:
-        return S3CsvIOManager(s3=self.server.resource(), bucket=self.name, **options)
-
-
 @pytest.fixture
 def bucket(s3_server: S3Server) -> Bucket:
     name = f"metrics-{uuid.uuid4().hex[:12]}"
     s3_server.client().create_bucket(Bucket=name)
     return Bucket(name, s3_server)
+
+
+@pytest.fixture
+def project_env(tmp_path) -> dict[str, str]:
+    """A clean environment for a subprocess: own home, own Dagster instance folder."""
+    (tmp_path / "dagster_home").mkdir()
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_"))
+    }
+    env.update(
+        AGENT_METRICS_HOME=str(tmp_path / "home"),
+        AGENT_METRICS_START_DATE="2026-01-01",
+        DAGSTER_HOME=str(tmp_path / "dagster_home"),
+        PATH=f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env

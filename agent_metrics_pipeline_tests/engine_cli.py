@@ -16,11 +16,10 @@ import time
 
 import polars as pl
 
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline.demo import create_calls_table
-from agent_metrics_pipeline.resources import ClickHouseResource
-
-CALL_COLUMNS = ["call_id", "agent_id", "started_at", "duration_sec", "status"]
+from agent_metrics_pipeline_tests.helpers import create_calls_table, insert_calls
+from agent_metrics_pipeline_tests.oracle import Call
 
 
 def main(command: str, engine_dir: str, path: str = "") -> None:
@@ -28,12 +27,11 @@ def main(command: str, engine_dir: str, path: str = "") -> None:
     source = SourceTable()
     if command == "load":
         create_calls_table(clickhouse, source)
-        frame = pl.read_parquet(path)
-        with clickhouse.get_client() as client:
-            client.insert("default.calls", frame.rows(), column_names=CALL_COLUMNS)
+        calls = [Call(**row) for row in pl.read_parquet(path).iter_rows(named=True)]
+        insert_calls(clickhouse, source, calls)
     elif command == "dump":
         clickhouse.query_polars(
-            f"SELECT {', '.join(CALL_COLUMNS)} FROM default.calls"
+            f"SELECT {', '.join(source.column_names)} FROM {source.qualified_name}"
         ).write_parquet(path)
     elif command == "hold":
         with clickhouse.get_client() as client:

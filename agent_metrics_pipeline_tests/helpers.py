@@ -1,26 +1,101 @@
-"""Builders shared by the tests: sample calls and one-call materializations."""
+"""Helpers shared by the tests: the local S3 server's handles, sample calls, source tables,
+one-call materializations and subprocess runs. Fixtures live in ``conftest.py``."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
+import boto3
 import dagster as dg
 import polars as pl
+from dagster_aws.s3 import S3Resource
 
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
-from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings, SourceTable
-from agent_metrics_pipeline.io_managers import DailyCsvIOManager
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement, Settings, SourceTable
+from agent_metrics_pipeline.io_managers import DailyCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
-from agent_metrics_pipeline.resources import ClickHouseResource, MetricsSettingsResource
+from agent_metrics_pipeline.sql import source_table_ddl
 from agent_metrics_pipeline_tests.oracle import Call
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.UTC
+S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+S3_TEST_REGION = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def key_for(day: dt.date) -> str:
+    """Where a day is published under the default prefix."""
+    return f"agent_metrics/{day}/agent_metrics_{day}.csv"
+
+
+@dataclass(frozen=True)
+class S3Server:
+    endpoint_url: str
+
+    def client(self):
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint_url, region_name=S3_TEST_REGION, **S3_TEST_CREDENTIALS
+        )
+
+    def resource(self, **overrides) -> S3Resource:
+        options = {
+            "endpoint_url": self.endpoint_url,
+            "region_name": S3_TEST_REGION,
+            "max_attempts": 1,
+            **S3_TEST_CREDENTIALS,
+            **overrides,
+        }
+        return S3Resource(**options)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    name: str
+    server: S3Server
+
+    def get(self, key: str) -> bytes:
+        return self.server.client().get_object(Bucket=self.name, Key=key)["Body"].read()
+
+    def keys(self) -> list[str]:
+        response = self.server.client().list_objects_v2(Bucket=self.name)
+        return sorted(item["Key"] for item in response.get("Contents", []))
+
+    def io_manager(self, **options) -> S3CsvIOManager:
+        return S3CsvIOManager(s3=self.server.resource(), bucket=self.name, **options)
+
+
+def create_calls_table(clickhouse: ClickHouseResource, source: SourceTable) -> None:
+    with clickhouse.get_client() as client:
+        for statement in source_table_ddl(source):
+            client.command(statement)
+
+
+def insert_calls(
+    clickhouse: ClickHouseResource, source: SourceTable, calls: Sequence[Call]
+) -> None:
+    if not calls:
+        return
+    # Call's fields are the source roles, in their order.
+    rows = [dataclasses.astuple(call) for call in calls]
+    with clickhouse.get_client() as client:
+        client.insert(source.qualified_name, rows, column_names=list(source.column_names))
+
+
 AWKWARD_AGENT_IDS = ["a,b", 'say "hi"', "Zoë-Ångström", "007", "line\nbreak", "  padded "]
 STATUSES = ["Answered", "Answered", "Answered", "Missed", "Voicemail", "answered"]
 
@@ -50,31 +125,30 @@ def random_calls(
     return calls
 
 
-def metrics_settings(
+def measuring(
     source: SourceTable,
     statuses: Sequence[str] = ("Answered",),
     invalid_rows: InvalidRowsPolicy = InvalidRowsPolicy.FAIL,
     **thresholds,
-) -> MetricsSettingsResource:
-    return MetricsSettingsResource(
-        database=source.database,
-        table=source.table,
-        columns=dict(source.columns),
-        statuses=list(statuses),
-        invalid_rows=invalid_rows,
-        **thresholds,
+) -> Measurement:
+    return Measurement(
+        source=source, statuses=tuple(statuses), invalid_rows=invalid_rows, **thresholds
     )
 
 
-def build_asset(timezone: str = "UTC", start_date: str = "2026-01-01") -> dg.AssetsDefinition:
+def build_asset(
+    measurement: Measurement, timezone: str = "UTC", start_date: str = "2026-01-01", **options
+) -> dg.AssetsDefinition:
     return build_agent_metrics_asset(
-        daily_partitions(Settings(timezone=timezone, start_date=start_date))
+        daily_partitions(Settings(timezone=timezone, start_date=start_date)),
+        measurement,
+        **options,
     )
 
 
 def materialize(
     clickhouse: ClickHouseResource,
-    settings: MetricsSettingsResource,
+    measurement: Measurement,
     io_manager: DailyCsvIOManager,
     first_day: str,
     last_day: str | None = None,
@@ -83,12 +157,8 @@ def materialize(
     instance: dg.DagsterInstance | None = None,
 ) -> dg.ExecuteInProcessResult:
     """One run over ``first_day`` (or the range ``first_day..last_day``)."""
-    resources = {
-        "clickhouse": clickhouse,
-        "metrics_settings": settings,
-        CSV_IO_MANAGER_KEY: io_manager,
-    }
-    asset = build_asset(timezone)
+    resources = {"clickhouse": clickhouse, CSV_IO_MANAGER_KEY: io_manager}
+    asset = build_asset(measurement, timezone)
     if last_day is None:
         return dg.materialize(
             [asset],
@@ -118,14 +188,8 @@ def failure_message(result: dg.ExecuteInProcessResult) -> str:
 
 def calls_to_parquet(calls: Sequence[Call], path: Path) -> None:
     pl.DataFrame(
-        {
-            "call_id": [c.call_id for c in calls],
-            "agent_id": [c.agent_id for c in calls],
-            "started_at": [c.started_at for c in calls],
-            "duration_sec": [c.duration_sec for c in calls],
-            "status": [c.status for c in calls],
-        },
-        schema_overrides={"started_at": pl.Datetime("ms", "UTC")},
+        [dataclasses.asdict(call) for call in calls],
+        schema_overrides={"started_at": pl.Datetime("ms", "UTC"), "duration_sec": pl.Float64},
     ).write_parquet(path)
 
 

@@ -7,15 +7,17 @@ import gzip
 import os
 import uuid
 
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline.demo import create_calls_table
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.resources import ClickHouseResource
-from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
+    Bucket,
+    create_calls_table,
+    insert_calls,
+    key_for,
     materialize,
-    metrics_settings,
+    measuring,
     random_calls,
 )
 from agent_metrics_pipeline_tests.oracle import (
@@ -29,10 +31,6 @@ from agent_metrics_pipeline_tests.oracle import (
 DAY = dt.date(2026, 11, 20)
 
 
-def key_for(day: dt.date) -> str:
-    return f"agent_metrics/{day}/agent_metrics_{day}.csv"
-
-
 def call(agent: str | None, at: dt.datetime, duration: float | None, status: str = "Answered"):
     return Call(f"c-{agent}-{at.isoformat()}-{duration}", agent, at, duration, status)
 
@@ -41,7 +39,7 @@ def test_one_day_matches_oracle(clickhouse: ClickHouseResource, calls_table, buc
     calls = random_calls(DAY - dt.timedelta(days=1), days=3, calls_per_day=400)
     insert_calls(clickhouse, calls_table, calls)
 
-    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
 
     assert bucket.keys() == [key_for(DAY)]
     expected = expected_metrics(calls)[DAY]
@@ -62,7 +60,7 @@ def test_day_boundaries_are_half_open(clickhouse, calls_table, bucket):
     ]
     insert_calls(clickhouse, calls_table, calls)
 
-    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
 
     rows = parse_csv(bucket.get(key_for(DAY)))
     assert rows == [
@@ -85,7 +83,7 @@ def test_non_utc_timezone_shifts_the_day(clickhouse, calls_table, bucket):
 
     materialize(
         clickhouse,
-        metrics_settings(calls_table),
+        measuring(calls_table),
         bucket.io_manager(),
         str(day),
         timezone="America/New_York",
@@ -108,7 +106,7 @@ def test_interpolated_p90_for_one_and_two_calls(clickhouse, calls_table, bucket)
     ]
     insert_calls(clickhouse, calls_table, calls)
 
-    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
 
     rows = {row["agent_id"]: row for row in parse_csv(bucket.get(key_for(DAY)))}
     # Linear interpolation between closest ranks: 10 + 0.9 * (20 - 10), 2 + 0.8 * (100 - 2).
@@ -124,7 +122,7 @@ def test_status_filter_is_exact_and_configurable(clickhouse, calls_table, bucket
     statuses = ("Answered", "Missed")
 
     materialize(
-        clickhouse, metrics_settings(calls_table, statuses=statuses), bucket.io_manager(), str(DAY)
+        clickhouse, measuring(calls_table, statuses=statuses), bucket.io_manager(), str(DAY)
     )
 
     expected = expected_metrics(calls, statuses=statuses)[DAY]
@@ -138,7 +136,7 @@ def test_empty_day_gets_a_header_only_file(clickhouse, calls_table, bucket):
     other_day = dt.datetime.combine(DAY + dt.timedelta(days=2), dt.time(9), tzinfo=UTC)
     insert_calls(clickhouse, calls_table, [call("x", other_day, 5.0)])
 
-    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
 
     assert bucket.get(key_for(DAY)) == (",".join(HEADER) + "\n").encode()
 
@@ -149,7 +147,7 @@ def test_awkward_agent_ids_survive_csv_quoting(clickhouse, calls_table, bucket):
     calls = [call(agent, noon, 30.0 + i) for i, agent in enumerate(agents)]
     insert_calls(clickhouse, calls_table, calls)
 
-    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
 
     data = bucket.get(key_for(DAY))
     assert sorted(row["agent_id"] for row in parse_csv(data)) == sorted(agents)
@@ -169,7 +167,7 @@ def test_range_run_writes_the_bytes_of_single_day_runs(
     # A quiet day in the middle still gets its (header-only) file.
     calls = [c for c in calls if c.started_at.date() != days[3]]
     insert_calls(clickhouse, calls_table, calls)
-    settings = metrics_settings(calls_table)
+    settings = measuring(calls_table)
 
     queries = []
     original = ClickHouseResource.query_polars
@@ -200,9 +198,9 @@ def test_rerun_overwrites_with_identical_bytes_locally(clickhouse, calls_table, 
     io_manager = LocalCsvIOManager(base_dir=str(tmp_path))
     target = tmp_path / key_for(DAY)
 
-    materialize(clickhouse, metrics_settings(calls_table), io_manager, str(DAY))
+    materialize(clickhouse, measuring(calls_table), io_manager, str(DAY))
     first = target.read_bytes()
-    materialize(clickhouse, metrics_settings(calls_table), io_manager, str(DAY))
+    materialize(clickhouse, measuring(calls_table), io_manager, str(DAY))
 
     assert target.read_bytes() == first
     umask = os.umask(0)
@@ -216,7 +214,7 @@ def test_gzip_objects_decompress_to_the_same_csv(clickhouse, calls_table, bucket
     calls = random_calls(DAY, days=1, calls_per_day=200, seed=13)
     insert_calls(clickhouse, calls_table, calls)
 
-    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(gzip=True), str(DAY))
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(gzip=True), str(DAY))
 
     key = key_for(DAY) + ".gz"
     assert bucket.keys() == [key]
@@ -238,6 +236,6 @@ def test_source_columns_named_like_outputs_are_read_from_the_source(clickhouse, 
     calls = random_calls(DAY - dt.timedelta(days=1), days=3, calls_per_day=200, seed=23)
     insert_calls(clickhouse, source, calls)
 
-    materialize(clickhouse, metrics_settings(source), bucket.io_manager(), str(DAY))
+    materialize(clickhouse, measuring(source), bucket.io_manager(), str(DAY))
 
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)

@@ -1,38 +1,33 @@
-"""Schedule, retries and failure alerts, with real servers on 127.0.0.1."""
+"""Schedule, retries and the freshness check, with real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
 import datetime as dt
-import http.server
-import json
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 
 import dagster as dg
 import pytest
+from dagster._core.test_utils import freeze_time
 
-from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
-from agent_metrics_pipeline.automation import (
-    JOB_NAME,
-    SCHEDULE_NAME,
-    build_failure_alert_sensor,
-    failure_alert,
-)
+from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
 from agent_metrics_pipeline.config import Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
-from agent_metrics_pipeline.partitions import daily_partitions
-from agent_metrics_pipeline.resources import ClickHouseResource
-from agent_metrics_pipeline_tests.conftest import free_port, insert_calls
-from agent_metrics_pipeline_tests.helpers import UTC, metrics_settings, random_calls
+from agent_metrics_pipeline_tests.helpers import (
+    UTC,
+    build_asset,
+    insert_calls,
+    measuring,
+    random_calls,
+)
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
 
 DAY = dt.date(2026, 11, 20)
 TICK = dt.datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
-SECRET = "Sup3r-s3cret-pw"
 
 
 def schedule_keys(timezone: str, lookback_days: int = 0, tick: dt.datetime = TICK) -> list[str]:
@@ -118,15 +113,11 @@ class RefuseFirstConnections:
 
 
 def run_with_retries(clickhouse, source: SourceTable, io_manager, retry_policy: dg.RetryPolicy):
-    asset = build_agent_metrics_asset(
-        daily_partitions(Settings(start_date="2026-01-01")), retry_policy=retry_policy
-    )
     return dg.materialize(
-        [asset],
+        [build_asset(measuring(source), retry_policy=retry_policy)],
         partition_key=str(DAY),
         resources={
             "clickhouse": clickhouse,
-            "metrics_settings": metrics_settings(source),
             CSV_IO_MANAGER_KEY: io_manager,
         },
         raise_on_error=False,
@@ -176,86 +167,56 @@ def test_permanent_error_fails_once_without_retrying(clickhouse, calls_table, s3
     assert time.monotonic() - started < 5, "a permanent error must not wait for a retry"
 
 
-@pytest.fixture
-def webhook() -> Iterator[tuple[str, list[bytes]]]:
-    received: list[bytes] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN", received
-    server.shutdown()
-
-
-def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
-    url, received = webhook
-    instance = dg.DagsterInstance.ephemeral()
-    dead = ClickHouseResource(host="127.0.0.1", port=free_port(), password=SECRET)
-    asset = build_agent_metrics_asset(daily_partitions(Settings(start_date="2026-01-01")))
-    result = dg.materialize(
-        [asset],
-        partition_key=str(DAY),
-        instance=instance,
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_freshness_deadline_expects_the_day_the_schedule_publishes(
+    clickhouse, calls_table, tmp_path, timezone
+):
+    good_calls = random_calls(DAY - dt.timedelta(days=2), days=4, calls_per_day=300, seed=17)
+    insert_calls(clickhouse, calls_table, good_calls)
+    project = build_definitions(
+        Settings(
+            timezone=timezone,
+            start_date="2026-01-01",
+            measurement=measuring(calls_table),
+        )
+    )
+    defs = dg.Definitions(
+        assets=project.assets,
+        asset_checks=project.asset_checks,
+        jobs=[
+            *project.jobs,
+            dg.define_asset_job(
+                "freshness", selection=dg.AssetSelection.checks(*project.asset_checks)
+            ),
+        ],
+        schedules=project.schedules,
         resources={
-            "clickhouse": dead,
-            "metrics_settings": metrics_settings(SourceTable()),
-            CSV_IO_MANAGER_KEY: LocalCsvIOManager(base_dir=str(tmp_path)),
-        },
-        raise_on_error=False,
-    )
-    assert not result.success
-    run = instance.get_run_by_id(result.run_id)
-    failure_event = next(
-        e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE
-    )
-    sensor = build_failure_alert_sensor(
-        url, "http://dagster.example:3000", secrets=(SECRET, "aws-secret-value")
-    )
-    context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
-        dagster_instance=instance,
-        dagster_run=run,
-        dagster_event=failure_event,
-    ).for_run_failure()
-
-    sensor(context)
-
-    (body,) = received
-    payload = json.loads(body)
-    assert payload["run_id"] == result.run_id
-    assert payload["partitions"] == str(DAY)
-    assert payload["run_url"] == f"http://dagster.example:3000/runs/{result.run_id}"
-    assert "Could not reach the ClickHouse server http://127.0.0.1" in payload["error"]
-    assert result.run_id[:8] in payload["text"]
-    assert SECRET.encode() not in body
-    assert b"T0KEN" not in body
-
-
-def test_alert_masks_secrets_quoted_in_an_error():
-    run = dg.DagsterRun(
-        job_name="agent_metrics_job",
-        run_id="0123456789abcdef",
-        tags={
-            "dagster/asset_partition_range_start": "2026-11-01",
-            "dagster/asset_partition_range_end": "2026-11-07",
+            "clickhouse": clickhouse,
+            "csv_io_manager": LocalCsvIOManager(base_dir=str(tmp_path)),
         },
     )
-    payload = failure_alert(
-        run,
-        step_errors=[f"login failed for password={SECRET} with key aws-secret-value"],
-        run_message="run failed",
-        ui_url="http://dagster.example:3000",
-        secrets=(SECRET, "aws-secret-value"),
+    instance = dg.DagsterInstance.ephemeral()
+    schedule_tick = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
+    after_deadline = schedule_tick + dt.timedelta(hours=1, minutes=30)
+
+    def freshness_passed() -> bool:
+        with freeze_time(after_deadline):
+            result = defs.resolve_job_def("freshness").execute_in_process(
+                instance=instance, raise_on_error=False
+            )
+        (evaluation,) = result.get_asset_check_evaluations()
+        return evaluation.passed
+
+    assert not freshness_passed()
+    tick = defs.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick(
+        dg.build_schedule_context(
+            scheduled_execution_time=schedule_tick, repository_def=defs.get_repository_def()
+        )
     )
-    body = json.dumps(payload)
-    assert SECRET not in body and "aws-secret-value" not in body
-    assert payload["partitions"] == "2026-11-01...2026-11-07"
-    assert "login failed for password=***" in payload["error"]
+    (request,) = tick.run_requests
+    with freeze_time(schedule_tick):
+        run = defs.resolve_job_def(JOB_NAME).execute_in_process(
+            partition_key=request.partition_key, instance=instance
+        )
+    assert "freshness_check" not in {e.check_name for e in run.get_asset_check_evaluations()}
+    assert freshness_passed()

@@ -11,30 +11,25 @@ import datetime as dt
 import dagster as dg
 import polars as pl
 import pytest
-from dagster._core.test_utils import freeze_time
 
 from agent_metrics_pipeline import checks
-from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
-from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings
-from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SAMPLE_IDS, SourceQuality
-from agent_metrics_pipeline_tests.conftest import Bucket, insert_calls
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
+    Bucket,
     failure_message,
+    insert_calls,
+    key_for,
     materialize,
-    metrics_settings,
+    measuring,
     random_calls,
 )
 from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
 
 DAY = dt.date(2026, 11, 20)
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
-
-
-def key_for(day: dt.date) -> str:
-    return f"agent_metrics/{day}/agent_metrics_{day}.csv"
 
 
 def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
@@ -63,7 +58,7 @@ def test_clean_day_passes_every_check_and_is_published(
 ):
     insert_calls(clickhouse, calls_table, good_calls)
 
-    result = materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    result = materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
 
     found = evaluations(result)
     assert set(found) == set(checks.CHECK_DESCRIPTIONS)
@@ -96,13 +91,13 @@ def test_invalid_source_rows_block_publication_and_keep_the_earlier_object(
     clickhouse, calls_table, bucket, good_calls, check_name, bad_rows, count_key
 ):
     insert_calls(clickhouse, calls_table, good_calls)
-    materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
     published = bucket.get(key_for(DAY))
 
     insert_calls(clickhouse, calls_table, bad_rows)
     result = materialize(
         clickhouse,
-        metrics_settings(calls_table),
+        measuring(calls_table),
         bucket.io_manager(),
         str(DAY),
         raise_on_error=False,
@@ -128,7 +123,7 @@ def test_implausible_call_length_blocks_publication_unless_the_limit_allows_it(
 
     strict = materialize(
         clickhouse,
-        metrics_settings(calls_table),
+        measuring(calls_table),
         bucket.io_manager(),
         str(DAY),
         raise_on_error=False,
@@ -142,7 +137,7 @@ def test_implausible_call_length_blocks_publication_unless_the_limit_allows_it(
 
     relaxed = materialize(
         clickhouse,
-        metrics_settings(calls_table, max_call_length_sec=100_000.0),
+        measuring(calls_table, max_call_length_sec=100_000.0),
         bucket.io_manager(),
         str(DAY),
     )
@@ -157,7 +152,7 @@ def test_each_source_check_samples_only_its_own_calls(clickhouse, calls_table, b
 
     result = materialize(
         clickhouse,
-        metrics_settings(calls_table),
+        measuring(calls_table),
         bucket.io_manager(),
         str(DAY),
         raise_on_error=False,
@@ -185,7 +180,7 @@ def test_exclude_policy_publishes_without_invalid_rows_and_warns(
 
     result = materialize(
         clickhouse,
-        metrics_settings(calls_table, invalid_rows=InvalidRowsPolicy.EXCLUDE),
+        measuring(calls_table, invalid_rows=InvalidRowsPolicy.EXCLUDE),
         bucket.io_manager(),
         str(DAY),
     )
@@ -210,7 +205,7 @@ def test_exclude_policy_publishes_without_invalid_rows_and_warns(
 def test_empty_day_warns_and_publishes_a_header_only_file(clickhouse, calls_table, bucket):
     insert_calls(clickhouse, calls_table, [bad_call("elsewhere", "a", 3.0, DAY + dt.timedelta(1))])
 
-    result = materialize(clickhouse, metrics_settings(calls_table), bucket.io_manager(), str(DAY))
+    result = materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
 
     evaluation = evaluations(result)[checks.CALLS_PRESENT]
     assert not evaluation.passed and evaluation.severity == WARN
@@ -228,7 +223,7 @@ def test_agents_below_the_minimum_number_of_calls_are_flagged(clickhouse, calls_
 
     at_two = materialize(
         clickhouse,
-        metrics_settings(calls_table, min_calls_per_agent=2),
+        measuring(calls_table, min_calls_per_agent=2),
         bucket.io_manager(),
         str(DAY),
     )
@@ -236,7 +231,7 @@ def test_agents_below_the_minimum_number_of_calls_are_flagged(clickhouse, calls_
 
     at_three = materialize(
         clickhouse,
-        metrics_settings(calls_table, min_calls_per_agent=3),
+        measuring(calls_table, min_calls_per_agent=3),
         bucket.io_manager(),
         str(DAY),
     )
@@ -257,7 +252,7 @@ def test_range_with_one_bad_day_publishes_nothing_and_names_that_day(
 
     result = materialize(
         clickhouse,
-        metrics_settings(calls_table),
+        measuring(calls_table),
         bucket.io_manager(),
         str(first),
         str(DAY + dt.timedelta(days=1)),
@@ -275,7 +270,7 @@ def test_failed_error_check_writes_no_local_file(clickhouse, calls_table, tmp_pa
     insert_calls(clickhouse, calls_table, good_calls + [bad_call("n", None, 1.0)])
     result = materialize(
         clickhouse,
-        metrics_settings(calls_table),
+        measuring(calls_table),
         LocalCsvIOManager(base_dir=str(tmp_path)),
         str(DAY),
         raise_on_error=False,
@@ -286,6 +281,9 @@ def test_failed_error_check_writes_no_local_file(clickhouse, calls_table, tmp_pa
 
 def _frame(rows: list[tuple]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
+
+
+MEASUREMENT = Measurement(max_call_length_sec=3600.0)
 
 
 def _clean_quality() -> SourceQuality:
@@ -301,7 +299,9 @@ def _clean_quality() -> SourceQuality:
     return SourceQuality(per_day=per_day, samples={name: () for name in SAMPLE_IDS})
 
 
-THRESHOLDS = checks.CheckThresholds(InvalidRowsPolicy.FAIL, 3600.0, 1)
+def evaluate(frame: pl.DataFrame) -> dict[str, dg.AssetCheckResult]:
+    evidence = checks.Evidence(frame, _clean_quality(), [str(DAY)], MEASUREMENT)
+    return {v.result.check_name: v.result for v in checks.evaluate_checks(evidence)}
 
 
 @pytest.mark.parametrize(
@@ -318,70 +318,13 @@ THRESHOLDS = checks.CheckThresholds(InvalidRowsPolicy.FAIL, 3600.0, 1)
 )
 def test_output_guards(check_name, bad_row):
     clean = _frame([("b", 10.0, 12.0, 3, DAY)])
-    results = {
-        r.check_name: r
-        for r in checks.evaluate_checks(clean, _clean_quality(), [str(DAY)], THRESHOLDS)
-    }
+    results = evaluate(clean)
     assert all(r.passed for r in results.values())
 
     dirty = pl.concat([clean, _frame([bad_row])])
-    results = {
-        r.check_name: r
-        for r in checks.evaluate_checks(dirty, _clean_quality(), [str(DAY)], THRESHOLDS)
-    }
+    results = evaluate(dirty)
     assert not results[check_name].passed
     assert results[check_name].severity == ERROR
     others = [name for name, r in results.items() if not r.passed and name != check_name]
     # A broken row may trip a second guard too (a 0-call row is also below the minimum).
     assert set(others) <= {checks.PLAUSIBLE_RANGES, checks.MIN_CALLS_PER_AGENT}
-
-
-@pytest.mark.parametrize("timezone", ["UTC", "America/New_York", "Asia/Tokyo"])
-def test_freshness_deadline_expects_the_day_the_schedule_publishes(
-    clickhouse, calls_table, tmp_path, good_calls, timezone
-):
-    insert_calls(clickhouse, calls_table, good_calls)
-    project = build_definitions(
-        Settings(timezone=timezone, start_date="2026-01-01", source=calls_table)
-    )
-    defs = dg.Definitions(
-        assets=project.assets,
-        asset_checks=project.asset_checks,
-        jobs=[
-            *project.jobs,
-            dg.define_asset_job(
-                "freshness", selection=dg.AssetSelection.checks(*project.asset_checks)
-            ),
-        ],
-        schedules=project.schedules,
-        resources={
-            "clickhouse": clickhouse,
-            "metrics_settings": metrics_settings(calls_table),
-            "csv_io_manager": LocalCsvIOManager(base_dir=str(tmp_path)),
-        },
-    )
-    instance = dg.DagsterInstance.ephemeral()
-    schedule_tick = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
-    after_deadline = schedule_tick + dt.timedelta(hours=1, minutes=30)
-
-    def freshness_passed() -> bool:
-        with freeze_time(after_deadline):
-            result = defs.resolve_job_def("freshness").execute_in_process(
-                instance=instance, raise_on_error=False
-            )
-        (evaluation,) = result.get_asset_check_evaluations()
-        return evaluation.passed
-
-    assert not freshness_passed()
-    tick = defs.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick(
-        dg.build_schedule_context(
-            scheduled_execution_time=schedule_tick, repository_def=defs.get_repository_def()
-        )
-    )
-    (request,) = tick.run_requests
-    with freeze_time(schedule_tick):
-        run = defs.resolve_job_def(JOB_NAME).execute_in_process(
-            partition_key=request.partition_key, instance=instance
-        )
-    assert "freshness_check" not in {e.check_name for e in run.get_asset_check_evaluations()}
-    assert freshness_passed()

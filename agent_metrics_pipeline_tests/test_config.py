@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from agent_metrics_pipeline.config import ConfigError, InvalidRowsPolicy, Settings
-from agent_metrics_pipeline.sql import build_metrics_query
 
 
 def test_defaults_are_the_embedded_engine_and_a_local_folder():
@@ -17,8 +16,8 @@ def test_defaults_are_the_embedded_engine_and_a_local_folder():
     assert settings.embedded_clickhouse_path == Path(".agent_metrics/clickhouse")
     assert settings.local_output_dir == Path(".agent_metrics/output")
     assert settings.timezone == "UTC"
-    assert settings.statuses == ("Answered",)
-    assert settings.invalid_rows is InvalidRowsPolicy.FAIL
+    assert settings.measurement.statuses == ("Answered",)
+    assert settings.measurement.invalid_rows is InvalidRowsPolicy.FAIL
     assert settings.s3_prefix == "agent_metrics"
 
 
@@ -58,15 +57,15 @@ def test_every_variable_is_read():
     assert settings.home == Path("/data/am")
     assert settings.timezone == "Europe/Paris"
     assert settings.start_date == "2024-03-01"
-    assert settings.statuses == ("Answered", "Transferred")
-    assert settings.source.database == "telephony"
-    assert settings.source.table == "cdr"
-    assert settings.source.column("agent_id") == "agent"
-    assert settings.source.column("duration_sec") == "talk_time"
-    assert settings.source.column("status") == "status"
-    assert settings.invalid_rows is InvalidRowsPolicy.EXCLUDE
-    assert settings.max_call_length_sec == 7200.0
-    assert settings.min_calls_per_agent == 3
+    assert settings.measurement.statuses == ("Answered", "Transferred")
+    assert settings.measurement.source.database == "telephony"
+    assert settings.measurement.source.table == "cdr"
+    assert settings.measurement.source.column("agent_id") == "agent"
+    assert settings.measurement.source.column("duration_sec") == "talk_time"
+    assert settings.measurement.source.column("status") == "status"
+    assert settings.measurement.invalid_rows is InvalidRowsPolicy.EXCLUDE
+    assert settings.measurement.max_call_length_sec == 7200.0
+    assert settings.measurement.min_calls_per_agent == 3
     assert settings.gzip is True
     assert settings.freshness_deadline_hour == 6
     assert settings.schedule_lookback_days == 2
@@ -116,27 +115,3 @@ def test_bad_values_name_the_variable(variable, value):
         Settings.from_env({variable: value})
     if variable == "AGENT_METRICS_ALERT_WEBHOOK_URL":
         assert value not in str(raised.value), "webhook URLs carry tokens"
-
-
-def test_values_are_bound_and_identifiers_quoted():
-    import datetime as dt
-
-    settings = Settings.from_env({"AGENT_METRICS_STATUSES": "Answered,It's done"})
-    start = dt.datetime(2026, 11, 20, 5, tzinfo=dt.UTC)
-    sql, parameters = build_metrics_query(
-        settings.source,
-        start,
-        start + dt.timedelta(days=1),
-        "America/New_York",
-        settings.statuses,
-        settings.max_call_length_sec,
-    )
-    assert "It's done" not in sql and "America/New_York" not in sql
-    assert parameters == {
-        "timezone": "America/New_York",
-        "window_start": "2026-11-20 05:00:00.000",
-        "window_end": "2026-11-21 05:00:00.000",
-        "statuses": ["Answered", "It's done"],
-        "max_call_length_sec": 86_400.0,
-    }
-    assert "FROM `default`.`calls` AS src" in sql

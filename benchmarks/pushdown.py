@@ -22,10 +22,10 @@ from typing import TypeVar
 
 import polars as pl
 
-from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline.demo import create_calls_table, seed_sample_calls
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.config import Measurement, SourceTable
+from agent_metrics_pipeline.demo import seed_sample_calls
 from agent_metrics_pipeline.metrics import shape_metrics
-from agent_metrics_pipeline.resources import ClickHouseResource
 from agent_metrics_pipeline.sql import build_metrics_query
 
 FIRST_DAY = dt.date(2026, 11, 1)
@@ -52,7 +52,7 @@ def timed(fn: Callable[[], T]) -> tuple[float, T]:
 
 def pipeline_query(clickhouse: ClickHouseResource, source: SourceTable, day: dt.date, days: int):
     start, end = day_window(day, days)
-    sql, parameters = build_metrics_query(source, start, end, "UTC", ["Answered"], 86_400.0)
+    sql, parameters = build_metrics_query(Measurement(source=source), start, end, "UTC")
     return clickhouse.query_polars(sql, parameters)
 
 
@@ -62,7 +62,7 @@ def pull_calls(
     """The baseline: the day's calls into Polars, aggregated there. Returns the raw frame's size."""
     start, end = day_window(day)
     calls = clickhouse.query_polars(
-        f"SELECT agent_id, duration_sec FROM `{source.database}`.`{source.table}` "
+        f"SELECT agent_id, duration_sec FROM {source.qualified_name} "
         "WHERE started_at >= {start:DateTime64(3, 'UTC')} "
         "AND started_at < {end:DateTime64(3, 'UTC')} AND status = 'Answered'",
         {"start": start.strftime("%Y-%m-%d %H:%M:%S"), "end": end.strftime("%Y-%m-%d %H:%M:%S")},
@@ -92,7 +92,6 @@ def main() -> None:
         )
         for calls_per_day in args.calls_per_day:
             source = SourceTable(table=f"calls_{calls_per_day}")
-            create_calls_table(clickhouse, source)
             seed_sample_calls(
                 clickhouse, source, FIRST_DAY, RANGE_DAYS, calls_per_day, agents=args.agents
             )

@@ -1,4 +1,4 @@
-"""Resources: ClickHouse access (server or embedded engine) and the metric settings."""
+"""ClickHouse access, on a server over HTTP or the embedded engine; errors say what to fix."""
 
 from __future__ import annotations
 
@@ -13,14 +13,11 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 from pydantic import Field
 
-from agent_metrics_pipeline.checks import CheckThresholds
 from agent_metrics_pipeline.config import (
-    DEFAULT_MAX_CALL_LENGTH_SEC,
-    DEFAULT_STATUSES,
-    SOURCE_COLUMN_ROLES,
-    InvalidRowsPolicy,
-    Settings,
-    SourceTable,
+    DEFAULT_CLICKHOUSE_PORT,
+    DEFAULT_DATABASE,
+    DEFAULT_HOME,
+    embedded_engine_path,
 )
 from agent_metrics_pipeline.errors import PermanentError, TransientError
 
@@ -62,15 +59,15 @@ class ClickHouseResource(dg.ConfigurableResource):
     """
 
     host: str | None = Field(default=None, description="Server host; unset means embedded.")
-    port: int = Field(default=8123, description="HTTP(S) port of the server.")
+    port: int = Field(default=DEFAULT_CLICKHOUSE_PORT, description="HTTP(S) port of the server.")
     username: str = Field(default="default")
     password: str = Field(default="", description="Read from CLICKHOUSE_PASSWORD; never logged.")
-    database: str = Field(default="default")
+    database: str = Field(default=DEFAULT_DATABASE)
     secure: bool = Field(default=False, description="Use HTTPS.")
     connect_timeout_sec: int = Field(default=10)
     send_receive_timeout_sec: int = Field(default=300)
     embedded_path: str = Field(
-        default=str(Settings().embedded_clickhouse_path),
+        default=str(embedded_engine_path(DEFAULT_HOME)),
         description="Data folder of the embedded engine.",
     )
 
@@ -168,45 +165,3 @@ class ClickHouseResource(dg.ConfigurableResource):
         frame = pl.from_arrow(table)
         assert isinstance(frame, pl.DataFrame)
         return frame
-
-
-class MetricsSettingsResource(dg.ConfigurableResource):
-    """What to measure: the source table, which calls count, and the checks' thresholds."""
-
-    database: str = Field(default="default")
-    table: str = Field(default="calls")
-    columns: dict[str, str] = Field(
-        default_factory=lambda: {role: role for role in SOURCE_COLUMN_ROLES},
-        description="Source column per role: call_id, agent_id, started_at, duration_sec, status.",
-    )
-    statuses: list[str] = Field(default_factory=lambda: list(DEFAULT_STATUSES))
-    invalid_rows: InvalidRowsPolicy = Field(
-        default=InvalidRowsPolicy.FAIL,
-        description="'fail': unmeasurable calls block the day; 'exclude': drop them and warn.",
-    )
-    max_call_length_sec: float = Field(default=DEFAULT_MAX_CALL_LENGTH_SEC)
-    min_calls_per_agent: int = Field(default=1)
-
-    @property
-    def source(self) -> SourceTable:
-        return SourceTable(database=self.database, table=self.table, columns=self.columns)
-
-    @property
-    def thresholds(self) -> CheckThresholds:
-        return CheckThresholds(
-            invalid_rows=self.invalid_rows,
-            max_call_length_sec=self.max_call_length_sec,
-            min_calls_per_agent=self.min_calls_per_agent,
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MetricsSettingsResource:
-        return cls(
-            database=settings.source.database,
-            table=settings.source.table,
-            columns=dict(settings.source.columns),
-            statuses=list(settings.statuses),
-            invalid_rows=settings.invalid_rows,
-            max_call_length_sec=settings.max_call_length_sec,
-            min_calls_per_agent=settings.min_calls_per_agent,
-        )

@@ -1,0 +1,120 @@
+"""Failure alerts: every failed run is logged and, when a webhook is set, POSTed to it.
+
+Secrets never leave the process: values of the secret variables are masked in any error text,
+and the webhook URL itself (which often embeds a token) is never logged.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.parse
+import urllib.request
+from collections.abc import Sequence
+
+import dagster as dg
+from dagster_shared.error import SerializableErrorInfo
+
+FAILURE_SENSOR_NAME = "agent_metrics_failure_alert"
+WEBHOOK_TIMEOUT_SEC = 10
+MAX_ERROR_CHARS = 2000
+
+
+def _partitions_of(run: dg.DagsterRun) -> str:
+    tags = run.tags
+    if "dagster/partition" in tags:
+        return tags["dagster/partition"]
+    start = tags.get("dagster/asset_partition_range_start")
+    end = tags.get("dagster/asset_partition_range_end")
+    return f"{start}...{end}" if start and end else "unpartitioned"
+
+
+def _error_chain(error: SerializableErrorInfo) -> str:
+    """The messages of an error and its causes, without stack traces."""
+    messages = []
+    current: SerializableErrorInfo | None = error
+    while current is not None:
+        messages.append(current.message.strip())
+        current = current.cause
+    return " <- ".join(messages)
+
+
+def _redact(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+def failure_alert(
+    run: dg.DagsterRun,
+    step_errors: Sequence[str],
+    run_message: str,
+    ui_url: str,
+    secrets: Sequence[str] = (),
+) -> dict[str, str]:
+    """The JSON an alert carries: what failed, which days, why, and where to look."""
+    error = "\n".join(step_errors) or run_message
+    error = _redact(error, secrets)[:MAX_ERROR_CHARS]
+    partitions = _partitions_of(run)
+    run_url = f"{ui_url}/runs/{run.run_id}"
+    return {
+        "text": f"agent-metrics run {run.run_id[:8]} ({run.job_name}, {partitions}) failed: "
+        f"{error.splitlines()[0] if error else 'see the run'} {run_url}",
+        "run_id": run.run_id,
+        "job": run.job_name,
+        "partitions": partitions,
+        "error": error,
+        "run_url": run_url,
+    }
+
+
+def post_json(url: str, payload: dict[str, str]) -> None:
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(payload).encode("utf-8"),
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SEC) as response:
+        response.read()
+
+
+def build_failure_alert_sensor(
+    webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
+) -> dg.SensorDefinition:
+    """Logs a summary of every failed run of this code location, and POSTs it to a webhook.
+
+    ``secrets`` are values that must never leave the process (passwords, keys); they are
+    masked in case an error message quoted one.
+    """
+
+    @dg.run_failure_sensor(
+        name=FAILURE_SENSOR_NAME,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Logs failed runs and POSTs them to AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
+    )
+    def agent_metrics_failure_alert(context: dg.RunFailureSensorContext) -> None:
+        step_errors = [
+            _error_chain(event.step_failure_data.error)
+            if event.step_failure_data and event.step_failure_data.error
+            else str(event.message)
+            for event in context.get_step_failure_events()
+        ]
+        payload = failure_alert(
+            context.dagster_run, step_errors, str(context.failure_event.message), ui_url, secrets
+        )
+        context.log.error(payload["text"])
+        if webhook_url is None:
+            return
+        host = urllib.parse.urlsplit(webhook_url).netloc
+        try:
+            post_json(webhook_url, payload)
+        except Exception as error:
+            # The URL may embed a token, and some errors quote it: name the host and the type.
+            context.log.error(
+                f"Could not deliver the alert to the webhook at {host}: {type(error).__name__}"
+            )
+        else:
+            context.log.info(f"Alert delivered to the webhook at {host}")
+
+    return agent_metrics_failure_alert

@@ -1,0 +1,223 @@
+"""Per-day CSV objects: read back as Polars downstream, and S3 faults classified with a fix.
+
+Transient faults (unreachable endpoint, throttling, server trouble) are retried; permanent ones
+(missing bucket, rejected credentials, unknown profile) name what to change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import http.server
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import boto3
+import dagster as dg
+import polars as pl
+import pytest
+from dagster_aws.s3 import S3Resource
+
+from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.io_managers import (
+    LocalCsvIOManager,
+    ObjectStoreError,
+    ObjectStoreUnavailableError,
+    S3CsvIOManager,
+)
+from agent_metrics_pipeline.metrics import METRICS_SCHEMA
+from agent_metrics_pipeline_tests.helpers import (
+    S3_TEST_REGION,
+    build_asset,
+    failure_message,
+    free_port,
+    insert_calls,
+    materialize,
+    measuring,
+    random_calls,
+)
+from agent_metrics_pipeline_tests.oracle import expected_metrics
+
+FIRST_DAY = dt.date(2026, 11, 10)
+DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(3)]
+DAY = "2026-11-20"
+
+
+def test_downstream_asset_reads_one_day_and_a_range(clickhouse, calls_table, bucket):
+    calls = random_calls(FIRST_DAY, days=len(DAYS), calls_per_day=150, seed=51)
+    insert_calls(clickhouse, calls_table, calls)
+    agent_metrics = build_asset(measuring(calls_table))
+    received = []
+
+    @dg.asset(
+        partitions_def=agent_metrics.partitions_def,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        ins={"agent_metrics": dg.AssetIn()},
+    )
+    def busiest_agent(agent_metrics) -> None:
+        received.append(agent_metrics)
+
+    resources = {
+        "clickhouse": clickhouse,
+        CSV_IO_MANAGER_KEY: bucket.io_manager(),
+    }
+    range_tags = {
+        "dagster/asset_partition_range_start": str(DAYS[0]),
+        "dagster/asset_partition_range_end": str(DAYS[-1]),
+    }
+    dg.materialize([agent_metrics], resources=resources, tags=range_tags)
+
+    dg.materialize(
+        [agent_metrics, busiest_agent],
+        selection=[busiest_agent],
+        partition_key=str(DAYS[1]),
+        resources=resources,
+    )
+    dg.materialize(
+        [agent_metrics, busiest_agent],
+        selection=[busiest_agent],
+        resources=resources,
+        tags=range_tags,
+    )
+
+    one_day, per_day = received
+    expected = expected_metrics(calls)
+
+    def check(frame: pl.DataFrame, day: dt.date) -> None:
+        assert frame.schema == METRICS_SCHEMA
+        assert frame.get_column("agent_id").to_list() == [r.agent_id for r in expected[day]]
+        assert frame.get_column("total_calls").to_list() == [r.total_calls for r in expected[day]]
+        assert set(frame.get_column("date")) == {day}
+
+    assert isinstance(one_day, pl.DataFrame)
+    check(one_day, DAYS[1])
+    assert sorted(per_day) == [str(day) for day in DAYS]
+    for day in DAYS:
+        check(per_day[str(day)], day)
+
+
+def test_missing_bucket_says_to_create_it(clickhouse, calls_table, s3_server):
+    insert_calls(clickhouse, calls_table, random_calls(dt.date(2026, 11, 20), 1, 50))
+    output = S3CsvIOManager(s3=s3_server.resource(), bucket="no-such-bucket-here")
+    result = materialize(clickhouse, measuring(calls_table), output, DAY, raise_on_error=False)
+    message = failure_message(result)
+    assert "'no-such-bucket-here'" in message and "does not exist" in message
+    assert "S3_BUCKET" in message
+
+
+def test_unreachable_s3_endpoint_fails_fast(clickhouse, calls_table, s3_server):
+    insert_calls(clickhouse, calls_table, random_calls(dt.date(2026, 11, 20), 1, 50))
+    dead_endpoint = f"http://127.0.0.1:{free_port()}"
+    output = S3CsvIOManager(
+        s3=s3_server.resource(endpoint_url=dead_endpoint, max_attempts=0), bucket="any"
+    )
+    started = time.monotonic()
+    with pytest.raises(ObjectStoreUnavailableError, match="S3_ENDPOINT_URL"):
+        output._write("k", b"x")
+    assert time.monotonic() - started < 10
+
+
+@pytest.fixture
+def authenticating_s3(tmp_path):
+    """A second S3 server that checks access keys after its first three requests."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    moto = str(Path(sys.executable).parent / "moto_server")
+    process = subprocess.Popen(
+        [moto, "-H", "127.0.0.1", "-p", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    options = {"endpoint_url": endpoint, "region_name": S3_TEST_REGION}
+    iam = boto3.client("iam", aws_access_key_id="boot", aws_secret_access_key="boot", **options)
+    for _ in range(100):
+        try:
+            iam.create_user(UserName="writer")
+            break
+        except Exception:
+            time.sleep(0.1)
+    key = iam.create_access_key(UserName="writer")["AccessKey"]
+    s3 = boto3.client("s3", aws_access_key_id="boot", aws_secret_access_key="boot", **options)
+    s3.create_bucket(Bucket="guarded")
+    yield endpoint, key["AccessKeyId"]
+    process.terminate()
+    process.wait(timeout=10)
+
+
+def test_rejected_s3_credentials_say_which_variables_to_check(authenticating_s3, s3_server):
+    endpoint, real_key_id = authenticating_s3
+    wrong_secret = "wrong-secret-value"
+    output = S3CsvIOManager(
+        s3=s3_server.resource(
+            endpoint_url=endpoint,
+            aws_access_key_id=real_key_id,
+            aws_secret_access_key=wrong_secret,
+        ),
+        bucket="guarded",
+    )
+    with pytest.raises(ObjectStoreError) as raised:
+        output._write("agent_metrics/x.csv", b"x")
+    assert "AWS_ACCESS_KEY_ID" in str(raised.value)
+    assert wrong_secret not in str(raised.value)
+
+
+def test_reading_a_day_never_published_says_so(tmp_path):
+    with pytest.raises(ObjectStoreError, match="materialize that partition"):
+        LocalCsvIOManager(base_dir=str(tmp_path)).load_day("agent_metrics", DAY)
+
+
+def test_unknown_aws_profile_is_a_permanent_error(s3_server):
+    output = S3CsvIOManager(
+        s3=s3_server.resource(
+            profile_name="no-such-profile", aws_access_key_id=None, aws_secret_access_key=None
+        ),
+        bucket="any",
+    )
+    with pytest.raises(ObjectStoreError, match="AWS_PROFILE"):
+        output._write("k", b"x")
+
+
+@pytest.mark.parametrize(
+    ("status", "code"), [(503, "SlowDown"), (400, "RequestTimeout"), (500, "InternalError")]
+)
+def test_throttling_and_server_trouble_are_transient(status, code):
+    # Throttling cannot be provoked on the local S3 server, so its answer is replayed over HTTP.
+    body = (
+        f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+        f"<Message>try again</Message></Error>"
+    ).encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        output = S3CsvIOManager(
+            s3=S3Resource(
+                endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+                region_name=S3_TEST_REGION,
+                max_attempts=0,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+            ),
+            bucket="metrics",
+        )
+        with pytest.raises(ObjectStoreUnavailableError, match=code):
+            output._write("agent_metrics/x.csv", b"x")
+    finally:
+        server.shutdown()

@@ -1,0 +1,25 @@
+"""The SQL the pipeline sends: values bound as parameters, identifiers quoted."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.sql import build_metrics_query
+
+
+def test_values_are_bound_and_identifiers_quoted():
+    settings = Settings.from_env({"AGENT_METRICS_STATUSES": "Answered,It's done"})
+    start = dt.datetime(2026, 11, 20, 5, tzinfo=dt.UTC)
+    sql, parameters = build_metrics_query(
+        settings.measurement, start, start + dt.timedelta(days=1), "America/New_York"
+    )
+    assert "It's done" not in sql and "America/New_York" not in sql
+    assert parameters == {
+        "timezone": "America/New_York",
+        "window_start": "2026-11-20 05:00:00.000",
+        "window_end": "2026-11-21 05:00:00.000",
+        "statuses": ["Answered", "It's done"],
+        "max_call_length_sec": 86_400.0,
+    }
+    assert "FROM `default`.`calls` AS src" in sql
