@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import clickhouse_connect
 import dagster as dg
 import polars as pl
+import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 from pydantic import Field
@@ -25,6 +27,10 @@ from agent_metrics_pipeline.errors import PermanentError, TransientError
 CREDENTIAL_ERROR_CODES = {192, 193, 194, 497, 516}  # unknown user, wrong/required password, ...
 MISSING_OBJECT_ERROR_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 UNKNOWN_IDENTIFIER_CODE = 47
+READONLY_CODE = 164
+# clickhouse-connect's own refusals, before sending, to change a setting the server reports
+# as read-only for this user.
+CLIENT_READONLY_REFUSAL = re.compile(r"Cannot change readonly|Setting \S+ is readonly")
 # Codes that a later attempt may not hit: timeouts, overload, memory pressure, network trouble.
 TRANSIENT_ERROR_CODES = {3, 32, 159, 202, 209, 210, 241, 394, 999}
 
@@ -47,6 +53,38 @@ def _error_code(error: ClickHouseError) -> int | None:
         if digits.isdigit():
             return int(digits)
     return None
+
+
+def _read_only_guard(client: Client) -> dict[str, str]:
+    """``readonly=2`` for a user who could write: the pipeline's queries can never write.
+
+    A user who is already read-only (``readonly`` 1 or 2 in their profile) is left alone: such a
+    user may not change ``readonly`` at all, and has nothing to gain from it.
+    """
+    readonly = client.server_settings.get("readonly")
+    if readonly is None or readonly.readonly or readonly.value != "0":
+        return {}
+    return {"readonly": "2"}
+
+
+def _text_type(arrow_type: pa.DataType) -> pa.DataType:
+    if pa.types.is_binary(arrow_type):
+        return pa.string()
+    if pa.types.is_large_binary(arrow_type):
+        return pa.large_string()
+    if pa.types.is_list(arrow_type):
+        return pa.list_(arrow_type.value_field.with_type(_text_type(arrow_type.value_type)))
+    return arrow_type
+
+
+def _binary_as_text(table: pa.Table) -> pa.Table:
+    """ClickHouse ``String`` columns as Arrow strings, decoded here rather than by the server.
+
+    The server sends them as Arrow binary unless ``output_format_arrow_string_as_string`` is set,
+    and a ``readonly=1`` user whose profile leaves it off may not set it.
+    """
+    schema = pa.schema([field.with_type(_text_type(field.type)) for field in table.schema])
+    return table if schema.equals(table.schema) else table.cast(schema)
 
 
 class ClickHouseResource(dg.ConfigurableResource):
@@ -102,6 +140,18 @@ class ClickHouseResource(dg.ConfigurableResource):
     def _translate(self, error: Exception) -> Exception:
         lines = self._scrub(str(error)).strip().splitlines()
         detail = (lines[0] if lines else type(error).__name__)[:500]
+        code = _error_code(error) if isinstance(error, ClickHouseError) else None
+        if code == READONLY_CODE and "Cannot execute query" in str(error):
+            return ClickHouseQueryError(
+                f"The {self.description} refused a write: {detail}. The pipeline's queries run "
+                "read-only; only reads can go through them."
+            )
+        if code == READONLY_CODE or CLIENT_READONLY_REFUSAL.search(str(error)):
+            return ClickHouseQueryError(
+                f"The {self.description} does not let this user change a setting the query "
+                f"sends: {detail}. The user's settings profile fixes it: allow the setting there "
+                "(a profile with readonly=2 still forbids writes), or use another CLICKHOUSE_USER."
+            )
         if isinstance(error, OperationalError):
             return ClickHouseUnavailableError(
                 f"Could not reach the {self.description}: {detail}. Check CLICKHOUSE_HOST, "
@@ -118,7 +168,6 @@ class ClickHouseResource(dg.ConfigurableResource):
                 "engine's folder opens in one process at a time; wait for the other run (or "
                 "the demo) to finish."
             )
-        code = _error_code(error) if isinstance(error, ClickHouseError) else None
         if code in TRANSIENT_ERROR_CODES:
             return ClickHouseUnavailableError(
                 f"The {self.description} could not finish the query now: {detail}"
@@ -159,9 +208,15 @@ class ClickHouseResource(dg.ConfigurableResource):
     def query_polars(
         self, sql: str, parameters: Mapping[str, object] | None = None
     ) -> pl.DataFrame:
-        """Run ``sql`` with bound ``parameters`` and return the result as a Polars frame."""
+        """Run ``sql`` with bound ``parameters`` and return the result as a Polars frame.
+
+        It needs no setting that a ``readonly=1`` user cannot change, and it runs read-only
+        even for a user who could write.
+        """
         with self.get_client() as client:
-            table = client.query_arrow(sql, parameters=dict(parameters or {}), use_strings=True)
-        frame = pl.from_arrow(table)
+            table = client.query_arrow(
+                sql, parameters=dict(parameters or {}), settings=_read_only_guard(client)
+            )
+        frame = pl.from_arrow(_binary_as_text(table))
         assert isinstance(frame, pl.DataFrame)
         return frame
