@@ -1,8 +1,11 @@
 """Real parts for the tests: the ClickHouse engine and an S3 HTTP server on 127.0.0.1.
 
-ClickHouse: the embedded engine (one data folder per test session: the engine serves one
-folder per process), or a live server when ``AGENT_METRICS_TEST_CLICKHOUSE_HOST`` is set.
-Each test gets a table of its own.
+ClickHouse, each test run twice: on the embedded engine (one data folder per test session: the
+engine serves one folder per process), and in server mode over HTTP. Server mode talks to a live
+server when ``AGENT_METRICS_TEST_CLICKHOUSE_HOST`` is set, and otherwise to the HTTP stand-in of
+``clickhouse_http`` over the same engine in a process of its own, as a ``readonly=1`` user with a
+password whose profile leaves ``output_format_arrow_string_as_string`` off (the server default
+before 23.x). Each test gets a table of its own, written by a user who may write.
 
 S3: ``moto_server`` started on a free loopback port for the session; each test gets a bucket
 of its own.
@@ -24,29 +27,53 @@ import requests
 
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline_tests.helpers import Bucket, S3Server, create_calls_table, free_port
+from agent_metrics_pipeline_tests.clickhouse_http import start_server
+from agent_metrics_pipeline_tests.helpers import (
+    READER,
+    READER_PASSWORD,
+    STAND_IN_USERS,
+    Bucket,
+    S3Server,
+    create_calls_table,
+    free_port,
+    register_writer,
+    writer,
+)
 
 PYTHON_BIN = Path(sys.executable).parent
 
 
-def _server_clickhouse() -> ClickHouseResource:
-    return ClickHouseResource(
-        host=os.environ["AGENT_METRICS_TEST_CLICKHOUSE_HOST"],
-        port=int(os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PORT", "8123")),
-        username=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_USER", "default"),
-        password=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PASSWORD", ""),
-        secure=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_SECURE", "") == "true",
+@pytest.fixture(scope="session")
+def embedded_clickhouse(tmp_path_factory) -> ClickHouseResource:
+    return ClickHouseResource(embedded_path=str(tmp_path_factory.mktemp("clickhouse")))
+
+
+@pytest.fixture(scope="session")
+def server_clickhouse(tmp_path_factory) -> Iterator[ClickHouseResource]:
+    """What the pipeline reads through in server mode: a live server, or the stand-in."""
+    if host := os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_HOST"):
+        yield ClickHouseResource(
+            host=host,
+            port=int(os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PORT", "8123")),
+            username=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_USER", "default"),
+            password=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PASSWORD", ""),
+            secure=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_SECURE", "") == "true",
+        )
+        return
+    folder = tmp_path_factory.mktemp("clickhouse-server")
+    server = start_server(folder / "data", STAND_IN_USERS, folder / "server.log")
+    reader = ClickHouseResource(
+        host=server.host, port=server.port, username=READER, password=READER_PASSWORD
     )
+    register_writer(reader, ClickHouseResource(host=server.host, port=server.port))
+    yield reader
+    server.stop()
 
 
 @pytest.fixture(scope="session", params=["embedded", "server"])
-def clickhouse(request: pytest.FixtureRequest, tmp_path_factory) -> ClickHouseResource:
-    """The same tests run on the embedded engine and, when configured, on a live server."""
-    if request.param == "server":
-        if not os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_HOST"):
-            pytest.skip("set AGENT_METRICS_TEST_CLICKHOUSE_HOST to test against a server")
-        return _server_clickhouse()
-    return ClickHouseResource(embedded_path=str(tmp_path_factory.mktemp("clickhouse")))
+def clickhouse(request: pytest.FixtureRequest) -> ClickHouseResource:
+    """The same tests run on the embedded engine and in server mode over HTTP."""
+    return request.getfixturevalue(f"{request.param}_clickhouse")
 
 
 @pytest.fixture
@@ -54,7 +81,7 @@ def calls_table(clickhouse: ClickHouseResource) -> Iterator[SourceTable]:
     source = SourceTable(table=f"calls_{uuid.uuid4().hex[:12]}")
     create_calls_table(clickhouse, source)
     yield source
-    with clickhouse.get_client() as client:
+    with writer(clickhouse).get_client() as client:
         client.command(f"DROP TABLE IF EXISTS {source.qualified_name}")
 
 

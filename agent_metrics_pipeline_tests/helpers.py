@@ -30,6 +30,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.UTC
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 S3_TEST_REGION = "us-east-1"
+# The HTTP stand-in's users: an administrator, and the read-only user the pipeline reads as,
+# whose profile leaves Arrow strings as binary (the server default before 23.x).
+READER = "metrics_reader"
+READER_PASSWORD = "r3ader-Pa55"
+STAND_IN_USERS = {
+    "default": {"password": "", "profile": {}},
+    READER: {
+        "password": READER_PASSWORD,
+        "profile": {"readonly": "1", "output_format_arrow_string_as_string": "0"},
+    },
+}
 
 
 def free_port() -> int:
@@ -79,8 +90,22 @@ class Bucket:
         return S3CsvIOManager(s3=self.server.resource(), bucket=self.name, **options)
 
 
+# On the HTTP stand-in the pipeline reads as a readonly=1 user, who may not create tables or
+# insert; the tests write the source rows as a user who may, on the same engine.
+_WRITERS: dict[str, ClickHouseResource] = {}
+
+
+def register_writer(reader: ClickHouseResource, writer: ClickHouseResource) -> None:
+    _WRITERS[reader.description] = writer
+
+
+def writer(clickhouse: ClickHouseResource) -> ClickHouseResource:
+    """The resource that writes to the engine ``clickhouse`` reads from."""
+    return _WRITERS.get(clickhouse.description, clickhouse)
+
+
 def create_calls_table(clickhouse: ClickHouseResource, source: SourceTable) -> None:
-    with clickhouse.get_client() as client:
+    with writer(clickhouse).get_client() as client:
         for statement in source_table_ddl(source):
             client.command(statement)
 
@@ -92,7 +117,7 @@ def insert_calls(
         return
     # Call's fields are the source roles, in their order.
     rows = [dataclasses.astuple(call) for call in calls]
-    with clickhouse.get_client() as client:
+    with writer(clickhouse).get_client() as client:
         client.insert(source.qualified_name, rows, column_names=list(source.column_names))
 
 

@@ -1,15 +1,19 @@
-"""ClickHouse access: errors that say what is wrong and how to fix it, and never a password.
+"""ClickHouse access: errors that say what is wrong and how to fix it, and never a password;
+read-only by construction; server mode publishing what the embedded engine publishes.
 
 Nothing is published by a failed run.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import http.server
+import os
 import subprocess
 import sys
 import threading
 import time
+import uuid
 
 import pytest
 
@@ -18,15 +22,20 @@ from agent_metrics_pipeline.clickhouse import (
     ClickHouseResource,
     ClickHouseUnavailableError,
 )
-from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
+    READER_PASSWORD,
     create_calls_table,
     failure_message,
     free_port,
+    insert_calls,
     materialize,
     measuring,
+    random_calls,
+    writer,
 )
+from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
 
 DAY = "2026-11-20"
 SECRET = "s3cr3t-Pa55word"
@@ -178,3 +187,109 @@ def test_unmapped_column_names_the_mapping_variable(clickhouse, tmp_path):
         clickhouse, measuring(source), LocalCsvIOManager(base_dir=str(tmp_path)), DAY
     )
     assert with_mapping.success
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DROP TABLE {table}",
+        "INSERT INTO {table} SELECT * FROM {table}",
+        "CREATE TABLE {copy} ENGINE = MergeTree ORDER BY tuple() AS SELECT * FROM {table}",
+    ],
+)
+def test_pipeline_queries_cannot_write_even_as_a_writable_user(clickhouse, calls_table, statement):
+    insert_calls(clickhouse, calls_table, random_calls(dt.date(2026, 11, 20), 1, 20))
+    writable, table = writer(clickhouse), calls_table.qualified_name
+    copy = f"`{calls_table.database}`.`{calls_table.table}_copy`"
+    with pytest.raises(ClickHouseQueryError, match="refused a write") as raised:
+        writable.query_polars(statement.format(table=table, copy=copy))
+    assert "readonly" in str(raised.value)
+    with writable.get_client() as client:
+        assert client.query(f"SELECT count() FROM {table}").result_rows == [(20,)]
+        assert not client.command(f"EXISTS TABLE {copy}")
+
+
+@pytest.fixture
+def read_only_server(server_clickhouse) -> ClickHouseResource:
+    if os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_HOST"):
+        pytest.skip("the live server's user profile is not known to be read-only")
+    return server_clickhouse
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("output_format_arrow_string_as_string", True), ("max_execution_time", 60)],
+)
+def test_a_setting_the_profile_forbids_is_a_permanent_error_naming_the_profile(
+    read_only_server, setting, value
+):
+    with pytest.raises(ClickHouseQueryError) as raised:
+        with read_only_server.get_client() as client:
+            if setting == "output_format_arrow_string_as_string":
+                client.query_arrow("SELECT 'x'", use_strings=value)
+            else:
+                client.query("SELECT 1", settings={setting: value})
+    message = str(raised.value)
+    assert setting in message and "settings profile" in message
+    assert "Could not reach" not in message
+    assert READER_PASSWORD not in message
+
+
+def _materialize_everywhere(
+    engines: dict[str, ClickHouseResource], calls, output_root, first_day, last_day, timezone
+):
+    """The same calls, one run per engine; the files each wrote and its check results."""
+    published, checks = {}, {}
+    for mode, engine in engines.items():
+        source = SourceTable(table=f"parity_{uuid.uuid4().hex[:12]}")
+        create_calls_table(engine, source)
+        insert_calls(engine, source, calls)
+        output = output_root / mode
+        result = materialize(
+            engine,
+            measuring(source, invalid_rows=InvalidRowsPolicy.EXCLUDE),
+            LocalCsvIOManager(base_dir=str(output)),
+            first_day,
+            last_day,
+            timezone=timezone,
+        )
+        published[mode] = {
+            path.relative_to(output): path.read_bytes() for path in sorted(output.rglob("*.csv"))
+        }
+        checks[mode] = [
+            (e.check_name, e.passed, e.severity, {k: v.value for k, v in e.metadata.items()})
+            for e in result.get_asset_check_evaluations()
+        ]
+    return published, checks
+
+
+@pytest.mark.parametrize(
+    ("timezone", "first_day", "last_day"),
+    [
+        ("UTC", "2026-11-01", None),
+        ("America/New_York", "2026-11-01", None),  # 25 hours long: clocks fall back
+        ("America/New_York", "2026-10-30", "2026-11-03"),
+    ],
+)
+def test_server_mode_publishes_the_bytes_of_the_embedded_engine(
+    embedded_clickhouse, server_clickhouse, tmp_path, timezone, first_day, last_day
+):
+    edge = dt.datetime(2026, 11, 1, 4, tzinfo=dt.UTC)  # midnight in New York, 04:00 in UTC
+    calls = random_calls(dt.date(2026, 10, 29), days=7, calls_per_day=150, seed=91)
+    calls += [
+        Call("edge-before", "a,b", edge - dt.timedelta(milliseconds=1), 10.0, "Answered"),
+        Call("edge-at", 'say "hi"', edge, 20.0, "Answered"),
+        Call("no-agent", None, edge + dt.timedelta(hours=3), 30.0, "Answered"),
+        Call("negative", "line\nbreak", edge + dt.timedelta(hours=4), -1.0, "Answered"),
+    ]
+    engines = {"embedded": embedded_clickhouse, "server": server_clickhouse}
+    published, checks = _materialize_everywhere(
+        engines, calls, tmp_path, first_day, last_day, timezone
+    )
+    assert published["embedded"], "the run must publish files"
+    assert published["server"] == published["embedded"]
+    assert checks["server"] == checks["embedded"]
+    expected = expected_metrics(calls, timezone=timezone)
+    for path, data in published["server"].items():
+        day = dt.date.fromisoformat(path.parent.name)
+        assert_csv_matches(data, expected.get(day, []), day)
