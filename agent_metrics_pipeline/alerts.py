@@ -6,6 +6,7 @@ and the webhook URL itself (which often embeds a token) is never logged.
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.parse
 import urllib.request
@@ -68,12 +69,33 @@ def failure_alert(
     }
 
 
+def _host(url: str) -> str:
+    """Host and port of a URL, without the credentials it may carry before the host."""
+    return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
+
+
+def _credentials(url: str) -> tuple[str, ...]:
+    parts = urllib.parse.urlsplit(url)
+    return tuple(
+        value
+        for value in (parts.password, parts.password and urllib.parse.unquote(parts.password))
+        if value
+    )
+
+
 def post_json(url: str, payload: dict[str, str]) -> None:
+    """POST ``payload``; credentials before the host (``https://user:token@host/...``) are sent
+    as HTTP basic auth, which urllib does not do from the URL by itself."""
+    parts = urllib.parse.urlsplit(url)
+    headers = {"Content-Type": "application/json"}
+    if parts.username is not None or parts.password is not None:
+        user_and_password = ":".join(
+            urllib.parse.unquote(value or "") for value in (parts.username, parts.password)
+        )
+        headers["Authorization"] = "Basic " + base64.b64encode(user_and_password.encode()).decode()
+        url = urllib.parse.urlunsplit(parts._replace(netloc=_host(url)))
     request = urllib.request.Request(
-        url,
-        data=json.dumps(payload).encode("utf-8"),
-        headers={"Content-Type": "application/json"},
-        method="POST",
+        url, data=json.dumps(payload).encode("utf-8"), headers=headers, method="POST"
     )
     with urllib.request.urlopen(request, timeout=WEBHOOK_TIMEOUT_SEC) as response:
         response.read()
@@ -85,8 +107,11 @@ def build_failure_alert_sensor(
     """Logs a summary of every failed run of this code location, and POSTs it to a webhook.
 
     ``secrets`` are values that must never leave the process (passwords, keys); they are
-    masked in case an error message quoted one.
+    masked in case an error message quoted one, as are the webhook URL and its password. Logs
+    name the webhook by its host only.
     """
+    if webhook_url is not None:
+        secrets = (*secrets, webhook_url, *_credentials(webhook_url))
 
     @dg.run_failure_sensor(
         name=FAILURE_SENSOR_NAME,
@@ -106,7 +131,7 @@ def build_failure_alert_sensor(
         context.log.error(payload["text"])
         if webhook_url is None:
             return
-        host = urllib.parse.urlsplit(webhook_url).netloc
+        host = _host(webhook_url)
         try:
             post_json(webhook_url, payload)
         except Exception as error:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import http.server
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import dagster as dg
 import pytest
 
-from agent_metrics_pipeline.alerts import build_failure_alert_sensor, failure_alert
+from agent_metrics_pipeline.alerts import (
+    FAILURE_SENSOR_NAME,
+    build_failure_alert_sensor,
+    failure_alert,
+)
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import SourceTable
@@ -22,13 +29,21 @@ DAY = dt.date(2026, 11, 20)
 SECRET = "Sup3r-s3cret-pw"
 
 
+@dataclass
+class Webhook:
+    url: str
+    bodies: list[bytes] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+
+
 @pytest.fixture
-def webhook() -> Iterator[tuple[str, list[bytes]]]:
-    received: list[bytes] = []
+def webhook() -> Iterator[Webhook]:
+    hook = Webhook(url="")
 
     class Receiver(http.server.BaseHTTPRequestHandler):
         def do_POST(self) -> None:
-            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            hook.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            hook.authorizations.append(self.headers.get("Authorization"))
             self.send_response(204)
             self.end_headers()
 
@@ -37,13 +52,15 @@ def webhook() -> Iterator[tuple[str, list[bytes]]]:
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN", received
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN"
+    yield hook
     server.shutdown()
 
 
-def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
-    url, received = webhook
-    instance = dg.DagsterInstance.ephemeral()
+def failed_run(
+    instance: dg.DagsterInstance, tmp_path
+) -> tuple[dg.ExecuteInProcessResult, dg.RunFailureSensorContext]:
+    """A run that failed for real (its ClickHouse server is down), and its sensor context."""
     dead = ClickHouseResource(host="127.0.0.1", port=free_port(), password=SECRET)
     result = dg.materialize(
         [build_asset(measuring(SourceTable()))],
@@ -56,23 +73,27 @@ def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
         raise_on_error=False,
     )
     assert not result.success
-    run = instance.get_run_by_id(result.run_id)
     failure_event = next(
         e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE
     )
-    sensor = build_failure_alert_sensor(
-        url, "http://dagster.example:3000", secrets=(SECRET, "aws-secret-value")
-    )
     context = dg.build_run_status_sensor_context(
-        sensor_name=sensor.name,
+        sensor_name=FAILURE_SENSOR_NAME,
         dagster_instance=instance,
-        dagster_run=run,
+        dagster_run=instance.get_run_by_id(result.run_id),
         dagster_event=failure_event,
     ).for_run_failure()
+    return result, context
+
+
+def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
+    result, context = failed_run(dg.DagsterInstance.ephemeral(), tmp_path)
+    sensor = build_failure_alert_sensor(
+        webhook.url, "http://dagster.example:3000", secrets=(SECRET, "aws-secret-value")
+    )
 
     sensor(context)
 
-    (body,) = received
+    (body,) = webhook.bodies
     payload = json.loads(body)
     assert payload["run_id"] == result.run_id
     assert payload["partitions"] == str(DAY)
@@ -81,6 +102,31 @@ def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
     assert result.run_id[:8] in payload["text"]
     assert SECRET.encode() not in body
     assert b"T0KEN" not in body
+
+
+def test_credentials_in_the_webhook_url_go_as_basic_auth_and_never_into_logs(
+    webhook, tmp_path, caplog, capsys
+):
+    token = "T0P-s3cret!"
+    instance = dg.DagsterInstance.ephemeral()
+    result, context = failed_run(instance, tmp_path)
+    with_credentials = webhook.url.replace("http://", f"http://alerts:{quote(token)}@")
+    unreachable = f"http://alerts:{quote(token)}@127.0.0.1:{free_port()}/hooks"
+
+    for url in (with_credentials, unreachable):
+        build_failure_alert_sensor(url, "http://dagster.example:3000")(context)
+
+    (body,) = webhook.bodies
+    assert webhook.authorizations == [
+        "Basic " + base64.b64encode(f"alerts:{token}".encode()).decode()
+    ]
+    assert json.loads(body)["run_id"] == result.run_id
+    captured = capsys.readouterr()
+    logs = caplog.text + captured.out + captured.err
+    assert "Could not deliver the alert to the webhook at 127.0.0.1:" in logs
+    events = [str(record) for record in instance.all_logs(result.run_id)]
+    for text in (logs, body.decode(), *events):
+        assert token not in text and quote(token) not in text
 
 
 def test_alert_masks_secrets_quoted_in_an_error():
