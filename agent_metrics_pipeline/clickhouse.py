@@ -14,11 +14,14 @@ import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 from pydantic import Field
+from urllib3.util import Timeout
 
 from agent_metrics_pipeline.config import (
     DEFAULT_CLICKHOUSE_PORT,
+    DEFAULT_CONNECT_TIMEOUT_SEC,
     DEFAULT_DATABASE,
     DEFAULT_HOME,
+    DEFAULT_QUERY_TIMEOUT_SEC,
     embedded_engine_path,
 )
 from agent_metrics_pipeline.errors import PermanentError, TransientError
@@ -27,6 +30,7 @@ from agent_metrics_pipeline.errors import PermanentError, TransientError
 CREDENTIAL_ERROR_CODES = {192, 193, 194, 497, 516}  # unknown user, wrong/required password, ...
 MISSING_OBJECT_ERROR_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 UNKNOWN_IDENTIFIER_CODE = 47
+QUERY_TIMEOUT_GRACE_SEC = 5
 READONLY_CODE = 164
 # clickhouse-connect's own refusals, before sending, to change a setting the server reports
 # as read-only for this user.
@@ -55,16 +59,24 @@ def _error_code(error: ClickHouseError) -> int | None:
     return None
 
 
-def _read_only_guard(client: Client) -> dict[str, str]:
-    """``readonly=2`` for a user who could write: the pipeline's queries can never write.
+def _writable(client: Client, name: str) -> bool:
+    setting = client.server_settings.get(name)
+    return setting is not None and not setting.readonly
 
-    A user who is already read-only (``readonly`` 1 or 2 in their profile) is left alone: such a
-    user may not change ``readonly`` at all, and has nothing to gain from it.
+
+def _query_settings(client: Client, timeout_sec: int) -> dict[str, str]:
+    """``readonly=2`` for a user who could write, so the pipeline's queries can never write,
+    and the query timeout as ``max_execution_time``, so the server stops when the client does.
+
+    Only settings the user may change are sent: a ``readonly=1`` user may change none (and is
+    read-only already); a server-side limit for such a user belongs in their profile.
     """
-    readonly = client.server_settings.get("readonly")
-    if readonly is None or readonly.readonly or readonly.value != "0":
-        return {}
-    return {"readonly": "2"}
+    settings = {}
+    if _writable(client, "readonly") and client.server_settings["readonly"].value == "0":
+        settings["readonly"] = "2"
+    if _writable(client, "max_execution_time"):
+        settings["max_execution_time"] = str(timeout_sec)
+    return settings
 
 
 def _text_type(arrow_type: pa.DataType) -> pa.DataType:
@@ -102,8 +114,14 @@ class ClickHouseResource(dg.ConfigurableResource):
     password: str = Field(default="", description="Read from CLICKHOUSE_PASSWORD; never logged.")
     database: str = Field(default=DEFAULT_DATABASE)
     secure: bool = Field(default=False, description="Use HTTPS.")
-    connect_timeout_sec: int = Field(default=10)
-    send_receive_timeout_sec: int = Field(default=300)
+    connect_timeout_sec: int = Field(
+        default=DEFAULT_CONNECT_TIMEOUT_SEC,
+        description="Seconds to connect and complete the start-up handshake with a server.",
+    )
+    query_timeout_sec: int = Field(
+        default=DEFAULT_QUERY_TIMEOUT_SEC,
+        description="Seconds a query may run; also sent as max_execution_time where allowed.",
+    )
     embedded_path: str = Field(
         default=str(embedded_engine_path(DEFAULT_HOME)),
         description="Data folder of the embedded engine.",
@@ -122,7 +140,9 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     def _open(self) -> Client:
         if self.host:
-            return clickhouse_connect.get_client(
+            # The start-up probes wait for answers with the read timeout: a short one bounds a
+            # server that accepts connections and never answers. Queries get their own.
+            client = clickhouse_connect.get_client(
                 host=self.host,
                 port=self.port,
                 username=self.username,
@@ -130,11 +150,24 @@ class ClickHouseResource(dg.ConfigurableResource):
                 database=self.database,
                 secure=self.secure,
                 connect_timeout=self.connect_timeout_sec,
-                send_receive_timeout=self.send_receive_timeout_sec,
+                send_receive_timeout=self.connect_timeout_sec,
                 query_retries=0,
             )
+            # The server's own time limit (max_execution_time) should answer first, with its
+            # reason; the client waits a little longer in case the server cannot.
+            client.timeout = Timeout(
+                connect=self.connect_timeout_sec,
+                read=self.query_timeout_sec + QUERY_TIMEOUT_GRACE_SEC,
+            )
+            return client
         path = Path(self.embedded_path).resolve()
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ClickHouseQueryError(
+                f"Cannot create the embedded engine's folder {path}: {error.strerror}. Point "
+                "AGENT_METRICS_HOME at a folder this process can write."
+            ) from None
         return clickhouse_connect.get_client(interface="chdb", path=str(path))
 
     def _translate(self, error: Exception) -> Exception:
@@ -215,7 +248,9 @@ class ClickHouseResource(dg.ConfigurableResource):
         """
         with self.get_client() as client:
             table = client.query_arrow(
-                sql, parameters=dict(parameters or {}), settings=_read_only_guard(client)
+                sql,
+                parameters=dict(parameters or {}),
+                settings=_query_settings(client, self.query_timeout_sec),
             )
         frame = pl.from_arrow(_binary_as_text(table))
         assert isinstance(frame, pl.DataFrame)

@@ -26,6 +26,9 @@ SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION
 
 DEFAULT_HOME = Path(".agent_metrics")
 DEFAULT_CLICKHOUSE_PORT = 8123
+DEFAULT_CONNECT_TIMEOUT_SEC = 10
+# A day of 10 M calls aggregates in about a second; two minutes leave room for far bigger days.
+DEFAULT_QUERY_TIMEOUT_SEC = 120
 DEFAULT_DATABASE = "default"
 DEFAULT_S3_PREFIX = "agent_metrics"
 
@@ -228,13 +231,27 @@ class _Environment:
             raise ConfigError(f"{name}={value.lower()!r} must be 'fail' or 'exclude'") from None
 
     def s3_prefix(self, name: str) -> str | None:
+        """A relative key prefix: surrounding slashes dropped, never climbing out of its root."""
         value = self.text(name)
         if value is None:
             return None
         prefix = value.strip("/")
-        if not prefix:
-            raise ConfigError(f"{name} must not be empty or only slashes")
+        if not prefix or any(segment in ("", ".", "..") for segment in prefix.split("/")):
+            raise ConfigError(
+                f"{name}={value!r} must be a key prefix such as 'agent_metrics' or "
+                "'exports/agents': not empty, no empty segment, no '.' or '..'"
+            )
         return prefix
+
+
+def _check_folders(*folders: Path) -> None:
+    """Folders the pipeline will create must not already exist as files."""
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(
+                f"AGENT_METRICS_HOME: {folder} exists and is not a folder; point "
+                "AGENT_METRICS_HOME at a folder (it is created if missing)"
+            )
 
 
 @dataclass(frozen=True)
@@ -250,6 +267,8 @@ class Settings:
     clickhouse_user: str = "default"
     clickhouse_password_set: bool = False
     clickhouse_secure: bool = False
+    clickhouse_connect_timeout_sec: int = DEFAULT_CONNECT_TIMEOUT_SEC
+    clickhouse_query_timeout_sec: int = DEFAULT_QUERY_TIMEOUT_SEC
     s3_bucket: str | None = None
     s3_prefix: str = DEFAULT_S3_PREFIX
     s3_endpoint_url: str | None = None
@@ -302,7 +321,7 @@ class Settings:
         home = env.text("AGENT_METRICS_HOME")
         timezone = env.text("AGENT_METRICS_TIMEZONE")
         ui_url = env.url("AGENT_METRICS_UI_URL")
-        return cls(
+        settings = cls(
             measurement=measurement,
             clickhouse_password_set=env.text("CLICKHOUSE_PASSWORD") is not None,
             secrets=tuple(value for name in SECRET_VARIABLES if (value := env.text(name))),
@@ -314,6 +333,12 @@ class Settings:
                 clickhouse_port=env.number("CLICKHOUSE_PORT", int, minimum=1, maximum=65535),
                 clickhouse_user=env.text("CLICKHOUSE_USER"),
                 clickhouse_secure=env.flag("CLICKHOUSE_SECURE"),
+                clickhouse_connect_timeout_sec=env.number(
+                    "CLICKHOUSE_CONNECT_TIMEOUT_SEC", int, minimum=1
+                ),
+                clickhouse_query_timeout_sec=env.number(
+                    "CLICKHOUSE_QUERY_TIMEOUT_SEC", int, minimum=1
+                ),
                 s3_bucket=env.text("S3_BUCKET"),
                 s3_prefix=env.s3_prefix("S3_PREFIX"),
                 s3_endpoint_url=env.text("S3_ENDPOINT_URL"),
@@ -334,3 +359,10 @@ class Settings:
                 ui_url=ui_url.rstrip("/") if ui_url else None,
             ),
         )
+        home_folders = [settings.home]
+        if settings.embedded_clickhouse:
+            home_folders.append(settings.embedded_clickhouse_path)
+        if settings.s3_bucket is None:
+            home_folders.append(settings.local_output_dir)
+        _check_folders(*home_folders)
+        return settings

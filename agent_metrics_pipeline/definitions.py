@@ -32,7 +32,10 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_p
 
 def clickhouse_resource(settings: Settings) -> ClickHouseResource:
     if settings.embedded_clickhouse:
-        return ClickHouseResource(embedded_path=str(settings.embedded_clickhouse_path))
+        return ClickHouseResource(
+            embedded_path=str(settings.embedded_clickhouse_path),
+            query_timeout_sec=settings.clickhouse_query_timeout_sec,
+        )
     return ClickHouseResource(
         host=settings.clickhouse_host,
         port=settings.clickhouse_port,
@@ -41,6 +44,8 @@ def clickhouse_resource(settings: Settings) -> ClickHouseResource:
         password=dg.EnvVar("CLICKHOUSE_PASSWORD") if settings.clickhouse_password_set else "",
         database=settings.measurement.source.database,
         secure=settings.clickhouse_secure,
+        connect_timeout_sec=settings.clickhouse_connect_timeout_sec,
+        query_timeout_sec=settings.clickhouse_query_timeout_sec,
     )
 
 

@@ -148,25 +148,37 @@ class LocalCsvIOManager(DailyCsvIOManager):
     base_dir: str = Field(description="Folder that plays the role of the bucket.")
 
     def _path(self, key: str) -> Path:
-        return Path(self.base_dir).resolve() / key
+        base = Path(self.base_dir).resolve()
+        path = (base / key).resolve()
+        if not path.is_relative_to(base):
+            raise ObjectStoreError(f"Key {key!r} points outside {base}; check S3_PREFIX.")
+        return path
 
     def uri(self, key: str) -> str:
         return str(self._path(key))
 
     def _write(self, key: str, data: bytes) -> None:
         target = self._path(key)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=target.parent, prefix=".tmp-", delete=False) as tmp:
-            try:
-                tmp.write(data)
-                tmp.flush()
-                os.fsync(tmp.fileno())
-                # Temp files are private (0600); published files get the usual permissions.
-                os.chmod(tmp.name, PUBLISHED_FILE_MODE & ~_current_umask())
-                os.replace(tmp.name, target)
-            except BaseException:
-                os.unlink(tmp.name)
-                raise
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                dir=target.parent, prefix=".tmp-", delete=False
+            ) as tmp:
+                try:
+                    tmp.write(data)
+                    tmp.flush()
+                    os.fsync(tmp.fileno())
+                    # Temp files are private (0600); published files get the usual permissions.
+                    os.chmod(tmp.name, PUBLISHED_FILE_MODE & ~_current_umask())
+                    os.replace(tmp.name, target)
+                except BaseException:
+                    os.unlink(tmp.name)
+                    raise
+        except OSError as error:
+            raise ObjectStoreError(
+                f"Cannot write {target}: {error.strerror}. Point AGENT_METRICS_HOME at a folder "
+                "this process can write."
+            ) from None
 
     def _read(self, key: str) -> bytes:
         path = self._path(key)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import os
+import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -22,7 +24,8 @@ from agent_metrics_pipeline.clickhouse import (
     ClickHouseResource,
     ClickHouseUnavailableError,
 )
-from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
+from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings, SourceTable
+from agent_metrics_pipeline.definitions import clickhouse_resource
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     READER_PASSWORD,
@@ -293,3 +296,51 @@ def test_server_mode_publishes_the_bytes_of_the_embedded_engine(
     for path, data in published["server"].items():
         day = dt.date.fromisoformat(path.parent.name)
         assert_csv_matches(data, expected.get(day, []), day)
+
+
+@pytest.fixture
+def hung_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                accepted.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for connection in accepted:
+        connection.close()
+
+
+def test_a_server_that_never_answers_is_given_up_within_the_connect_timeout(hung_server):
+    assert Settings().clickhouse_connect_timeout_sec <= 15, "the default handshake bound"
+    settings = Settings.from_env(
+        {
+            "CLICKHOUSE_HOST": "127.0.0.1",
+            "CLICKHOUSE_PORT": str(hung_server),
+            "CLICKHOUSE_PASSWORD": SECRET,
+            "CLICKHOUSE_CONNECT_TIMEOUT_SEC": "2",
+        }
+    )
+    resource = clickhouse_resource(settings).model_copy(update={"password": SECRET})
+    started = time.monotonic()
+    with pytest.raises(ClickHouseUnavailableError, match="CLICKHOUSE_HOST") as raised:
+        resource.query_polars("SELECT 1")
+    assert time.monotonic() - started < 6
+    assert "timed out" in str(raised.value) and SECRET not in str(raised.value)
+
+
+def test_the_query_timeout_is_sent_to_the_server_which_stops_the_query(clickhouse):
+    # Ten seconds of sleep in blocks of a row: the engine checks its time limit between blocks.
+    slow = "SELECT sleepEachRow(0.1) FROM numbers(100) SETTINGS max_block_size = 1"
+    writable = writer(clickhouse).model_copy(update={"query_timeout_sec": 1})
+    started = time.monotonic()
+    with pytest.raises(ClickHouseUnavailableError, match="TIMEOUT_EXCEEDED"):
+        writable.query_polars(slow)
+    assert time.monotonic() - started < 8

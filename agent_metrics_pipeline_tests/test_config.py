@@ -102,6 +102,11 @@ def test_every_variable_is_read():
         ("CLICKHOUSE_DATABASE", "my-db"),
         ("CLICKHOUSE_SECURE", "maybe"),
         ("S3_PREFIX", "///"),
+        ("S3_PREFIX", "../../escaped"),
+        ("S3_PREFIX", "daily//agents"),
+        ("S3_PREFIX", "daily/./agents"),
+        ("CLICKHOUSE_CONNECT_TIMEOUT_SEC", "0"),
+        ("CLICKHOUSE_QUERY_TIMEOUT_SEC", "soon"),
         ("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", "24"),
         ("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", "-1"),
         ("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", "0"),
@@ -115,3 +120,13 @@ def test_bad_values_name_the_variable(variable, value):
         Settings.from_env({variable: value})
     if variable == "AGENT_METRICS_ALERT_WEBHOOK_URL":
         assert value not in str(raised.value), "webhook URLs carry tokens"
+
+
+@pytest.mark.parametrize("inside", ["", "clickhouse", "output"])
+def test_a_home_that_is_a_file_is_refused_at_load(tmp_path, inside):
+    home = tmp_path / "home"
+    (home / inside).parent.mkdir(parents=True, exist_ok=True)
+    (home / inside).write_text("not a folder")
+    with pytest.raises(ConfigError, match="AGENT_METRICS_HOME") as raised:
+        Settings.from_env({"AGENT_METRICS_HOME": str(home)})
+    assert "not a folder" in str(raised.value)
