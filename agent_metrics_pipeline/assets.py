@@ -9,8 +9,8 @@ from agent_metrics_pipeline.checks import Evidence, check_specs, describe_failur
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
-from agent_metrics_pipeline.metrics import shape_metrics, to_markdown
-from agent_metrics_pipeline.sql import build_metrics_query
+from agent_metrics_pipeline.metrics import calls_per_status, shape_metrics, to_markdown
+from agent_metrics_pipeline.sql import build_metrics_query, build_status_query
 
 ASSET_NAME = "agent_metrics"
 CSV_IO_MANAGER_KEY = "csv_io_manager"
@@ -49,19 +49,28 @@ def build_agent_metrics_asset(
     def agent_metrics(
         context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
     ) -> Iterator[dg.AssetCheckResult | dg.Output[pl.DataFrame]]:
-        window, days = context.partition_time_window, context.partition_keys
-        sql, parameters = build_metrics_query(
-            measurement, window.start, window.end, partitions_def.timezone
-        )
+        days = context.partition_keys
+        if not days:
+            key_range = context.partition_key_range
+            raise dg.Failure(
+                description=(
+                    f"The run selects no day: the range {key_range.start}...{key_range.end} is "
+                    "reversed. Give the first day first, as FIRST...LAST."
+                ),
+                allow_retries=False,
+            )
+        window = context.partition_time_window
+        query_window = (measurement, window.start, window.end, partitions_def.timezone)
         context.log.info(
             f"Aggregating {len(days)} day(s) [{window.start.isoformat()}, "
             f"{window.end.isoformat()}) on the {clickhouse.description}"
         )
         with no_retry_for_permanent_errors():
-            raw = clickhouse.query_polars(sql, parameters)
+            raw = clickhouse.query_polars(*build_metrics_query(*query_window))
+            statuses = clickhouse.query_polars(*build_status_query(*query_window))
         metrics, quality = shape_metrics(raw)
 
-        verdicts = evaluate_checks(Evidence(metrics, quality, days, measurement))
+        verdicts = evaluate_checks(Evidence(metrics, quality, statuses, days, measurement))
         yield from (verdict.result for verdict in verdicts)
         # A failed blocking check must stop publication here: once the Output is yielded, Dagster
         # hands it to the IO manager whatever the checks said.
@@ -84,6 +93,7 @@ def build_agent_metrics_asset(
                 "agents": metrics.get_column("agent_id").n_unique(),
                 "calls_counted": int(metrics.get_column("total_calls").sum()),
                 "unmeasurable_calls": quality.unmeasurable_calls,
+                "statuses_seen": calls_per_status(statuses),
                 "preview": dg.MetadataValue.md(to_markdown(metrics.head(PREVIEW_ROWS))),
             },
         )

@@ -18,15 +18,22 @@ import dagster as dg
 import polars as pl
 
 from agent_metrics_pipeline.config import Measurement
-from agent_metrics_pipeline.metrics import METRIC_COLUMNS, SAMPLE_SIZE, SourceQuality
+from agent_metrics_pipeline.metrics import (
+    METRIC_COLUMNS,
+    SAMPLE_SIZE,
+    SourceQuality,
+    calls_per_status,
+)
 
 NO_NULLS = "no_nulls"
 NO_NEGATIVE_VALUES = "no_negative_values"
+FINITE_DURATIONS = "finite_durations"
 PLAUSIBLE_RANGES = "plausible_ranges"
 ONE_ROW_PER_AGENT_PER_DAY = "one_row_per_agent_per_day"
 CALLS_PRESENT = "calls_present"
 EXCLUDED_SOURCE_ROWS = "excluded_source_rows"
 MIN_CALLS_PER_AGENT = "min_calls_per_agent"
+STATUS_SPELLINGS = "status_spellings"
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
@@ -37,6 +44,8 @@ class Evidence:
 
     metrics: pl.DataFrame
     quality: SourceQuality
+    # Calls per day and status in the window, counted statuses or not: date, status, calls.
+    statuses: pl.DataFrame
     partition_keys: Sequence[str]
     measurement: Measurement
 
@@ -127,6 +136,17 @@ def no_negative_values(evidence: Evidence) -> Finding:
     )
 
 
+def finite_durations(evidence: Evidence) -> Finding:
+    lengths = pl.col("avg_call_length_sec", "p90_call_length_sec")
+    return _metrics_and_unmeasurable_calls(
+        evidence,
+        evidence.metrics.filter(pl.any_horizontal(~lengths.fill_null(0).is_finite())),
+        ["non_finite_duration_calls"],
+        "source_non_finite_duration_calls",
+        "non_finite_call_ids",
+    )
+
+
 def plausible_ranges(evidence: Evidence) -> Finding:
     metrics, max_length = evidence.metrics, evidence.measurement.max_call_length_sec
     calls, days = _source_counts(evidence.quality, ["overlong_calls"])
@@ -167,8 +187,13 @@ def excluded_source_rows(evidence: Evidence) -> Finding:
     quality, excluding = evidence.quality, not evidence.measurement.fails_on_invalid_rows
     null_calls, null_days = _source_counts(quality, ["null_agent_calls", "null_duration_calls"])
     negative_calls, negative_days = _source_counts(quality, ["negative_duration_calls"])
-    days = sorted({*null_days, *negative_days}) if excluding else []
-    samples = [*quality.samples["null_call_ids"], *quality.samples["negative_call_ids"]]
+    non_finite_calls, non_finite_days = _source_counts(quality, ["non_finite_duration_calls"])
+    days = sorted({*null_days, *negative_days, *non_finite_days}) if excluding else []
+    samples = [
+        *quality.samples["null_call_ids"],
+        *quality.samples["negative_call_ids"],
+        *quality.samples["non_finite_call_ids"],
+    ]
     return Finding(
         failing_days=days,
         metadata={
@@ -176,6 +201,7 @@ def excluded_source_rows(evidence: Evidence) -> Finding:
             "excluded_calls": quality.unmeasurable_calls if excluding else 0,
             "excluded_null_agent_or_duration_calls": null_calls if excluding else 0,
             "excluded_negative_duration_calls": negative_calls if excluding else 0,
+            "excluded_non_finite_duration_calls": non_finite_calls if excluding else 0,
             "offending_days": days,
             "sample_call_ids": samples[:SAMPLE_SIZE] if excluding else [],
         },
@@ -186,6 +212,30 @@ def min_calls_per_agent(evidence: Evidence) -> Finding:
     minimum = evidence.measurement.min_calls_per_agent
     return _offending_rows(
         evidence.metrics.filter(pl.col("total_calls") < minimum), min_calls_per_agent=minimum
+    )
+
+
+def _spelling(statuses: pl.Expr | pl.Series) -> pl.Expr | pl.Series:
+    return statuses.str.strip_chars().str.to_lowercase()
+
+
+def status_spellings(evidence: Evidence) -> Finding:
+    """A status that differs from a counted one only by case or surrounding spaces is most
+    likely the same status, mistyped at the source: its calls are not counted."""
+    counted = evidence.measurement.statuses
+    variants = evidence.statuses.filter(
+        ~pl.col("status").is_in(counted)
+        & _spelling(pl.col("status")).is_in(_spelling(pl.Series(counted)).to_list())
+    )
+    return Finding(
+        failing_days=_days(variants),
+        metadata={
+            "counted_statuses": list(counted),
+            "statuses_seen": calls_per_status(evidence.statuses),
+            "uncounted_variants": sorted(set(variants.get_column("status"))),
+            "uncounted_variant_calls": int(variants.get_column("calls").sum()),
+            "offending_days": _days(variants),
+        },
     )
 
 
@@ -231,6 +281,13 @@ CHECKS = (
         no_negative_values,
     ),
     Check(
+        FINITE_DURATIONS,
+        ERROR,
+        "No NaN or infinite metric; under invalid_rows=fail, no counted source call with a NaN or "
+        "infinite duration.",
+        finite_durations,
+    ),
+    Check(
         PLAUSIBLE_RANGES,
         ERROR,
         "0 <= avg, p90 <= max call length; total_calls >= 1; no counted source call longer than "
@@ -260,6 +317,13 @@ CHECKS = (
         WARN,
         "Agents with fewer calls on a day than the configured minimum.",
         min_calls_per_agent,
+    ),
+    Check(
+        STATUS_SPELLINGS,
+        WARN,
+        "No call has a status that differs from a counted one only by case or surrounding "
+        "spaces ('answered', 'Answered '): such calls are not counted.",
+        status_spellings,
     ),
 )
 CHECK_DESCRIPTIONS = {check.name: check.description for check in CHECKS}

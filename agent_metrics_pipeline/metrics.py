@@ -19,14 +19,14 @@ METRICS_SCHEMA = pl.Schema(
 METRIC_COLUMNS = tuple(METRICS_SCHEMA.names())
 
 
-QUALITY_COUNTS = (
+UNMEASURABLE_COUNTS = (
     "null_agent_calls",
     "null_duration_calls",
     "negative_duration_calls",
-    "overlong_calls",
+    "non_finite_duration_calls",
 )
-UNMEASURABLE_COUNTS = QUALITY_COUNTS[:3]
-SAMPLE_IDS = ("null_call_ids", "negative_call_ids", "overlong_call_ids")
+QUALITY_COUNTS = (*UNMEASURABLE_COUNTS, "overlong_calls")
+SAMPLE_IDS = ("null_call_ids", "negative_call_ids", "non_finite_call_ids", "overlong_call_ids")
 SAMPLE_SIZE = 5
 
 
@@ -68,6 +68,12 @@ def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
         for column in SAMPLE_IDS
     }
     return metrics, SourceQuality(per_day=per_day, samples=samples)
+
+
+def calls_per_status(statuses: pl.DataFrame) -> dict[str, int]:
+    """Calls per status over the run's days, from the per-day status counts."""
+    totals = statuses.group_by("status").agg(pl.col("calls").sum()).sort("status")
+    return {status: int(calls) for status, calls in totals.iter_rows()}
 
 
 def metrics_for_day(metrics: pl.DataFrame, day: dt.date) -> pl.DataFrame:

@@ -23,6 +23,16 @@ def _utc_literal(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).strftime(CLICKHOUSE_DATETIME_FORMAT)[:-3]
 
 
+def _window_parameters(
+    window_start: dt.datetime, window_end: dt.datetime, timezone: str
+) -> dict[str, object]:
+    return {
+        "timezone": timezone,
+        "window_start": _utc_literal(window_start),
+        "window_end": _utc_literal(window_end),
+    }
+
+
 def build_metrics_query(
     measurement: Measurement,
     window_start: dt.datetime,
@@ -35,15 +45,16 @@ def build_metrics_query(
     predicate on the start column so ClickHouse can use the table's primary key.
 
     Metrics are computed over measurable calls only: an agent (not NULL, not empty) and a
-    non-negative duration. The counts of unmeasurable calls, and of measurable calls longer than
-    ``max_call_length_sec``, ride along in the same scan with a few of their call ids, so the
-    checks can decide whether the day may be published. Calls without an agent form their own
-    group.
+    finite, non-negative duration. The counts of unmeasurable calls, and of measurable calls
+    longer than ``max_call_length_sec``, ride along in the same scan with a few of their call
+    ids, so the checks can decide whether the day may be published. Calls without an agent form
+    their own group.
 
     Every source column is qualified with the table alias, so a source column named like an
     output (``date``, say) is never mistaken for it. The average sums whole microseconds as
     integers: exact, so it does not depend on how ClickHouse splits the work between threads,
-    and re-running a day yields identical bytes.
+    and re-running a day yields identical bytes. Adding 0 to the rounded p90 turns the -0.0
+    of calls stored with a length of -0.0 into 0.0.
     """
     source = measurement.source
     call_id, agent, started_at, duration, status = (
@@ -52,27 +63,31 @@ def build_metrics_query(
     sql = f"""
 WITH
     nullIf({agent}, '') AS call_agent,
-    call_agent IS NOT NULL AND {duration} IS NOT NULL AND {duration} >= 0 AS measurable,
-    measurable AND {duration} > {{max_call_length_sec:Float64}} AS overlong
+    assumeNotNull({duration}) AS call_length,
+    call_agent IS NOT NULL AND {duration} IS NOT NULL AS has_length,
+    has_length AND NOT isFinite(call_length) AS non_finite,
+    has_length AND isFinite(call_length) AND call_length < 0 AS negative,
+    has_length AND isFinite(call_length) AND call_length >= 0 AS measurable,
+    measurable AND call_length > {{max_call_length_sec:Float64}} AS overlong
 SELECT
     toDate({started_at}, {{timezone:String}}) AS date,
     call_agent AS agent_id,
     countIf(measurable) AS total_calls,
     round(
-        sumIf(toInt64(round(assumeNotNull({duration}) * 1000000)), measurable)
+        sumIf(toInt64(round(if(measurable, call_length, 0) * 1000000)), measurable)
             / total_calls / 1000000,
         2
     ) AS avg_call_length_sec,
-    round(quantileExactInclusiveIf(0.9)(assumeNotNull({duration}), measurable), 2)
-        AS p90_call_length_sec,
+    round(quantileExactInclusiveIf(0.9)(call_length, measurable), 2) + 0 AS p90_call_length_sec,
     countIf(call_agent IS NULL) AS null_agent_calls,
     countIf(call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
-    countIf(call_agent IS NOT NULL AND {duration} < 0) AS negative_duration_calls,
+    countIf(negative) AS negative_duration_calls,
+    countIf(non_finite) AS non_finite_duration_calls,
     countIf(overlong) AS overlong_calls,
     groupArrayIf(5)(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
         AS null_call_ids,
-    groupArrayIf(5)(toString({call_id}), call_agent IS NOT NULL AND {duration} < 0)
-        AS negative_call_ids,
+    groupArrayIf(5)(toString({call_id}), negative) AS negative_call_ids,
+    groupArrayIf(5)(toString({call_id}), non_finite) AS non_finite_call_ids,
     groupArrayIf(5)(toString({call_id}), overlong) AS overlong_call_ids
 FROM {source.qualified_name} AS src
 WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
@@ -81,14 +96,37 @@ WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
 GROUP BY date, agent_id
 ORDER BY date, agent_id
 """
-    parameters: dict[str, object] = {
-        "timezone": timezone,
-        "window_start": _utc_literal(window_start),
-        "window_end": _utc_literal(window_end),
+    parameters = {
+        **_window_parameters(window_start, window_end, timezone),
         "statuses": list(measurement.statuses),
         "max_call_length_sec": float(measurement.max_call_length_sec),
     }
     return sql, parameters
+
+
+def build_status_query(
+    measurement: Measurement,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    timezone: str,
+) -> tuple[str, dict[str, object]]:
+    """Calls per day and status over the window, whatever the status: it shows which statuses
+    the source holds, so one spelled unlike the counted ones (``answered``) is not lost in
+    silence. It reads only the start and status columns."""
+    source = measurement.source
+    started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
+    sql = f"""
+SELECT
+    toDate({started_at}, {{timezone:String}}) AS date,
+    toString({status}) AS status,
+    count() AS calls
+FROM {source.qualified_name} AS src
+WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
+  AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
+GROUP BY date, status
+ORDER BY date, status
+"""
+    return sql, _window_parameters(window_start, window_end, timezone)
 
 
 def source_table_ddl(source: SourceTable) -> tuple[str, str]:

@@ -180,10 +180,11 @@ def materialize(
     timezone: str = "UTC",
     raise_on_error: bool = True,
     instance: dg.DagsterInstance | None = None,
+    **asset_options,
 ) -> dg.ExecuteInProcessResult:
     """One run over ``first_day`` (or the range ``first_day..last_day``)."""
     resources = {"clickhouse": clickhouse, CSV_IO_MANAGER_KEY: io_manager}
-    asset = build_asset(measurement, timezone)
+    asset = build_asset(measurement, timezone, **asset_options)
     if last_day is None:
         return dg.materialize(
             [asset],

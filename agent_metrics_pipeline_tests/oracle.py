@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import math
 import zoneinfo
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -44,14 +45,16 @@ def expected_metrics(
 ) -> dict[dt.date, list[ExpectedRow]]:
     """Rows per day, sorted by agent; only measurable calls of the counted statuses.
 
-    A call is measurable when it has an agent (not NULL, not empty) and a duration >= 0.
+    A call is measurable when it has an agent (not NULL, not empty) and a finite duration >= 0.
     """
     zone = zoneinfo.ZoneInfo(timezone)
     durations: dict[tuple[dt.date, str], list[float]] = defaultdict(list)
     for call in calls:
         if call.status not in statuses or not call.agent_id:
             continue
-        if call.duration_sec is None or call.duration_sec < 0:
+        if call.duration_sec is None or not math.isfinite(call.duration_sec):
+            continue
+        if call.duration_sec < 0:
             continue
         day = call.started_at.astimezone(zone).date()
         durations[(day, call.agent_id)].append(call.duration_sec)

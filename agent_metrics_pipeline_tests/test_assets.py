@@ -116,6 +116,22 @@ def test_interpolated_p90_for_one_and_two_calls(clickhouse, calls_table, bucket)
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)
 
 
+def test_zero_length_calls_are_published_as_zero_not_minus_zero(clickhouse, calls_table, bucket):
+    noon = dt.datetime.combine(DAY, dt.time(12), tzinfo=UTC)
+    calls = [call("silent", noon, -0.0), call("brief", noon, 0.0), call("brief", noon, -0.0)]
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
+
+    data = bucket.get(key_for(DAY))
+    assert b"-0" not in data
+    rows = parse_csv(data)
+    assert {(row["avg_call_length_sec"], row["p90_call_length_sec"]) for row in rows} == {
+        ("0.0", "0.0")
+    }
+    assert_csv_matches(data, expected_metrics(calls)[DAY], DAY)
+
+
 def test_status_filter_is_exact_and_configurable(clickhouse, calls_table, bucket):
     calls = random_calls(DAY, days=1, calls_per_day=500, seed=3)
     insert_calls(clickhouse, calls_table, calls)
@@ -178,7 +194,10 @@ def test_range_run_writes_the_bytes_of_single_day_runs(
 
     monkeypatch.setattr(ClickHouseResource, "query_polars", counting_query)
     materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
-    assert len(queries) == 1, "a range is one query, not one per day"
+    # The metrics and the status counts: one query each for the whole range, not one per day.
+    assert [(q["window_start"], q["window_end"]) for q in queries] == 2 * [
+        ("2026-11-10 00:00:00.000", "2026-11-17 00:00:00.000")
+    ]
     assert bucket.keys() == [key_for(day) for day in days]
     range_bytes = {day: bucket.get(key_for(day)) for day in days}
 

@@ -7,6 +7,8 @@ WARN checks publish and flag.
 from __future__ import annotations
 
 import datetime as dt
+import math
+from dataclasses import replace
 
 import dagster as dg
 import polars as pl
@@ -50,7 +52,10 @@ def bad_call(call_id: str, agent: str | None, duration: float | None, day: dt.da
 
 @pytest.fixture
 def good_calls() -> list[Call]:
-    return random_calls(DAY - dt.timedelta(days=2), days=4, calls_per_day=300, seed=17)
+    """Calls that pass every check: the generator's lower-case 'answered' is a spelling variant
+    of the counted status, which the status_spellings check flags."""
+    calls = random_calls(DAY - dt.timedelta(days=2), days=4, calls_per_day=300, seed=17)
+    return [replace(c, status="Missed") if c.status == "answered" else c for c in calls]
 
 
 def test_clean_day_passes_every_check_and_is_published(
@@ -84,6 +89,15 @@ def test_clean_day_passes_every_check_and_is_published(
             checks.NO_NEGATIVE_VALUES,
             [bad_call("negative-1", "agent-002", -5.0), bad_call("negative-2", "x", -0.5)],
             "source_negative_duration_calls",
+        ),
+        (
+            checks.FINITE_DURATIONS,
+            [
+                bad_call("nan", "agent-003", math.nan),
+                bad_call("plus-inf", "agent-004", math.inf),
+                bad_call("minus-inf", "agent-005", -math.inf),
+            ],
+            "source_non_finite_duration_calls",
         ),
     ],
 )
@@ -202,6 +216,69 @@ def test_exclude_policy_publishes_without_invalid_rows_and_warns(
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + bad_rows)[DAY], DAY)
 
 
+def test_non_finite_durations_are_left_out_under_exclude_and_block_a_range_under_fail(
+    clickhouse, calls_table, bucket, good_calls
+):
+    first, last = str(DAY - dt.timedelta(days=2)), str(DAY + dt.timedelta(days=1))
+    non_finite = [
+        bad_call("nan", "agent-003", math.nan),
+        bad_call("plus-inf", "agent-004", math.inf),
+        bad_call("minus-inf", "agent-005", -math.inf),
+    ]
+    insert_calls(clickhouse, calls_table, good_calls + non_finite)
+
+    failed = materialize(
+        clickhouse, measuring(calls_table), bucket.io_manager(), first, last, raise_on_error=False
+    )
+    evaluation = evaluations(failed)[checks.FINITE_DURATIONS]
+    assert not evaluation.passed and meta(evaluation, "source_offending_days") == [str(DAY)]
+    assert f"{checks.FINITE_DURATIONS} (days: {DAY})" in failure_message(failed)
+    assert bucket.keys() == []
+
+    result = materialize(
+        clickhouse,
+        measuring(calls_table, invalid_rows=InvalidRowsPolicy.EXCLUDE),
+        bucket.io_manager(),
+        first,
+        last,
+    )
+    found = evaluations(result)
+    assert found[checks.FINITE_DURATIONS].passed
+    excluded = found[checks.EXCLUDED_SOURCE_ROWS]
+    assert meta(excluded, "excluded_non_finite_duration_calls") == 3
+    assert sorted(meta(excluded, "sample_call_ids")) == sorted(c.call_id for c in non_finite)
+    expected = expected_metrics(good_calls + non_finite)
+    for offset in range(-2, 2):
+        day = DAY + dt.timedelta(days=offset)
+        assert_csv_matches(bucket.get(key_for(day)), expected[day], day)
+
+
+def test_statuses_spelled_unlike_a_counted_one_are_listed_and_flagged(
+    clickhouse, calls_table, bucket, good_calls
+):
+    variants = [
+        Call("lower", "agent-001", noon(), 30.0, "answered"),
+        Call("spaced", "agent-002", noon(), 40.0, "Answered "),
+        Call("spaced-too", "agent-003", noon(minutes=1), 50.0, "Answered "),
+        Call("other-day", "agent-004", noon(DAY + dt.timedelta(days=1)), 60.0, "ANSWERED"),
+    ]
+    insert_calls(clickhouse, calls_table, good_calls + variants)
+
+    result = materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
+
+    evaluation = evaluations(result)[checks.STATUS_SPELLINGS]
+    assert not evaluation.passed and evaluation.severity == WARN
+    assert meta(evaluation, "uncounted_variants") == ["Answered ", "answered"]
+    assert meta(evaluation, "uncounted_variant_calls") == 3
+    assert meta(evaluation, "offending_days") == [str(DAY)]
+    on_the_day = [c for c in good_calls + variants if c.started_at.date() == DAY]
+    seen = {s: sum(c.status == s for c in on_the_day) for s in {c.status for c in on_the_day}}
+    assert meta(evaluation, "statuses_seen") == seen
+    (materialization,) = result.asset_materializations_for_node("agent_metrics")
+    assert materialization.metadata["statuses_seen"].value == seen
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + variants)[DAY], DAY)
+
+
 def test_empty_day_warns_and_publishes_a_header_only_file(clickhouse, calls_table, bucket):
     insert_calls(clickhouse, calls_table, [bad_call("elsewhere", "a", 3.0, DAY + dt.timedelta(1))])
 
@@ -293,6 +370,7 @@ def _clean_quality() -> SourceQuality:
             "null_agent_calls": [0],
             "null_duration_calls": [0],
             "negative_duration_calls": [0],
+            "non_finite_duration_calls": [0],
             "overlong_calls": [0],
         }
     )
@@ -300,7 +378,8 @@ def _clean_quality() -> SourceQuality:
 
 
 def evaluate(frame: pl.DataFrame) -> dict[str, dg.AssetCheckResult]:
-    evidence = checks.Evidence(frame, _clean_quality(), [str(DAY)], MEASUREMENT)
+    statuses = pl.DataFrame({"date": [DAY], "status": ["Answered"], "calls": [frame.height]})
+    evidence = checks.Evidence(frame, _clean_quality(), statuses, [str(DAY)], MEASUREMENT)
     return {v.result.check_name: v.result for v in checks.evaluate_checks(evidence)}
 
 
