@@ -35,11 +35,11 @@ from agent_metrics_pipeline.metrics import from_csv_bytes, metrics_for_day, to_c
 CREDENTIAL_ERROR_CODES = {
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
-    "AccessDenied",
     "ExpiredToken",
     "InvalidToken",
-    "403",
 }
+# Valid credentials, without the permission for this request.
+PERMISSION_ERROR_CODES = {"AccessDenied", "403"}
 MISSING_BUCKET_ERROR_CODES = {"NoSuchBucket"}
 MISSING_OBJECT_ERROR_CODES = {"NoSuchKey", "404"}
 # Answers that a later attempt may not get: throttling, timeouts, server trouble.
@@ -103,11 +103,14 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
                 f"partitions {partition_keys[0]}..{partition_keys[-1]}; refusing to drop them."
             )
         asset_name = context.asset_key.path[-1]
-        uris = []
+        uris: list[str] = []
         with no_retry_for_permanent_errors():
             for key, day in days.items():
                 object_key = self.object_key(asset_name, key)
-                self._write(object_key, self._encode(metrics_for_day(obj, day)))
+                try:
+                    self._write(object_key, self._encode(metrics_for_day(obj, day)))
+                except (ObjectStoreError, ObjectStoreUnavailableError) as error:
+                    raise _partly_published(error, partition_keys, len(uris)) from None
                 uris.append(self.uri(object_key))
         context.log.info(
             f"Wrote {len(uris)} file(s): {uris[0]}" + (" ..." if len(uris) > 1 else "")
@@ -131,6 +134,21 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         if len(frames) == 1:
             return next(iter(frames.values()))
         return frames
+
+
+def _partly_published(error: Exception, keys: list[str], written: int) -> Exception:
+    """The same kind of error, saying which days of the run are published and which are not.
+
+    Objects cannot be written together, so a run can stop part-way; running the range again
+    rewrites every day with the bytes it would have written.
+    """
+    if len(keys) == 1:
+        return error
+    published = ", ".join(keys[:written]) or "none"
+    return type(error)(
+        f"{error} Days published: {published}; not published: {', '.join(keys[written:])}. "
+        "Running the range again rewrites every day."
+    )
 
 
 PUBLISHED_FILE_MODE = 0o666
@@ -204,7 +222,7 @@ class S3CsvIOManager(DailyCsvIOManager):
         endpoint = self.s3.endpoint_url or "AWS S3"
         return f"bucket {self.bucket!r} at {endpoint}"
 
-    def _translate(self, error: Exception, key: str) -> Exception:
+    def _translate(self, error: Exception, key: str, action: str) -> Exception:
         if isinstance(
             error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
         ):
@@ -232,8 +250,13 @@ class S3CsvIOManager(DailyCsvIOManager):
             if code in CREDENTIAL_ERROR_CODES:
                 return ObjectStoreError(
                     f"The {self._where()} refused the credentials ({code}): check "
-                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the bucket "
-                    "policy."
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
+                )
+            if code in PERMISSION_ERROR_CODES:
+                return ObjectStoreError(
+                    f"The credentials lack the permission {action} on {self.uri(key)} "
+                    f"({code}): grant {action} on s3://{self.bucket}/{self.prefix}/* to them "
+                    "(IAM or bucket policy)."
                 )
             if code in MISSING_OBJECT_ERROR_CODES:
                 return ObjectStoreError(
@@ -260,11 +283,11 @@ class S3CsvIOManager(DailyCsvIOManager):
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise self._translate(error, key) from None
+            raise self._translate(error, key, "s3:PutObject") from None
 
     def _read(self, key: str) -> bytes:
         try:
             response = self._client().get_object(Bucket=self.bucket, Key=key)
             return response["Body"].read()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-            raise self._translate(error, key) from None
+            raise self._translate(error, key, "s3:GetObject") from None

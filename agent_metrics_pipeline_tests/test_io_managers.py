@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
+import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -35,11 +38,12 @@ from agent_metrics_pipeline_tests.helpers import (
     failure_message,
     free_port,
     insert_calls,
+    key_for,
     materialize,
     measuring,
     random_calls,
 )
-from agent_metrics_pipeline_tests.oracle import expected_metrics
+from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
 
 FIRST_DAY = dt.date(2026, 11, 10)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(3)]
@@ -120,9 +124,59 @@ def test_unreachable_s3_endpoint_fails_fast(clickhouse, calls_table, s3_server):
     assert time.monotonic() - started < 10
 
 
+ALLOW_ALL = {"Effect": "Allow", "Action": "*", "Resource": "*"}
+
+
+@dataclass
+class GuardedBucket:
+    """A bucket on an S3 server that checks access keys and the writer's IAM policy."""
+
+    endpoint: str
+    key_id: str
+    secret: str
+    name: str = "guarded"
+
+    def _iam(self):
+        return boto3.client(
+            "iam",
+            endpoint_url=self.endpoint,
+            region_name=S3_TEST_REGION,
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=self.secret,
+        )
+
+    def allow(self, *statements: dict) -> None:
+        document = {"Version": "2012-10-17", "Statement": [ALLOW_ALL, *statements]}
+        self._iam().put_user_policy(
+            UserName="writer", PolicyName="pipeline", PolicyDocument=json.dumps(document)
+        )
+
+    def io_manager(self, secret: str | None = None) -> S3CsvIOManager:
+        resource = S3Resource(
+            endpoint_url=self.endpoint,
+            region_name=S3_TEST_REGION,
+            max_attempts=0,
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=secret or self.secret,
+        )
+        return S3CsvIOManager(s3=resource, bucket=self.name)
+
+    def keys(self) -> list[str]:
+        client = boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name=S3_TEST_REGION,
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=self.secret,
+        )
+        response = client.list_objects_v2(Bucket=self.name)
+        return sorted(item["Key"] for item in response.get("Contents", []))
+
+
 @pytest.fixture
-def authenticating_s3(tmp_path):
-    """A second S3 server that checks access keys after its first three requests."""
+def authenticating_s3() -> Iterator[GuardedBucket]:
+    """A second S3 server that checks access keys and IAM policies after its first three
+    requests, which create the writer, its policy and its key."""
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
     moto = str(Path(sys.executable).parent / "moto_server")
@@ -133,37 +187,83 @@ def authenticating_s3(tmp_path):
         stderr=subprocess.DEVNULL,
     )
     endpoint = f"http://127.0.0.1:{port}"
-    options = {"endpoint_url": endpoint, "region_name": S3_TEST_REGION}
-    iam = boto3.client("iam", aws_access_key_id="boot", aws_secret_access_key="boot", **options)
+    iam = boto3.client(
+        "iam",
+        endpoint_url=endpoint,
+        region_name=S3_TEST_REGION,
+        aws_access_key_id="boot",
+        aws_secret_access_key="boot",
+    )
     for _ in range(100):
         try:
             iam.create_user(UserName="writer")
             break
         except Exception:
             time.sleep(0.1)
+    iam.put_user_policy(
+        UserName="writer",
+        PolicyName="pipeline",
+        PolicyDocument=json.dumps({"Version": "2012-10-17", "Statement": [ALLOW_ALL]}),
+    )
     key = iam.create_access_key(UserName="writer")["AccessKey"]
-    s3 = boto3.client("s3", aws_access_key_id="boot", aws_secret_access_key="boot", **options)
-    s3.create_bucket(Bucket="guarded")
-    yield endpoint, key["AccessKeyId"]
+    guarded = GuardedBucket(endpoint, key["AccessKeyId"], key["SecretAccessKey"])
+    boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=S3_TEST_REGION,
+        aws_access_key_id=guarded.key_id,
+        aws_secret_access_key=guarded.secret,
+    ).create_bucket(Bucket=guarded.name)
+    yield guarded
     process.terminate()
     process.wait(timeout=10)
 
 
-def test_rejected_s3_credentials_say_which_variables_to_check(authenticating_s3, s3_server):
-    endpoint, real_key_id = authenticating_s3
+def test_rejected_s3_credentials_say_which_variables_to_check(authenticating_s3):
     wrong_secret = "wrong-secret-value"
-    output = S3CsvIOManager(
-        s3=s3_server.resource(
-            endpoint_url=endpoint,
-            aws_access_key_id=real_key_id,
-            aws_secret_access_key=wrong_secret,
-        ),
-        bucket="guarded",
-    )
+    output = authenticating_s3.io_manager(secret=wrong_secret)
     with pytest.raises(ObjectStoreError) as raised:
         output._write("agent_metrics/x.csv", b"x")
     assert "AWS_ACCESS_KEY_ID" in str(raised.value)
     assert wrong_secret not in str(raised.value)
+
+
+def test_a_missing_permission_is_named_and_a_partial_range_says_which_days_are_published(
+    clickhouse, calls_table, authenticating_s3
+):
+    days = [dt.date(2026, 11, 1) + dt.timedelta(days=i) for i in range(7)]
+    first, last = str(days[0]), str(days[-1])
+    calls = random_calls(days[0], days=7, calls_per_day=120, seed=61)
+    insert_calls(clickhouse, calls_table, calls)
+    authenticating_s3.allow(
+        {
+            "Effect": "Deny",
+            "Action": "s3:PutObject",
+            "Resource": f"arn:aws:s3:::guarded/agent_metrics/{days[3]}/*",
+        }
+    )
+    output = authenticating_s3.io_manager()
+
+    measurement = measuring(calls_table)
+    failed = materialize(clickhouse, measurement, output, first, last, raise_on_error=False)
+
+    message = failure_message(failed)
+    assert "lack the permission s3:PutObject" in message
+    assert "s3://guarded/agent_metrics/*" in message
+    assert "AWS_ACCESS_KEY_ID" not in message, "the credentials are fine: a permission is missing"
+    published, missing = ", ".join(map(str, days[:3])), ", ".join(map(str, days[3:]))
+    assert f"Days published: {published}; not published: {missing}" in message
+    assert authenticating_s3.keys() == [key_for(day) for day in days[:3]]
+    partial = {day: output._read(key_for(day)) for day in days[:3]}
+
+    authenticating_s3.allow()
+    materialize(clickhouse, measurement, output, first, last)
+
+    assert authenticating_s3.keys() == [key_for(day) for day in days]
+    expected = expected_metrics(calls)
+    for day in days:
+        assert_csv_matches(output._read(key_for(day)), expected[day], day)
+    assert {day: output._read(key_for(day)) for day in days[:3]} == partial
 
 
 def test_reading_a_day_never_published_says_so(tmp_path):
