@@ -29,6 +29,8 @@ DEFAULT_CLICKHOUSE_PORT = 8123
 DEFAULT_CONNECT_TIMEOUT_SEC = 10
 # A day of 10 M calls aggregates in about a second; two minutes leave room for far bigger days.
 DEFAULT_QUERY_TIMEOUT_SEC = 120
+DEFAULT_S3_CONNECT_TIMEOUT_SEC = 10
+DEFAULT_S3_READ_TIMEOUT_SEC = 30
 DEFAULT_DATABASE = "default"
 DEFAULT_S3_PREFIX = "agent_metrics"
 
@@ -273,6 +275,10 @@ class Settings:
     s3_prefix: str = DEFAULT_S3_PREFIX
     s3_endpoint_url: str | None = None
     aws_region: str | None = None
+    s3_connect_timeout_sec: int = DEFAULT_S3_CONNECT_TIMEOUT_SEC
+    s3_read_timeout_sec: int = DEFAULT_S3_READ_TIMEOUT_SEC
+    # Retries at the write, with backoff: the step is not retried for S3 faults.
+    s3_max_retries: int = 4
     gzip: bool = False
     # UTC, an hour after the daily schedule.
     freshness_deadline_hour: int = 3
@@ -343,6 +349,9 @@ class Settings:
                 s3_prefix=env.s3_prefix("S3_PREFIX"),
                 s3_endpoint_url=env.text("S3_ENDPOINT_URL"),
                 aws_region=env.text("AWS_REGION"),
+                s3_connect_timeout_sec=env.number("S3_CONNECT_TIMEOUT_SEC", int, minimum=1),
+                s3_read_timeout_sec=env.number("S3_READ_TIMEOUT_SEC", int, minimum=1),
+                s3_max_retries=env.number("S3_MAX_RETRIES", int, minimum=0),
                 gzip=env.flag("AGENT_METRICS_GZIP"),
                 freshness_deadline_hour=env.number(
                     "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", int, minimum=0, maximum=23

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import dagster as dg
-from dagster_aws.s3 import S3Resource
 
 from agent_metrics_pipeline.alerts import build_failure_alert_sensor
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
@@ -16,16 +15,18 @@ from agent_metrics_pipeline.automation import (
 )
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
-from agent_metrics_pipeline.io_managers import DailyCsvIOManager, LocalCsvIOManager, S3CsvIOManager
+from agent_metrics_pipeline.io_managers import (
+    DailyCsvIOManager,
+    LocalCsvIOManager,
+    S3CsvIOManager,
+    TimedS3Resource,
+)
 from agent_metrics_pipeline.partitions import daily_partitions
+from agent_metrics_pipeline.watchdog import build_dead_run_watchdog
 
 # The embedded engine's folder can be opened by one process at a time; dagster.yaml limits
 # every pool to one slot, so runs that use it queue instead of failing on the lock.
 EMBEDDED_ENGINE_POOL = "embedded_clickhouse"
-# botocore's "max_attempts" counts retries: 1 means two tries per attempt of the step, whose
-# RetryPolicy does the rest.
-S3_MAX_ATTEMPTS = 1
-
 # backfill_policy is beta in Dagster 1.13, but the CLI's --partition-range requires it.
 warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
 
@@ -55,10 +56,12 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
             base_dir=str(settings.local_output_dir), prefix=settings.s3_prefix, gzip=settings.gzip
         )
     return S3CsvIOManager(
-        s3=S3Resource(
+        s3=TimedS3Resource(
             endpoint_url=settings.s3_endpoint_url,
             region_name=settings.aws_region,
-            max_attempts=S3_MAX_ATTEMPTS,
+            max_attempts=settings.s3_max_retries,
+            connect_timeout_sec=settings.s3_connect_timeout_sec,
+            read_timeout_sec=settings.s3_read_timeout_sec,
         ),
         bucket=settings.s3_bucket,
         prefix=settings.s3_prefix,
@@ -106,6 +109,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_failure_alert_sensor(
                 settings.alert_webhook_url, settings.ui_url, settings.secrets
             ),
+            build_dead_run_watchdog(),
         ],
         resources={
             "clickhouse": clickhouse_resource(settings),

@@ -19,12 +19,19 @@ from abc import abstractmethod
 from pathlib import Path
 from typing import Any
 
+import boto3
 import botocore.exceptions
 import dagster as dg
 import polars as pl
+from botocore.config import Config
+from botocore.handlers import disable_signing
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
+from agent_metrics_pipeline.config import (
+    DEFAULT_S3_CONNECT_TIMEOUT_SEC,
+    DEFAULT_S3_READ_TIMEOUT_SEC,
+)
 from agent_metrics_pipeline.errors import (
     PermanentError,
     TransientError,
@@ -104,14 +111,18 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             )
         asset_name = context.asset_key.path[-1]
         uris: list[str] = []
-        with no_retry_for_permanent_errors():
-            for key, day in days.items():
-                object_key = self.object_key(asset_name, key)
-                try:
-                    self._write(object_key, self._encode(metrics_for_day(obj, day)))
-                except (ObjectStoreError, ObjectStoreUnavailableError) as error:
-                    raise _partly_published(error, partition_keys, len(uris)) from None
-                uris.append(self.uri(object_key))
+        for key, day in days.items():
+            object_key = self.object_key(asset_name, key)
+            try:
+                self._write(object_key, self._encode(metrics_for_day(obj, day)))
+            except (ObjectStoreError, ObjectStoreUnavailableError) as error:
+                # Transient faults were retried at the write already: a step retry would only
+                # run the query again.
+                raise dg.Failure(
+                    description=_partly_published(error, partition_keys, len(uris)),
+                    allow_retries=False,
+                ) from None
+            uris.append(self.uri(object_key))
         context.log.info(
             f"Wrote {len(uris)} file(s): {uris[0]}" + (" ..." if len(uris) > 1 else "")
         )
@@ -136,16 +147,16 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         return frames
 
 
-def _partly_published(error: Exception, keys: list[str], written: int) -> Exception:
-    """The same kind of error, saying which days of the run are published and which are not.
+def _partly_published(error: Exception, keys: list[str], written: int) -> str:
+    """The error, and which days of the run are published and which are not.
 
     Objects cannot be written together, so a run can stop part-way; running the range again
     rewrites every day with the bytes it would have written.
     """
     if len(keys) == 1:
-        return error
+        return str(error)
     published = ", ".join(keys[:written]) or "none"
-    return type(error)(
+    return (
         f"{error} Days published: {published}; not published: {', '.join(keys[written:])}. "
         "Running the range again rewrites every day."
     )
@@ -208,8 +219,50 @@ class LocalCsvIOManager(DailyCsvIOManager):
             ) from None
 
 
+class TimedS3Resource(S3Resource):
+    """dagster-aws ``S3Resource`` whose clients give up on an endpoint that does not answer.
+
+    dagster-aws leaves botocore's 60 s connect and read timeouts in place; every other field
+    keeps its meaning (``max_attempts`` counts retries, in botocore's standard retry mode, with
+    exponential backoff).
+    """
+
+    connect_timeout_sec: int = Field(
+        default=DEFAULT_S3_CONNECT_TIMEOUT_SEC, description="Seconds to connect."
+    )
+    read_timeout_sec: int = Field(
+        default=DEFAULT_S3_READ_TIMEOUT_SEC, description="Seconds to wait for each answer."
+    )
+
+    def get_client(self) -> Any:
+        config = Config(
+            connect_timeout=self.connect_timeout_sec,
+            read_timeout=self.read_timeout_sec,
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+        )
+        client = boto3.session.Session(profile_name=self.profile_name).client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=config,
+        )
+        if self.use_unsigned_session:
+            client.meta.events.register("choose-signer.s3.*", disable_signing)
+        return client
+
+
 class S3CsvIOManager(DailyCsvIOManager):
-    """The same layout in an S3 (or S3-compatible) bucket, through dagster-aws ``S3Resource``."""
+    """The same layout in an S3 (or S3-compatible) bucket, through dagster-aws ``S3Resource``.
+
+    Transient faults are retried by the client, at the write, with backoff (``max_attempts``
+    of the resource); once those are spent the step fails without a step retry, which would
+    run the ClickHouse query again for nothing.
+    """
 
     s3: S3Resource
     bucket: str = Field(description="Bucket name, without s3://.")

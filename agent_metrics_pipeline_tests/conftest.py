@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -132,3 +135,30 @@ def project_env(tmp_path) -> dict[str, str]:
         PATH=f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     return env
+
+
+@dataclass
+class HungServer:
+    """A loopback port that accepts connections and never answers."""
+
+    port: int
+    connections: list[socket.socket] = field(default_factory=list)
+
+
+@pytest.fixture
+def hung_server() -> Iterator[HungServer]:
+    listener = socket.create_server(("127.0.0.1", 0))
+    server = HungServer(listener.getsockname()[1])
+
+    def accept() -> None:
+        while True:
+            try:
+                server.connections.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield server
+    listener.close()
+    for connection in server.connections:
+        connection.close()

@@ -16,12 +16,11 @@ from pathlib import Path
 import boto3
 import dagster as dg
 import polars as pl
-from dagster_aws.s3 import S3Resource
 
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement, Settings, SourceTable
-from agent_metrics_pipeline.io_managers import DailyCsvIOManager, S3CsvIOManager
+from agent_metrics_pipeline.io_managers import DailyCsvIOManager, S3CsvIOManager, TimedS3Resource
 from agent_metrics_pipeline.partitions import daily_partitions
 from agent_metrics_pipeline.sql import source_table_ddl
 from agent_metrics_pipeline_tests.oracle import Call
@@ -63,7 +62,7 @@ class S3Server:
             "s3", endpoint_url=self.endpoint_url, region_name=S3_TEST_REGION, **S3_TEST_CREDENTIALS
         )
 
-    def resource(self, **overrides) -> S3Resource:
+    def resource(self, **overrides) -> TimedS3Resource:
         options = {
             "endpoint_url": self.endpoint_url,
             "region_name": S3_TEST_REGION,
@@ -71,7 +70,7 @@ class S3Server:
             **S3_TEST_CREDENTIALS,
             **overrides,
         }
-        return S3Resource(**options)
+        return TimedS3Resource(**options)
 
 
 @dataclass(frozen=True)

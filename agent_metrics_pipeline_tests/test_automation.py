@@ -15,11 +15,12 @@ from dagster._core.test_utils import freeze_time
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
 from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
 from agent_metrics_pipeline.config import Settings, SourceTable
-from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.definitions import build_definitions, csv_io_manager
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     build_asset,
+    failure_message,
     insert_calls,
     measuring,
     random_calls,
@@ -128,7 +129,14 @@ def retry_events(result: dg.ExecuteInProcessResult) -> list[dg.DagsterEvent]:
     return [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_UP_FOR_RETRY]
 
 
-def test_transient_s3_fault_on_the_first_attempt_is_retried(clickhouse, calls_table, bucket):
+def queries_run(result: dg.ExecuteInProcessResult) -> int:
+    """Each attempt of the step runs the ClickHouse query once."""
+    return sum(event.event_type == dg.DagsterEventType.STEP_START for event in result.all_events)
+
+
+def test_transient_s3_fault_is_retried_at_the_write_not_by_running_the_query_again(
+    clickhouse, calls_table, bucket
+):
     calls = random_calls(DAY, days=1, calls_per_day=200, seed=31)
     insert_calls(clickhouse, calls_table, calls)
     moto_port = int(bucket.server.endpoint_url.rsplit(":", 1)[1])
@@ -136,7 +144,7 @@ def test_transient_s3_fault_on_the_first_attempt_is_retried(clickhouse, calls_ta
     try:
         flaky = S3CsvIOManager(
             s3=bucket.server.resource(
-                endpoint_url=f"http://127.0.0.1:{proxy.port}", max_attempts=0
+                endpoint_url=f"http://127.0.0.1:{proxy.port}", max_attempts=1
             ),
             bucket=bucket.name,
         )
@@ -147,12 +155,38 @@ def test_transient_s3_fault_on_the_first_attempt_is_retried(clickhouse, calls_ta
         proxy.close()
 
     assert result.success
-    assert len(retry_events(result)) == 1
+    assert proxy.accepted >= 2, "the refused write was tried again"
+    assert retry_events(result) == [] and queries_run(result) == 1
     assert_csv_matches(
         bucket.get(f"agent_metrics/{DAY}/agent_metrics_{DAY}.csv"),
         expected_metrics(calls)[DAY],
         DAY,
     )
+
+
+def test_s3_that_never_answers_fails_in_bounded_time_without_running_the_query_again(
+    clickhouse, calls_table, hung_server, monkeypatch
+):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    insert_calls(clickhouse, calls_table, random_calls(DAY, days=1, calls_per_day=50))
+    settings = Settings.from_env(
+        {
+            "S3_BUCKET": "metrics",
+            "S3_ENDPOINT_URL": f"http://127.0.0.1:{hung_server.port}",
+            "S3_CONNECT_TIMEOUT_SEC": "1",
+            "S3_READ_TIMEOUT_SEC": "1",
+            "S3_MAX_RETRIES": "1",
+        }
+    )
+    started = time.monotonic()
+    result = run_with_retries(
+        clickhouse, calls_table, csv_io_manager(settings), dg.RetryPolicy(max_retries=3, delay=5)
+    )
+    assert not result.success
+    assert time.monotonic() - started < 20
+    assert retry_events(result) == [] and queries_run(result) == 1
+    assert "S3_ENDPOINT_URL" in failure_message(result)
 
 
 def test_permanent_error_fails_once_without_retrying(clickhouse, calls_table, s3_server):

@@ -9,13 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -298,32 +296,12 @@ def test_server_mode_publishes_the_bytes_of_the_embedded_engine(
         assert_csv_matches(data, expected.get(day, []), day)
 
 
-@pytest.fixture
-def hung_server() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    accepted: list[socket.socket] = []
-
-    def accept() -> None:
-        while True:
-            try:
-                accepted.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
-    for connection in accepted:
-        connection.close()
-
-
 def test_a_server_that_never_answers_is_given_up_within_the_connect_timeout(hung_server):
     assert Settings().clickhouse_connect_timeout_sec <= 15, "the default handshake bound"
     settings = Settings.from_env(
         {
             "CLICKHOUSE_HOST": "127.0.0.1",
-            "CLICKHOUSE_PORT": str(hung_server),
+            "CLICKHOUSE_PORT": str(hung_server.port),
             "CLICKHOUSE_PASSWORD": SECRET,
             "CLICKHOUSE_CONNECT_TIMEOUT_SEC": "2",
         }
