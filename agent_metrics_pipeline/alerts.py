@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import dagster as dg
 from dagster_shared.error import SerializableErrorInfo
 
+from agent_metrics_pipeline.automation import targets_agent_metrics
+
 FAILURE_SENSOR_NAME = "agent_metrics_failure_alert"
 WEBHOOK_TIMEOUT_SEC = 10
 MAX_ERROR_CHARS = 2000
@@ -104,7 +106,7 @@ def post_json(url: str, payload: dict[str, str]) -> None:
 def build_failure_alert_sensor(
     webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
 ) -> dg.SensorDefinition:
-    """Logs a summary of every failed run of this code location, and POSTs it to a webhook.
+    """Logs a summary of every failed run of ``agent_metrics``, and POSTs it to a webhook.
 
     ``secrets`` are values that must never leave the process (passwords, keys); they are
     masked in case an error message quoted one, as are the webhook URL and its password. Logs
@@ -113,12 +115,18 @@ def build_failure_alert_sensor(
     if webhook_url is not None:
         secrets = (*secrets, webhook_url, *_credentials(webhook_url))
 
+    # Runs of `dagster asset materialize` belong to no code location: only a sensor that
+    # watches them all sees them fail.
     @dg.run_failure_sensor(
         name=FAILURE_SENSOR_NAME,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Logs failed runs and POSTs them to AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
+        monitor_all_code_locations=True,
+        description="Logs failed runs of agent_metrics, however launched, and POSTs them to "
+        "AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
     )
     def agent_metrics_failure_alert(context: dg.RunFailureSensorContext) -> None:
+        if not targets_agent_metrics(context.instance, context.dagster_run):
+            return
         step_errors = [
             _error_chain(event.step_failure_data.error)
             if event.step_failure_data and event.step_failure_data.error

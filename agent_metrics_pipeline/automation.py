@@ -7,11 +7,24 @@ from collections.abc import Iterator, Sequence
 
 import dagster as dg
 
+from agent_metrics_pipeline.assets import ASSET_NAME
+
 JOB_NAME = "agent_metrics_job"
 SCHEDULE_NAME = "agent_metrics_daily"
 SCHEDULE_CRON = "0 2 * * *"
 # The schedule and the freshness deadline share one clock, whatever the partitions' timezone.
 SCHEDULE_TIMEZONE = "UTC"
+
+
+def targets_agent_metrics(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Whether ``run`` materializes ``agent_metrics``, however it was launched: the job, an
+    asset selection from the UI or the CLI, or ``dg.materialize``. Its plan says so in all cases."""
+    if run.job_name == JOB_NAME or dg.AssetKey(ASSET_NAME) in (run.asset_selection or ()):
+        return True
+    if run.execution_plan_snapshot_id is None:
+        return False
+    plan = instance.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    return ASSET_NAME in (plan.step_keys_to_execute or [step.key for step in plan.steps])
 
 
 def build_agent_metrics_job(

@@ -6,6 +6,7 @@ import base64
 import datetime as dt
 import http.server
 import json
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from urllib.parse import quote
 
 import dagster as dg
 import pytest
+from dagster._core.instance.ref import InstanceRef
 
 from agent_metrics_pipeline.alerts import (
     FAILURE_SENSOR_NAME,
@@ -21,7 +23,8 @@ from agent_metrics_pipeline.alerts import (
 )
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.config import Settings, SourceTable
+from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import build_asset, free_port, measuring
 
@@ -149,3 +152,39 @@ def test_alert_masks_secrets_quoted_in_an_error():
     assert SECRET not in body and "aws-secret-value" not in body
     assert payload["partitions"] == "2026-11-01...2026-11-07"
     assert "login failed for password=***" in payload["error"]
+
+
+@pytest.mark.e2e
+def test_a_failed_run_of_the_dagster_cli_is_alerted(webhook, project_env, tmp_path):
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(project_env["DAGSTER_HOME"]))
+    sensor = build_failure_alert_sensor(webhook.url, "http://dagster.example:3000")
+    # As the daemon evaluates it: in the project's repository, which a CLI run is not part of.
+    repository = build_definitions(Settings.from_env(project_env)).get_repository_def()
+    in_repository = {"instance": instance, "repository_name": repository.name}
+    # A run-status sensor's first tick only notes where the event log stands.
+    first_tick = sensor.evaluate_tick(dg.build_sensor_context(**in_repository))
+    dead_server = {
+        **project_env,
+        "CLICKHOUSE_HOST": "127.0.0.1",
+        "CLICKHOUSE_PORT": str(free_port()),
+        "AGENT_METRICS_MAX_RETRIES": "0",
+    }
+    failed = subprocess.run(
+        [
+            *("dagster", "asset", "materialize", "-m", "agent_metrics_pipeline.definitions"),
+            *("--select", "agent_metrics", "--partition", str(DAY)),
+        ],
+        cwd=tmp_path,
+        env=dead_server,
+        capture_output=True,
+        timeout=300,
+    )
+    assert failed.returncode != 0
+
+    sensor.evaluate_tick(dg.build_sensor_context(**in_repository, cursor=first_tick.cursor))
+
+    (body,) = webhook.bodies
+    (run,) = instance.get_runs()
+    payload = json.loads(body)
+    assert payload["run_id"] == run.run_id and payload["partitions"] == str(DAY)
+    assert "Could not reach the ClickHouse server http://127.0.0.1" in payload["error"]

@@ -1,0 +1,137 @@
+"""A watchdog for runs whose processes died: killed, out of memory, a closed terminal, a reboot.
+
+Dagster gives a step's pool slot back from the run's own process when the step ends. When that
+process is killed, nothing gives it back: the run stays "started" forever (a run of
+``dagster asset materialize`` has no launcher to notice), and every later run that needs the
+pool, the daily schedule's included, waits for it. Every 15 seconds this sensor
+
+- marks failed each started run of ``agent_metrics`` whose run process is gone, so the failure
+  alert fires for it, and
+- gives back the pool slots still held by finished runs of ``agent_metrics``, once none of their
+  step processes is alive: a step orphaned by its killed run never overlaps the next one.
+
+It recognises a process by the pid and the time Dagster recorded for it, so it only judges runs
+that are processes of this machine: with Dagster's default run launcher, on Linux. Anywhere
+else (Kubernetes, say) it does nothing, and the instance's run monitoring is the tool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.storage.dagster_run import FINISHED_STATUSES
+
+from agent_metrics_pipeline.automation import targets_agent_metrics
+
+WATCHDOG_NAME = "agent_metrics_dead_run_watchdog"
+WATCHDOG_INTERVAL_SEC = 15
+# Dagster's run process announces itself, with its pid, in an engine event so worded.
+RUN_PROCESS_EVENT_PREFIX = "Executing steps"
+# A process that started this long after Dagster recorded its pid is another one, reusing it.
+PID_REUSE_MARGIN_SEC = 2.0
+PROC = Path("/proc")
+
+
+def _boot_time() -> float:
+    for line in (PROC / "stat").read_text().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    raise RuntimeError("/proc/stat has no btime")
+
+
+def _alive(pid: int, recorded_at: float) -> bool:
+    """Whether ``pid`` still runs the process Dagster recorded at ``recorded_at`` (epoch s)."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return started <= recorded_at + PID_REUSE_MARGIN_SEC
+
+
+def _processes(
+    instance: dg.DagsterInstance, run_id: str
+) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """The (pid, recorded at) of the run's own processes and of its step processes."""
+    runs, steps = [], []
+    for entry in instance.all_logs(
+        run_id,
+        of_type={dg.DagsterEventType.ENGINE_EVENT, dg.DagsterEventType.STEP_WORKER_STARTED},
+    ):
+        event = entry.dagster_event
+        metadata = getattr(event.event_specific_data, "metadata", None) if event else None
+        if not metadata or "pid" not in metadata:
+            continue
+        process = (int(metadata["pid"].value), entry.timestamp)
+        if event.event_type == dg.DagsterEventType.STEP_WORKER_STARTED:
+            steps.append(process)
+        elif entry.message.startswith(RUN_PROCESS_EVENT_PREFIX):
+            runs.append(process)
+    return runs, steps
+
+
+def _fail_dead_runs(instance: dg.DagsterInstance) -> Iterator[str]:
+    started = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
+    for record in started:
+        run = record.dagster_run
+        if not targets_agent_metrics(instance, run):
+            continue
+        run_processes, _ = _processes(instance, run.run_id)
+        if not run_processes:
+            continue
+        pid, recorded_at = run_processes[-1]  # a resumed run has had several
+        if _alive(pid, recorded_at):
+            continue
+        instance.report_run_failed(
+            run,
+            f"The run's process (pid {pid}) is gone: killed, or out of memory. Marked failed by "
+            f"{WATCHDOG_NAME}, which gives its pool slot back once no step process of it runs.",
+        )
+        yield f"marked run {run.run_id} failed: its process {pid} is gone"
+
+
+def _free_slots_of_finished_runs(instance: dg.DagsterInstance) -> Iterator[str]:
+    storage = instance.event_log_storage
+    holding = storage.get_concurrency_run_ids()
+    if not holding:
+        return
+    finished = instance.get_run_records(
+        dg.RunsFilter(run_ids=list(holding), statuses=list(FINISHED_STATUSES))
+    )
+    for record in finished:
+        run = record.dagster_run
+        if not targets_agent_metrics(instance, run):
+            continue
+        _, step_processes = _processes(instance, run.run_id)
+        if any(_alive(pid, recorded_at) for pid, recorded_at in step_processes):
+            continue
+        storage.free_concurrency_slots_for_run(run.run_id)
+        yield f"gave back the pool slots of finished run {run.run_id}"
+
+
+def build_dead_run_watchdog() -> dg.SensorDefinition:
+    @dg.sensor(
+        name=WATCHDOG_NAME,
+        minimum_interval_seconds=WATCHDOG_INTERVAL_SEC,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=(
+            "Marks failed the runs of agent_metrics whose process died, and gives back the pool "
+            "slots they held, so a killed run never blocks the next one."
+        ),
+    )
+    def dead_run_watchdog(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        instance = context.instance
+        if not isinstance(instance.run_launcher, dg.DefaultRunLauncher) or not PROC.is_dir():
+            return dg.SkipReason("Runs are not processes of this machine: nothing to watch.")
+        actions = [*_fail_dead_runs(instance), *_free_slots_of_finished_runs(instance)]
+        for action in actions:
+            context.log.warning(action)
+        return dg.SkipReason("; ".join(actions) or "No dead run.")
+
+    return dead_run_watchdog

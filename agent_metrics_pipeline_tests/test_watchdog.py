@@ -1,0 +1,101 @@
+"""A run killed mid-step never blocks the next one: real CLI runs on one Dagster instance with
+the project's pool of one, the first SIGKILLed while its step holds the pool."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.instance.ref import InstanceRef
+
+from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.watchdog import WATCHDOG_NAME
+from agent_metrics_pipeline_tests.helpers import (
+    REPO_ROOT,
+    calls_to_parquet,
+    key_for,
+    load_into_engine,
+    random_calls,
+)
+from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
+
+pytestmark = pytest.mark.e2e
+
+DAY = dt.date(2026, 11, 20)
+MATERIALIZE = ["dagster", "asset", "materialize", "-m", "agent_metrics_pipeline.definitions"]
+WAIT_SEC = 120
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_SEC
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_a_run_killed_mid_step_never_blocks_the_next_one(project_env, tmp_path, hung_server):
+    dagster_home = Path(project_env["DAGSTER_HOME"])
+    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    calls = random_calls(DAY, days=1, calls_per_day=300, seed=71)
+    calls_to_parquet(calls, tmp_path / "calls.parquet")
+    home = Path(project_env["AGENT_METRICS_HOME"])
+    load_into_engine(home / "clickhouse", tmp_path / "calls.parquet")
+    select = [*MATERIALIZE, "--select", "agent_metrics", "--partition", str(DAY)]
+
+    # Run A holds the pool while its step waits on an S3 endpoint that never answers.
+    hanging_s3 = {
+        **project_env,
+        "S3_BUCKET": "metrics",
+        "S3_ENDPOINT_URL": f"http://127.0.0.1:{hung_server.port}",
+        "S3_READ_TIMEOUT_SEC": "300",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    first = subprocess.Popen(
+        select,
+        cwd=tmp_path,
+        env=hanging_s3,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: hung_server.connections, "run A's step to write to S3")
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+
+    # Run B, the same day to the local folder, waits for the pool slot A never gave back.
+    second = subprocess.Popen(
+        select, cwd=tmp_path, env=project_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        time.sleep(5)
+        assert second.poll() is None, "run B must wait for the pool while A holds it"
+        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
+        defs = build_definitions(Settings.from_env(project_env))
+        watchdog = defs.get_sensor_def(WATCHDOG_NAME)
+        tick = watchdog(dg.build_sensor_context(instance=instance))
+        output, _ = second.communicate(timeout=WAIT_SEC)
+    finally:
+        second.kill()
+    assert second.returncode == 0, output.decode()[-3000:]
+
+    assert "failed" in tick.skip_message and "gave back the pool slots" in tick.skip_message
+    waited, killed = instance.get_runs()  # newest first
+    assert (killed.status, waited.status) == (
+        dg.DagsterRunStatus.FAILURE,
+        dg.DagsterRunStatus.SUCCESS,
+    )
+    failure = instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert "is gone" in failure[-1].message
+    published = home / "output" / key_for(DAY)
+    assert_csv_matches(published.read_bytes(), expected_metrics(calls)[DAY], DAY)
