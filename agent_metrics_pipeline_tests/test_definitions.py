@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -117,3 +118,23 @@ def test_backfill_policy_and_retries_follow_the_environment():
     assert split.backfill_policy == dg.BackfillPolicy.multi_run(4)
     policy = split.op.retry_policy
     assert (policy.max_retries, policy.delay, policy.backoff) == (5, 2, dg.Backoff.EXPONENTIAL)
+
+
+@pytest.mark.e2e
+def test_the_cli_names_the_valid_days_for_a_bad_partition_key(project_env):
+    result = subprocess.run(
+        [
+            *("dagster", "asset", "materialize", "-m", "agent_metrics_pipeline.definitions"),
+            *("--select", "agent_metrics", "--partition", "2026-02-30"),
+        ],
+        cwd=REPO_ROOT,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode != 0
+    assert "Invalid partition key `2026-02-30`: expected a day as YYYY-MM-DD from 2026-01-01" in (
+        result.stderr
+    )
+    assert "Traceback" not in result.stderr

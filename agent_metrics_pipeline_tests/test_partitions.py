@@ -3,10 +3,13 @@ before any work, and never retried."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import dagster as dg
 import pytest
 
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
+from agent_metrics_pipeline.partitions import InvalidPartitionKeyError
 from agent_metrics_pipeline_tests.helpers import failure_message, materialize, measuring
 
 
@@ -14,7 +17,9 @@ from agent_metrics_pipeline_tests.helpers import failure_message, materialize, m
 def test_invalid_partition_key_is_refused_before_any_work(
     clickhouse, calls_table, tmp_path, bad_key
 ):
-    with pytest.raises(dg.DagsterUnknownPartitionError, match=f"key `{bad_key}`"):
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    valid = f"expected a day as YYYY-MM-DD from 2026-01-01 to {yesterday} in UTC"
+    with pytest.raises(InvalidPartitionKeyError, match=f"key `{bad_key}`: {valid}"):
         materialize(
             clickhouse,
             measuring(calls_table),
