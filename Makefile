@@ -12,8 +12,8 @@ demo: sync  ## Seed sample calls into the embedded engine and publish 8 days of 
 test: sync  ## The whole test suite, against the real engine and a local S3 server.
 	$(UV) run --frozen pytest
 
-test-fast: sync  ## Everything but the end-to-end runs (dagster dev, PostgreSQL, CLI, demo).
-	$(UV) run --frozen pytest -m "not e2e"
+test-fast: sync  ## Everything but the end-to-end runs (dagster dev, PostgreSQL, CLI, demo), on 2 workers.
+	$(UV) run --frozen pytest -m "not e2e" -n 2
 
 dev: sync  ## The Dagster UI on http://127.0.0.1:3000; run history kept in .dagster_home/.
 	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
