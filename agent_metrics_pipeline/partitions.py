@@ -1,10 +1,16 @@
 """Daily partitions: one partition per calendar day in the configured timezone."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import click
 import dagster as dg
-from dagster._core.definitions.partitions.context import PartitionLoadingContext
 
 from agent_metrics_pipeline.config import Settings
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.partitions.context import PartitionLoadingContext
 
 
 class InvalidPartitionKeyError(click.ClickException):

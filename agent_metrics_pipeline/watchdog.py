@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-from dagster._core.storage.dagster_run import FINISHED_STATUSES
 
 from agent_metrics_pipeline.automation import targets_agent_metrics
 
@@ -33,6 +32,7 @@ RUN_PROCESS_EVENT_PREFIX = "Executing steps"
 # A process that started this long after Dagster recorded its pid is another one, reusing it.
 PID_REUSE_MARGIN_SEC = 2.0
 PROC = Path("/proc")
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 def _boot_time() -> float:
@@ -101,9 +101,7 @@ def _free_slots_of_finished_runs(instance: dg.DagsterInstance) -> Iterator[str]:
     holding = storage.get_concurrency_run_ids()
     if not holding:
         return
-    finished = instance.get_run_records(
-        dg.RunsFilter(run_ids=list(holding), statuses=list(FINISHED_STATUSES))
-    )
+    finished = instance.get_run_records(dg.RunsFilter(run_ids=list(holding), statuses=FINISHED))
     for record in finished:
         run = record.dagster_run
         if not targets_agent_metrics(instance, run):
