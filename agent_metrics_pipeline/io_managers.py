@@ -30,6 +30,7 @@ from pydantic import Field, PrivateAttr
 
 from agent_metrics_pipeline.config import (
     DEFAULT_S3_CONNECT_TIMEOUT_SEC,
+    DEFAULT_S3_PREFIX,
     DEFAULT_S3_READ_TIMEOUT_SEC,
 )
 from agent_metrics_pipeline.errors import (
@@ -71,7 +72,7 @@ class ObjectStoreError(PermanentError):
 class DailyCsvIOManager(dg.ConfigurableIOManager):
     """Moves bytes between a partitioned frame and per-day CSV objects; storage is a subclass."""
 
-    prefix: str = Field(default="agent_metrics", description="Key prefix before the day folder.")
+    prefix: str = Field(default=DEFAULT_S3_PREFIX, description="Key prefix before the day folder.")
     gzip: bool = Field(default=False, description="Write .csv.gz instead of .csv.")
 
     @abstractmethod
