@@ -1,4 +1,5 @@
-"""Failure alerts: every failed run is logged and, when a webhook is set, POSTed to it.
+"""Alerts: every failed run, and a day not published by its deadline, is logged and, when a
+webhook is set, POSTed to it.
 
 Secrets never leave the process: values of the secret variables are masked in any error text,
 and the webhook URL itself (which often embeds a token) is never logged.
@@ -7,17 +8,21 @@ and the webhook URL itself (which often embeds a token) is never logged.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 from dagster_shared.error import SerializableErrorInfo
 
-from agent_metrics_pipeline.automation import targets_agent_metrics
+from agent_metrics_pipeline.assets import ASSET_NAME
+from agent_metrics_pipeline.automation import expected_day, targets_agent_metrics
 
 FAILURE_SENSOR_NAME = "agent_metrics_failure_alert"
+LATE_DAY_SENSOR_NAME = "agent_metrics_late_day_alert"
+LATE_DAY_INTERVAL_SEC = 300
 WEBHOOK_TIMEOUT_SEC = 10
 MAX_ERROR_CHARS = 2000
 
@@ -103,6 +108,25 @@ def post_json(url: str, payload: dict[str, str]) -> None:
         response.read()
 
 
+def deliver(
+    context: dg.SensorEvaluationContext, payload: dict[str, str], webhook_url: str | None
+) -> None:
+    """Log the alert, and POST it when a webhook is set."""
+    context.log.error(payload["text"])
+    if webhook_url is None:
+        return
+    host = _host(webhook_url)
+    try:
+        post_json(webhook_url, payload)
+    except Exception as error:
+        # The URL may embed a token, and some errors quote it: name the host and the type.
+        context.log.error(
+            f"Could not deliver the alert to the webhook at {host}: {type(error).__name__}"
+        )
+    else:
+        context.log.info(f"Alert delivered to the webhook at {host}")
+
+
 def build_failure_alert_sensor(
     webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
 ) -> dg.SensorDefinition:
@@ -136,18 +160,66 @@ def build_failure_alert_sensor(
         payload = failure_alert(
             context.dagster_run, step_errors, str(context.failure_event.message), ui_url, secrets
         )
-        context.log.error(payload["text"])
-        if webhook_url is None:
-            return
-        host = _host(webhook_url)
-        try:
-            post_json(webhook_url, payload)
-        except Exception as error:
-            # The URL may embed a token, and some errors quote it: name the host and the type.
-            context.log.error(
-                f"Could not deliver the alert to the webhook at {host}: {type(error).__name__}"
-            )
-        else:
-            context.log.info(f"Alert delivered to the webhook at {host}")
+        deliver(context, payload, webhook_url)
 
     return agent_metrics_failure_alert
+
+
+def late_day_alert(day: str, deadline: dt.datetime, published_at: dt.datetime | None, ui_url: str):
+    """The JSON an alert about a day missing at its deadline carries."""
+    asset_url = f"{ui_url}/assets/{ASSET_NAME}?view=partitions&partition={day}"
+    status = (
+        f"was published late, at {published_at:%Y-%m-%d %H:%M} UTC"
+        if published_at is not None
+        else "is not published"
+    )
+    return {
+        "text": f"agent_metrics for {day} {status}: the deadline was "
+        f"{deadline:%Y-%m-%d %H:%M} UTC. {asset_url}",
+        "partitions": day,
+        "deadline": deadline.isoformat(),
+        "asset_url": asset_url,
+    }
+
+
+def build_late_day_alert_sensor(
+    partitions_def: dg.DailyPartitionsDefinition,
+    deadline_hour: int,
+    webhook_url: str | None,
+    ui_url: str,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> dg.SensorDefinition:
+    """Alerts once per day when the day the schedule publishes is not materialized by
+    ``deadline_hour`` UTC, however the day was to be materialized.
+
+    It reads the instance only: no run, no step, and nothing in the log unless it alerts. Its
+    cursor is the last day settled, on time or reported.
+    """
+
+    @dg.sensor(
+        name=LATE_DAY_SENSOR_NAME,
+        minimum_interval_seconds=LATE_DAY_INTERVAL_SEC,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description=f"Alerts when yesterday's agent_metrics is not published by "
+        f"{deadline_hour:02d}:00 UTC (AGENT_METRICS_FRESHNESS_DEADLINE_HOUR).",
+    )
+    def agent_metrics_late_day_alert(context: dg.SensorEvaluationContext) -> dg.SkipReason:
+        due = expected_day(partitions_def, clock(), deadline_hour)
+        if due is None:
+            return dg.SkipReason("No day is due yet: the partitions start after the deadline.")
+        day, deadline = due
+        if context.cursor == day:
+            return dg.SkipReason(f"{day} is settled; the next deadline is not due yet.")
+        records = context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(ASSET_NAME), asset_partitions=[day]),
+            limit=1,
+            ascending=True,
+        ).records
+        published_at = dt.datetime.fromtimestamp(records[0].timestamp, dt.UTC) if records else None
+        context.update_cursor(day)
+        if published_at is not None and published_at <= deadline:
+            return dg.SkipReason(f"{day} was published on time, at {published_at:%H:%M} UTC.")
+        deliver(context, late_day_alert(day, deadline, published_at, ui_url), webhook_url)
+        return dg.SkipReason(f"{day} missed its deadline; alert sent.")
+
+    return agent_metrics_late_day_alert

@@ -1,6 +1,7 @@
 """The ``agent_metrics`` asset: per-agent call metrics for each day, from ClickHouse."""
 
-from collections.abc import Iterator
+import datetime as dt
+from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import polars as pl
@@ -9,12 +10,54 @@ from agent_metrics_pipeline.checks import Evidence, check_specs, describe_failur
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
-from agent_metrics_pipeline.metrics import calls_per_status, shape_metrics, to_markdown
+from agent_metrics_pipeline.metrics import (
+    COLUMN_DESCRIPTIONS,
+    METRICS_SCHEMA,
+    UNMEASURABLE_COUNTS,
+    SourceQuality,
+    calls_per_status,
+    metrics_for_day,
+    shape_metrics,
+    to_markdown,
+)
 from agent_metrics_pipeline.sql import build_metrics_query, build_status_query
 
 ASSET_NAME = "agent_metrics"
+GROUP_NAME = "call_center"
 CSV_IO_MANAGER_KEY = "csv_io_manager"
 PREVIEW_ROWS = 10
+# The published file's column types, as the catalog names them.
+CATALOG_TYPES = {pl.String: "string", pl.Float64: "float", pl.Int64: "int", pl.Date: "date"}
+
+
+def published_schema() -> dg.TableSchema:
+    """The columns of the published CSV, for the catalog."""
+    return dg.TableSchema(
+        columns=[
+            dg.TableColumn(name, CATALOG_TYPES[dtype], description=COLUMN_DESCRIPTIONS[name])
+            for name, dtype in METRICS_SCHEMA.items()
+        ]
+    )
+
+
+def day_metadata(
+    metrics: pl.DataFrame,
+    quality: SourceQuality,
+    statuses: pl.DataFrame,
+    day: dt.date,
+    days: Sequence[str],
+) -> dict[str, object]:
+    """What one day's materialization shows, whether it ran alone or in a range."""
+    rows = metrics_for_day(metrics, day)
+    unmeasurable = quality.per_day.filter(pl.col("date") == day).select(UNMEASURABLE_COUNTS)
+    return {
+        "dagster/row_count": rows.height,
+        "calls_counted": int(rows.get_column("total_calls").sum()),
+        "unmeasurable_calls": int(unmeasurable.sum_horizontal().sum()),
+        "statuses_seen": calls_per_status(statuses, day),
+        "run_days": f"{days[0]}...{days[-1]}" if len(days) > 1 else days[0],
+        "preview": dg.MetadataValue.md(to_markdown(rows.head(PREVIEW_ROWS))),
+    }
 
 
 def build_agent_metrics_asset(
@@ -23,6 +66,8 @@ def build_agent_metrics_asset(
     backfill_policy: dg.BackfillPolicy | None = None,
     retry_policy: dg.RetryPolicy | None = None,
     pool: str | None = None,
+    owners: Sequence[str] = (),
+    freshness_policy: dg.FreshnessPolicy | None = None,
 ) -> dg.AssetsDefinition:
     """The asset over ``partitions_def``, measuring what ``measurement`` says.
 
@@ -40,10 +85,17 @@ def build_agent_metrics_asset(
         retry_policy=retry_policy,
         pool=pool,
         kinds={"clickhouse", "polars", "s3"},
-        metadata=measurement.describe(),
+        group_name=GROUP_NAME,
+        owners=list(owners),
+        freshness_policy=freshness_policy,
+        metadata={
+            "dagster/column_schema": published_schema(),
+            **measurement.describe(),
+        },
         description=(
             "Per agent and day: average and 90th-percentile call length (seconds, 2 decimals, "
-            "p90 by linear interpolation) and the number of calls counted."
+            "p90 by linear interpolation) and the number of calls counted, published as one "
+            "CSV per day once the checks pass."
         ),
     )
     def agent_metrics(
@@ -85,17 +137,11 @@ def build_agent_metrics_asset(
                 ),
                 allow_retries=False,
             )
-        yield dg.Output(
-            metrics,
-            metadata={
-                "days": len(days),
-                "rows": metrics.height,
-                "agents": metrics.get_column("agent_id").n_unique(),
-                "calls_counted": int(metrics.get_column("total_calls").sum()),
-                "unmeasurable_calls": quality.unmeasurable_calls,
-                "statuses_seen": calls_per_status(statuses),
-                "preview": dg.MetadataValue.md(to_markdown(metrics.head(PREVIEW_ROWS))),
-            },
-        )
+        for key in days:
+            context.add_asset_metadata(
+                day_metadata(metrics, quality, statuses, dt.date.fromisoformat(key), days),
+                partition_key=key,
+            )
+        yield dg.Output(metrics)
 
     return agent_metrics

@@ -1,9 +1,9 @@
-"""How the asset runs without a person: the job, the daily schedule and the freshness check."""
+"""How the asset runs without a person: the job, the daily schedule and its deadline."""
 
 from __future__ import annotations
 
-import warnings
-from collections.abc import Iterator, Sequence
+import datetime as dt
+from collections.abc import Iterator
 
 import dagster as dg
 
@@ -11,7 +11,8 @@ from agent_metrics_pipeline.assets import ASSET_NAME
 
 JOB_NAME = "agent_metrics_job"
 SCHEDULE_NAME = "agent_metrics_daily"
-SCHEDULE_CRON = "0 2 * * *"
+SCHEDULE_HOUR = 2
+SCHEDULE_CRON = f"0 {SCHEDULE_HOUR} * * *"
 # The schedule and the freshness deadline share one clock, whatever the partitions' timezone.
 SCHEDULE_TIMEZONE = "UTC"
 
@@ -27,14 +28,10 @@ def targets_agent_metrics(instance: dg.DagsterInstance, run: dg.DagsterRun) -> b
     return ASSET_NAME in (plan.step_keys_to_execute or [step.key for step in plan.steps])
 
 
-def build_agent_metrics_job(
-    asset: dg.AssetsDefinition, freshness_checks: Sequence[dg.AssetChecksDefinition] = ()
-) -> dg.UnresolvedAssetJobDefinition:
-    """The asset and its in-step checks; freshness is left to its sensor, since a run of an
-    old day says nothing about whether yesterday is late."""
+def build_agent_metrics_job(asset: dg.AssetsDefinition) -> dg.UnresolvedAssetJobDefinition:
     return dg.define_asset_job(
         JOB_NAME,
-        selection=dg.AssetSelection.assets(asset) - dg.AssetSelection.checks(*freshness_checks),
+        selection=dg.AssetSelection.assets(asset),
         description="Materializes agent_metrics for one day or a range of days.",
     )
 
@@ -50,7 +47,7 @@ def build_daily_schedule(
     tick. Re-running the lookback days picks up late-arriving calls; files are overwritten.
 
     The schedule is on by default: a deployment exists to publish every day, and a forgotten
-    toggle means missing files (the freshness check would flag them). Stop it in the UI if needed.
+    toggle means missing files (the late-day alert would flag them). Stop it in the UI if needed.
     """
 
     @dg.schedule(
@@ -70,27 +67,31 @@ def build_daily_schedule(
     return agent_metrics_daily
 
 
-def build_freshness_checks(
-    asset: dg.AssetsDefinition, deadline_hour: int
-) -> tuple[Sequence[dg.AssetChecksDefinition], dg.SensorDefinition]:
-    """A check that fails when yesterday's partition is not materialized by ``deadline_hour``
-    UTC, and the sensor that evaluates it.
+def freshness_policy(deadline_hour: int) -> dg.FreshnessPolicy:
+    """Fresh when the asset was materialized between the 02:00 UTC schedule and the deadline.
 
-    At the deadline, "yesterday" is the newest day that has ended in the partitions' timezone:
-    the same day the 02:00 UTC schedule materialized an hour before, whatever that timezone.
-    Dagster 1.13 prefers ``FreshnessPolicy``, but a policy only looks at the latest
-    materialization of any partition: a backfill of old days would pass it. This check looks
-    for the expected partition itself.
+    Dagster evaluates it without a step in any run and shows it on the asset. It looks at the
+    newest materialization of any day, so a backfill of old days after 02:00 would also pass
+    it: the late-day alert looks for yesterday's partition itself.
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", dg.SupersessionWarning)
-        checks = dg.build_time_partition_freshness_checks(
-            assets=[asset],
-            deadline_cron=f"0 {deadline_hour} * * *",
-            timezone=SCHEDULE_TIMEZONE,
-        )
-        # Running by default: it only evaluates the check, it never launches a materialization.
-        sensor = dg.build_sensor_for_freshness_checks(
-            freshness_checks=checks, default_status=dg.DefaultSensorStatus.RUNNING
-        )
-    return checks, sensor
+    return dg.FreshnessPolicy.cron(
+        deadline_cron=f"0 {deadline_hour} * * *",
+        lower_bound_delta=dt.timedelta(hours=deadline_hour - SCHEDULE_HOUR),
+        timezone=SCHEDULE_TIMEZONE,
+    )
+
+
+def expected_day(
+    partitions_def: dg.DailyPartitionsDefinition, now: dt.datetime, deadline_hour: int
+) -> tuple[str, dt.datetime] | None:
+    """The day that must be published by the most recent deadline, and that deadline.
+
+    It is the day the 02:00 UTC schedule materialized before that deadline: the newest day
+    that had ended at 02:00, in the partitions' timezone, whatever that timezone.
+    """
+    deadline = now.astimezone(dt.UTC).replace(hour=deadline_hour, minute=0, second=0, microsecond=0)
+    if deadline > now:
+        deadline -= dt.timedelta(days=1)
+    scheduled_at = deadline.replace(hour=SCHEDULE_HOUR)
+    due = partitions_def.get_partition_keys(current_time=scheduled_at)[-1:]
+    return (due[0], deadline) if due else None

@@ -223,6 +223,17 @@ class _Environment:
             raise ConfigError(f"{name} must name at least one value")
         return items
 
+    def owners(self, name: str) -> tuple[str, ...] | None:
+        """Dagster's owner format: an email address or ``team:NAME``."""
+        owners = self.items(name)
+        for owner in owners or ():
+            if not (owner.startswith("team:") and len(owner) > 5) and "@" not in owner:
+                raise ConfigError(
+                    f"{name}: {owner!r} must be an email address or team:NAME, "
+                    "as in 'team:data-platform,ana@example.com'"
+                )
+        return owners
+
     def invalid_rows_policy(self, name: str) -> InvalidRowsPolicy | None:
         value = self.text(name)
         if value is None:
@@ -280,7 +291,7 @@ class Settings:
     # Retries at the write, with backoff: the step is not retried for S3 faults.
     s3_max_retries: int = 4
     gzip: bool = False
-    # UTC, an hour after the daily schedule.
+    # UTC, an hour after the daily schedule (02:00 UTC); never before it.
     freshness_deadline_hour: int = 3
     backfill_max_days_per_run: int | None = None
     schedule_lookback_days: int = 0
@@ -288,6 +299,7 @@ class Settings:
     retry_delay_sec: int = 30
     alert_webhook_url: str | None = field(default=None, repr=False)
     ui_url: str = "http://127.0.0.1:3000"
+    owners: tuple[str, ...] = ("team:data-platform",)
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
     @property
@@ -354,7 +366,7 @@ class Settings:
                 s3_max_retries=env.number("S3_MAX_RETRIES", int, minimum=0),
                 gzip=env.flag("AGENT_METRICS_GZIP"),
                 freshness_deadline_hour=env.number(
-                    "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", int, minimum=0, maximum=23
+                    "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", int, minimum=3, maximum=23
                 ),
                 backfill_max_days_per_run=env.number(
                     "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", int, minimum=1
@@ -366,6 +378,7 @@ class Settings:
                 retry_delay_sec=env.number("AGENT_METRICS_RETRY_DELAY_SEC", int, minimum=0),
                 alert_webhook_url=env.url("AGENT_METRICS_ALERT_WEBHOOK_URL"),
                 ui_url=ui_url.rstrip("/") if ui_url else None,
+                owners=env.owners("AGENT_METRICS_OWNERS"),
             ),
         )
         home_folders = [settings.home]

@@ -6,12 +6,12 @@ import warnings
 
 import dagster as dg
 
-from agent_metrics_pipeline.alerts import build_failure_alert_sensor
+from agent_metrics_pipeline.alerts import build_failure_alert_sensor, build_late_day_alert_sensor
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
 from agent_metrics_pipeline.automation import (
     build_agent_metrics_job,
     build_daily_schedule,
-    build_freshness_checks,
+    freshness_policy,
 )
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
@@ -94,18 +94,21 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         backfill_policy=backfill_policy(settings),
         retry_policy=retry_policy(settings),
         pool=EMBEDDED_ENGINE_POOL if settings.embedded_clickhouse else None,
+        owners=settings.owners,
+        freshness_policy=freshness_policy(settings.freshness_deadline_hour),
     )
-    freshness_checks, freshness_sensor = build_freshness_checks(
-        agent_metrics, settings.freshness_deadline_hour
-    )
-    job = build_agent_metrics_job(agent_metrics, freshness_checks)
+    job = build_agent_metrics_job(agent_metrics)
     return dg.Definitions(
-        assets=[agent_metrics],
-        asset_checks=freshness_checks,
+        assets=dg.with_source_code_references([agent_metrics]),
         jobs=[job],
         schedules=[build_daily_schedule(job, partitions_def, settings.schedule_lookback_days)],
         sensors=[
-            freshness_sensor,
+            build_late_day_alert_sensor(
+                partitions_def,
+                settings.freshness_deadline_hour,
+                settings.alert_webhook_url,
+                settings.ui_url,
+            ),
             build_failure_alert_sensor(
                 settings.alert_webhook_url, settings.ui_url, settings.secrets
             ),

@@ -124,16 +124,15 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
                     allow_retries=False,
                 ) from None
             uris.append(self.uri(object_key))
+            # Each day's materialization links its own file, in ranges too.
+            context.step_context.add_asset_metadata(
+                {"dagster/uri": dg.MetadataValue.path(uris[-1])},
+                asset_key=context.asset_key,
+                partition_key=key,
+            )
         context.log.info(
             f"Wrote {len(uris)} file(s): {uris[0]}" + (" ..." if len(uris) > 1 else "")
         )
-        metadata: dict[str, dg.RawMetadataValue] = {"files_written": len(uris)}
-        if len(uris) == 1:
-            metadata["uri"] = dg.MetadataValue.path(uris[0])
-        else:
-            metadata["first_uri"] = dg.MetadataValue.path(uris[0])
-            metadata["last_uri"] = dg.MetadataValue.path(uris[-1])
-        context.add_output_metadata(metadata)
 
     def load_day(self, asset_name: str, partition_key: str) -> pl.DataFrame:
         """One published day, read back with the published column types."""

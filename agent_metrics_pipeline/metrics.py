@@ -17,6 +17,13 @@ METRICS_SCHEMA = pl.Schema(
     }
 )
 METRIC_COLUMNS = tuple(METRICS_SCHEMA.names())
+COLUMN_DESCRIPTIONS = {
+    "agent_id": "The agent, as spelled in the source's agent column.",
+    "avg_call_length_sec": "Mean length of the agent's counted calls that day, in seconds.",
+    "p90_call_length_sec": "90th percentile of those lengths (linear interpolation), in seconds.",
+    "total_calls": "Calls counted: a counted status and a measurable length.",
+    "date": "The day the calls started on, in the partitions' timezone.",
+}
 
 
 UNMEASURABLE_COUNTS = (
@@ -70,8 +77,10 @@ def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
     return metrics, SourceQuality(per_day=per_day, samples=samples)
 
 
-def calls_per_status(statuses: pl.DataFrame) -> dict[str, int]:
-    """Calls per status over the run's days, from the per-day status counts."""
+def calls_per_status(statuses: pl.DataFrame, day: dt.date | None = None) -> dict[str, int]:
+    """Calls per status on ``day``, or over all the run's days, from the per-day counts."""
+    if day is not None:
+        statuses = statuses.filter(pl.col("date") == day)
     totals = statuses.group_by("status").agg(pl.col("calls").sum()).sort("status")
     return {status: int(calls) for status, calls in totals.iter_rows()}
 

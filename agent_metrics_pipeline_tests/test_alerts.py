@@ -15,18 +15,29 @@ from urllib.parse import quote
 import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.test_utils import freeze_time
 
 from agent_metrics_pipeline.alerts import (
     FAILURE_SENSOR_NAME,
     build_failure_alert_sensor,
+    build_late_day_alert_sensor,
     failure_alert,
 )
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline_tests.helpers import build_asset, free_port, measuring
+from agent_metrics_pipeline.partitions import daily_partitions
+from agent_metrics_pipeline_tests.helpers import (
+    UTC,
+    build_asset,
+    free_port,
+    insert_calls,
+    measuring,
+    random_calls,
+)
 
 DAY = dt.date(2026, 11, 20)
 SECRET = "Sup3r-s3cret-pw"
@@ -188,3 +199,74 @@ def test_a_failed_run_of_the_dagster_cli_is_alerted(webhook, project_env, tmp_pa
     payload = json.loads(body)
     assert payload["run_id"] == run.run_id and payload["partitions"] == str(DAY)
     assert "Could not reach the ClickHouse server http://127.0.0.1" in payload["error"]
+
+
+@pytest.mark.parametrize("timezone", ["UTC", "America/New_York", "Asia/Tokyo"])
+def test_a_day_missing_at_its_deadline_is_alerted_once_whatever_else_ran(
+    clickhouse, calls_table, tmp_path, webhook, timezone
+):
+    insert_calls(
+        clickhouse,
+        calls_table,
+        random_calls(DAY - dt.timedelta(days=2), days=4, calls_per_day=300, seed=17),
+    )
+    settings = Settings(
+        timezone=timezone, start_date="2026-01-01", measurement=measuring(calls_table)
+    )
+    project = build_definitions(settings)
+    schedule_tick = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
+    after_deadline = schedule_tick + dt.timedelta(hours=1, minutes=30)
+    sensor = build_late_day_alert_sensor(
+        daily_partitions(settings),
+        settings.freshness_deadline_hour,
+        webhook.url,
+        settings.ui_url,
+        clock=lambda: after_deadline,
+    )
+    defs = dg.Definitions(
+        assets=project.assets,
+        jobs=project.jobs,
+        schedules=project.schedules,
+        sensors=[sensor],
+        resources={
+            "clickhouse": clickhouse,
+            CSV_IO_MANAGER_KEY: LocalCsvIOManager(base_dir=str(tmp_path)),
+        },
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    (request,) = (
+        defs.resolve_schedule_def(SCHEDULE_NAME)
+        .evaluate_tick(
+            dg.build_schedule_context(
+                scheduled_execution_time=schedule_tick, repository_def=defs.get_repository_def()
+            )
+        )
+        .run_requests
+    )
+    job = defs.resolve_job_def(JOB_NAME)
+
+    def late_day_tick(cursor: str | None = None):
+        return sensor.evaluate_tick(
+            dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+        )
+
+    # An older day published after the schedule's hour does not stand in for the due day.
+    older_day = (dt.date.fromisoformat(request.partition_key) - dt.timedelta(days=1)).isoformat()
+    with freeze_time(schedule_tick + dt.timedelta(minutes=5)):
+        job.execute_in_process(partition_key=older_day, instance=instance)
+    missed = late_day_tick()
+    (body,) = webhook.bodies
+    alert = json.loads(body)
+    assert alert["partitions"] == request.partition_key
+    assert f"agent_metrics for {request.partition_key} is not published" in alert["text"]
+    assert b"T0KEN" not in body
+    assert missed.cursor == request.partition_key
+    late_day_tick(missed.cursor)
+    assert len(webhook.bodies) == 1, "one alert per day"
+
+    with freeze_time(schedule_tick + dt.timedelta(minutes=10)):
+        job.execute_in_process(partition_key=request.partition_key, instance=instance)
+    on_time = late_day_tick()
+    assert len(webhook.bodies) == 1
+    assert on_time.cursor == request.partition_key
+    assert "published on time" in on_time.skip_message

@@ -193,7 +193,7 @@ def test_range_run_writes_the_bytes_of_single_day_runs(
         return original(self, sql, parameters)
 
     monkeypatch.setattr(ClickHouseResource, "query_polars", counting_query)
-    materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
+    result = materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
     # The metrics and the status counts: one query each for the whole range, not one per day.
     assert [(q["window_start"], q["window_end"]) for q in queries] == 2 * [
         ("2026-11-10 00:00:00.000", "2026-11-17 00:00:00.000")
@@ -209,6 +209,26 @@ def test_range_run_writes_the_bytes_of_single_day_runs(
             assert_csv_matches(range_bytes[day], expected[day], day)
         materialize(clickhouse, settings, bucket.io_manager(), str(day))
         assert bucket.get(key_for(day)) == range_bytes[day], f"{day} differs from a single run"
+
+    # Each day's materialization describes that day, not the range.
+    materializations = {
+        m.partition: m.metadata for m in result.asset_materializations_for_node("agent_metrics")
+    }
+    assert sorted(materializations) == [str(day) for day in days]
+    for day in days:
+        metadata = materializations[str(day)]
+        rows = expected.get(day, [])
+        assert metadata["dagster/row_count"].value == len(rows)
+        assert metadata["calls_counted"].value == sum(row.total_calls for row in rows)
+        assert metadata["dagster/uri"].value == f"s3://{bucket.name}/{key_for(day)}"
+        assert metadata["run_days"].value == f"{days[0]}...{days[-1]}"
+        on_the_day = [c for c in calls if c.started_at.date() == day]
+        assert metadata["statuses_seen"].value == {
+            status: sum(c.status == status for c in on_the_day)
+            for status in {c.status for c in on_the_day}
+        }
+        preview = metadata["preview"].value
+        assert (rows[0].agent_id in preview) if rows else preview == "_no rows_"
 
 
 def test_rerun_overwrites_with_identical_bytes_locally(clickhouse, calls_table, tmp_path):

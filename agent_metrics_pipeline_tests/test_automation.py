@@ -1,4 +1,4 @@
-"""Schedule, retries and the freshness check, with real servers on 127.0.0.1."""
+"""Job, schedule, retries and the freshness policy, with real servers on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import time
 
 import dagster as dg
 import pytest
-from dagster._core.test_utils import freeze_time
 
+from agent_metrics_pipeline import checks
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
 from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
 from agent_metrics_pipeline.config import Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions, csv_io_manager
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
+from agent_metrics_pipeline.io_managers import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     build_asset,
@@ -201,56 +201,26 @@ def test_permanent_error_fails_once_without_retrying(clickhouse, calls_table, s3
     assert time.monotonic() - started < 5, "a permanent error must not wait for a retry"
 
 
-@pytest.mark.parametrize("timezone", ["UTC", "America/New_York", "Asia/Tokyo"])
-def test_freshness_deadline_expects_the_day_the_schedule_publishes(
-    clickhouse, calls_table, tmp_path, timezone
+def test_materializing_the_asset_runs_one_step_and_no_freshness_check():
+    defs = build_definitions(Settings(start_date="2026-01-01"))
+    graph = defs.resolve_asset_graph()
+    # What `dagster asset materialize --select agent_metrics` and the UI's button select.
+    selected_checks = dg.AssetSelection.assets("agent_metrics").resolve_checks(graph)
+    assert {key.name for key in selected_checks} == set(checks.CHECK_DESCRIPTIONS)
+    assets_job = defs.resolve_implicit_global_asset_job_def()
+    assert [node.name for node in assets_job.graph.nodes] == ["agent_metrics"]
+
+
+@pytest.mark.parametrize("deadline_hour", [3, 9])
+def test_freshness_policy_expects_a_materialization_between_the_schedule_and_the_deadline(
+    deadline_hour,
 ):
-    good_calls = random_calls(DAY - dt.timedelta(days=2), days=4, calls_per_day=300, seed=17)
-    insert_calls(clickhouse, calls_table, good_calls)
-    project = build_definitions(
-        Settings(
-            timezone=timezone,
-            start_date="2026-01-01",
-            measurement=measuring(calls_table),
-        )
+    defs = build_definitions(Settings(freshness_deadline_hour=deadline_hour))
+    policy = (
+        defs.resolve_assets_def("agent_metrics")
+        .specs_by_key[dg.AssetKey("agent_metrics")]
+        .freshness_policy
     )
-    defs = dg.Definitions(
-        assets=project.assets,
-        asset_checks=project.asset_checks,
-        jobs=[
-            *project.jobs,
-            dg.define_asset_job(
-                "freshness", selection=dg.AssetSelection.checks(*project.asset_checks)
-            ),
-        ],
-        schedules=project.schedules,
-        resources={
-            "clickhouse": clickhouse,
-            "csv_io_manager": LocalCsvIOManager(base_dir=str(tmp_path)),
-        },
-    )
-    instance = dg.DagsterInstance.ephemeral()
-    schedule_tick = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
-    after_deadline = schedule_tick + dt.timedelta(hours=1, minutes=30)
-
-    def freshness_passed() -> bool:
-        with freeze_time(after_deadline):
-            result = defs.resolve_job_def("freshness").execute_in_process(
-                instance=instance, raise_on_error=False
-            )
-        (evaluation,) = result.get_asset_check_evaluations()
-        return evaluation.passed
-
-    assert not freshness_passed()
-    tick = defs.resolve_schedule_def(SCHEDULE_NAME).evaluate_tick(
-        dg.build_schedule_context(
-            scheduled_execution_time=schedule_tick, repository_def=defs.get_repository_def()
-        )
-    )
-    (request,) = tick.run_requests
-    with freeze_time(schedule_tick):
-        run = defs.resolve_job_def(JOB_NAME).execute_in_process(
-            partition_key=request.partition_key, instance=instance
-        )
-    assert "freshness_check" not in {e.check_name for e in run.get_asset_check_evaluations()}
-    assert freshness_passed()
+    assert policy.deadline_cron == f"0 {deadline_hour} * * *"
+    assert policy.timezone == "UTC"
+    assert policy.lower_bound_delta == dt.timedelta(hours=deadline_hour - 2)

@@ -41,6 +41,7 @@ def test_every_variable_is_read():
             "AGENT_METRICS_RETRY_DELAY_SEC": "7",
             "AGENT_METRICS_ALERT_WEBHOOK_URL": "https://hooks.example/T0KEN",
             "AGENT_METRICS_UI_URL": "https://dagster.example/",
+            "AGENT_METRICS_OWNERS": "team:call-center, ana@example.com",
             "AWS_SECRET_ACCESS_KEY": "aws-secret",
             "CLICKHOUSE_HOST": "ch.internal",
             "CLICKHOUSE_PORT": "8443",
@@ -73,6 +74,7 @@ def test_every_variable_is_read():
     assert (settings.max_retries, settings.retry_delay_sec) == (5, 7)
     assert settings.alert_webhook_url == "https://hooks.example/T0KEN"
     assert settings.ui_url == "https://dagster.example"
+    assert settings.owners == ("team:call-center", "ana@example.com")
     assert set(settings.secrets) == {"x", "aws-secret"}
     assert "T0KEN" not in repr(settings) and "aws-secret" not in repr(settings)
     assert (settings.clickhouse_host, settings.clickhouse_port) == ("ch.internal", 8443)
@@ -108,6 +110,9 @@ def test_every_variable_is_read():
         ("CLICKHOUSE_CONNECT_TIMEOUT_SEC", "0"),
         ("CLICKHOUSE_QUERY_TIMEOUT_SEC", "soon"),
         ("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", "24"),
+        ("AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", "2"),
+        ("AGENT_METRICS_OWNERS", "call-center"),
+        ("AGENT_METRICS_OWNERS", "team:"),
         ("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", "-1"),
         ("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", "0"),
         ("AGENT_METRICS_MAX_RETRIES", "many"),

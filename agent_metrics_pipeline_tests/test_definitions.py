@@ -13,6 +13,7 @@ from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
+from agent_metrics_pipeline.metrics import METRICS_SCHEMA
 from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,
     calls_to_parquet,
@@ -138,3 +139,23 @@ def test_the_cli_names_the_valid_days_for_a_bad_partition_key(project_env):
         result.stderr
     )
     assert "Traceback" not in result.stderr
+
+
+def test_the_catalog_describes_the_published_file_and_who_owns_it():
+    defs = build_definitions(Settings(owners=("team:call-center", "ana@example.com")))
+    spec = defs.resolve_assets_def("agent_metrics").specs_by_key[dg.AssetKey("agent_metrics")]
+    schema = spec.metadata["dagster/column_schema"]
+    assert [(c.name, c.type) for c in schema.columns] == [
+        ("agent_id", "string"),
+        ("avg_call_length_sec", "float"),
+        ("p90_call_length_sec", "float"),
+        ("total_calls", "int"),
+        ("date", "date"),
+    ]
+    assert all(column.description for column in schema.columns)
+    assert [c.name for c in schema.columns] == list(METRICS_SCHEMA.names())
+    assert spec.owners == ["team:call-center", "ana@example.com"]
+    assert spec.group_name == "call_center"
+    assert spec.metadata["source_table"] == "default.calls"
+    (reference,) = spec.metadata["dagster/code_references"].code_references
+    assert reference.file_path.endswith("agent_metrics_pipeline/assets.py")
