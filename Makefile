@@ -4,10 +4,13 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 export UV_PYTHON_DOWNLOADS := never
 
+# The development instance: the demo records its runs there and the UI opens it.
+DEV_HOME := $(CURDIR)/.dagster_home
+
 .PHONY: demo test test-fast dev lint bench sync bootstrap
 
-demo: sync  ## Seed sample calls into the embedded engine and publish 8 days of metrics.
-	$(UV) run --frozen python -m agent_metrics_pipeline.demo
+demo: sync  ## Seed sample calls into the embedded engine, publish 8 days, fail 1 on purpose.
+	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen python -m agent_metrics_pipeline.demo
 
 test: sync  ## The whole test suite, against the real engine and a local S3 server.
 	$(UV) run --frozen pytest
@@ -15,9 +18,9 @@ test: sync  ## The whole test suite, against the real engine and a local S3 serv
 test-fast: sync  ## Everything but the end-to-end runs (dagster dev, PostgreSQL, CLI, demo), on 2 workers.
 	$(UV) run --frozen pytest -m "not e2e" -n 2
 
-dev: sync  ## The Dagster UI on http://127.0.0.1:3000; run history kept in .dagster_home/.
-	mkdir -p .dagster_home && cp dagster.yaml .dagster_home/dagster.yaml
-	DAGSTER_HOME="$(CURDIR)/.dagster_home" $(UV) run --frozen dagster dev
+dev: sync  ## The Dagster UI on http://127.0.0.1:3000 over the demo's instance (.dagster_home/).
+	set -a; [ ! -f "$(DEV_HOME)/demo.env" ] || . "$(DEV_HOME)/demo.env"; set +a; \
+	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev
 
 bench: sync  ## Pushdown vs. pulling the calls, on demand (about a minute).
 	$(UV) run --frozen python benchmarks/pushdown.py --calls-per-day 100000 1000000 4000000

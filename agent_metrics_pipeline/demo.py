@@ -1,22 +1,31 @@
 """Runs the whole pipeline on the embedded default: no server to install, no credentials.
 
 ``python -m agent_metrics_pipeline.demo`` seeds five weeks of sample calls into the embedded
-ClickHouse engine, materializes yesterday and then the seven days before it in one run, and
-prints where the CSV files are. With ``S3_BUCKET`` set, the files go to that bucket instead.
+ClickHouse engine, materializes yesterday, then the seven days before it in one run, then a day
+seeded with broken rows whose blocking checks fail so nothing is published for it. It prints
+where the CSV files are. With ``S3_BUCKET`` set, the files go to that bucket instead.
+
+With ``DAGSTER_HOME`` set (``make demo`` sets it), the runs are recorded in that instance, the
+one ``make dev`` opens, and ``demo.env`` there holds the first seeded day, so the UI's
+partitions start where the sample data does.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
+import os
 import sys
 import zoneinfo
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from agent_metrics_pipeline.assets import ASSET_NAME, CSV_IO_MANAGER_KEY, PREVIEW_ROWS
+from agent_metrics_pipeline.automation import JOB_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import ConfigError, Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
@@ -27,6 +36,14 @@ SEED_DAYS = 35
 SEED_AGENTS = 300
 SEED_CALLS_PER_DAY = 20_000
 RANGE_DAYS = 7
+# Source rows no metric can be computed from, on the day before the range: the blocking
+# checks stop that day, and the checks tab shows these call ids.
+BROKEN_CALLS = (
+    ("demo-broken-no-agent-1", None, 95.0),
+    ("demo-broken-no-agent-2", None, 120.5),
+    ("demo-broken-negative-1", "agent-007", -30.0),
+)
+DEMO_ENV_FILE = "demo.env"
 
 logger = logging.getLogger("agent_metrics_pipeline.demo")
 
@@ -77,34 +94,59 @@ def seed_sample_calls(
     return total
 
 
-def run_demo(defs: dg.Definitions, settings: Settings, today: dt.date) -> None:
-    """Seed sample calls, then materialize yesterday and the seven days before it."""
+def add_broken_calls(
+    clickhouse: ClickHouseResource, source: SourceTable, day: dt.date, timezone: str
+) -> None:
+    """Answered calls at noon on ``day`` without an agent or with a negative length."""
+    noon = dt.datetime.combine(day, dt.time(12), tzinfo=zoneinfo.ZoneInfo(timezone))
+    rows = [(call_id, agent, noon, length, "Answered") for call_id, agent, length in BROKEN_CALLS]
+    with clickhouse.get_client() as client:
+        client.insert(source.qualified_name, rows, column_names=list(source.column_names))
+
+
+def run_demo(
+    defs: dg.Definitions,
+    settings: Settings,
+    today: dt.date,
+    instance: dg.DagsterInstance,
+) -> dg.ExecuteInProcessResult:
+    """Seed sample calls; materialize yesterday, the seven days before it, and the broken day.
+
+    Returns the broken day's run, which fails on purpose.
+    """
     clickhouse = defs.resources["clickhouse"]
     assert isinstance(clickhouse, ClickHouseResource)
     yesterday = today - dt.timedelta(days=1)
     range_start = yesterday - dt.timedelta(days=RANGE_DAYS)
     range_end = yesterday - dt.timedelta(days=1)
+    broken_day = range_start - dt.timedelta(days=1)
     first_day = today - dt.timedelta(days=SEED_DAYS)
+    source = settings.measurement.source
 
-    seeded = seed_sample_calls(
-        clickhouse, settings.measurement.source, first_day, SEED_DAYS, timezone=settings.timezone
-    )
+    seeded = seed_sample_calls(clickhouse, source, first_day, SEED_DAYS, timezone=settings.timezone)
+    add_broken_calls(clickhouse, source, broken_day, settings.timezone)
     logger.info("Seeded %s sample calls from %s into %s", seeded, first_day, clickhouse.description)
 
-    job = defs.resolve_implicit_global_asset_job_def()
-    job.execute_in_process(partition_key=yesterday.isoformat())
+    job = defs.resolve_job_def(JOB_NAME)
+    job.execute_in_process(partition_key=yesterday.isoformat(), instance=instance)
     job.execute_in_process(
+        instance=instance,
         tags={
             "dagster/asset_partition_range_start": range_start.isoformat(),
             "dagster/asset_partition_range_end": range_end.isoformat(),
         },
+    )
+    return job.execute_in_process(
+        partition_key=broken_day.isoformat(), instance=instance, raise_on_error=False
     )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The demo's own progress lines only; Dagster logs its runs itself.
+    logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO)
     try:
         settings = Settings.from_env()
     except ConfigError as error:
@@ -118,8 +160,18 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     today = dt.datetime.now(zoneinfo.ZoneInfo(settings.timezone)).date()
+    first_day = today - dt.timedelta(days=SEED_DAYS)
+    settings = dataclasses.replace(settings, start_date=first_day.isoformat())
     defs = build_definitions(settings)
-    run_demo(defs, settings, today)
+    dagster_home = os.environ.get("DAGSTER_HOME")
+    if dagster_home:
+        with dg.DagsterInstance.get() as instance:
+            broken = run_demo(defs, settings, today, instance)
+        env_file = Path(dagster_home) / DEMO_ENV_FILE
+        env_file.write_text(f"AGENT_METRICS_START_DATE={first_day.isoformat()}\n")
+    else:
+        logger.info("DAGSTER_HOME is not set: the runs are not kept (`make demo` keeps them)")
+        broken = run_demo(defs, settings, today, dg.DagsterInstance.ephemeral())
 
     io_manager = defs.resources[CSV_IO_MANAGER_KEY]
     assert isinstance(io_manager, DailyCsvIOManager)
@@ -130,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     yesterday = days[-1].isoformat()
     with pl.Config(tbl_rows=PREVIEW_ROWS, tbl_cols=-1):
         print(f"\n{yesterday}:\n{io_manager.load_day(ASSET_NAME, yesterday)}")
+    failed = sorted(e.check_name for e in broken.get_asset_check_evaluations() if not e.passed)
+    print(
+        f"\n{broken.dagster_run.tags['dagster/partition']} was seeded with broken rows: nothing "
+        f"published, failed checks {', '.join(failed)} (on purpose)."
+    )
+    if dagster_home:
+        print(f"Runs recorded in the instance at {dagster_home}: `make dev` shows them.")
     return 0
 
 

@@ -3,7 +3,7 @@
 Dagster gives a step's pool slot back from the run's own process when the step ends. When that
 process is killed, nothing gives it back: the run stays "started" forever (a run of
 ``dagster asset materialize`` has no launcher to notice), and every later run that needs the
-pool, the daily schedule's included, waits for it. Every 15 seconds this sensor
+pool, the daily schedule's included, waits for it. Every minute this sensor
 
 - marks failed each started run of ``agent_metrics`` whose run process is gone, so the failure
   alert fires for it, and
@@ -26,7 +26,7 @@ import dagster as dg
 from agent_metrics_pipeline.automation import targets_agent_metrics
 
 WATCHDOG_NAME = "agent_metrics_dead_run_watchdog"
-WATCHDOG_INTERVAL_SEC = 15
+WATCHDOG_INTERVAL_SEC = 60
 # Dagster's run process announces itself, with its pid, in an engine event so worded.
 RUN_PROCESS_EVENT_PREFIX = "Executing steps"
 # A process that started this long after Dagster recorded its pid is another one, reusing it.

@@ -26,6 +26,8 @@ from agent_metrics_pipeline.sql import source_table_ddl
 from agent_metrics_pipeline_tests.oracle import Call
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The instance settings `make demo` and `make dev` use (one slot per pool).
+DEV_INSTANCE_SETTINGS = REPO_ROOT / ".dagster_home" / "dagster.yaml"
 UTC = dt.UTC
 S3_TEST_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 S3_TEST_REGION = "us-east-1"

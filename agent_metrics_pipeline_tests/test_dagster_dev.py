@@ -23,7 +23,7 @@ import requests
 
 from agent_metrics_pipeline import checks
 from agent_metrics_pipeline_tests.helpers import (
-    REPO_ROOT,
+    DEV_INSTANCE_SETTINGS,
     Bucket,
     calls_to_parquet,
     free_port,
@@ -199,7 +199,7 @@ def test_backfill_through_the_webserver_and_daemon(
     workdir, calls = seeded_home
     dagster_home = workdir / f"dagster_home_{max_days_per_run}"
     dagster_home.mkdir()
-    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(DEV_INSTANCE_SETTINGS, dagster_home / "dagster.yaml")
     bucket = Bucket(f"backfill-{max_days_per_run or 'single'}", s3_server)
     s3_server.client().create_bucket(Bucket=bucket.name)
     env = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -15,6 +16,7 @@ from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
 from agent_metrics_pipeline.metrics import METRICS_SCHEMA
 from agent_metrics_pipeline_tests.helpers import (
+    DEV_INSTANCE_SETTINGS,
     REPO_ROOT,
     calls_to_parquet,
     load_into_engine,
@@ -58,7 +60,7 @@ def test_s3_bucket_switches_to_s3(monkeypatch):
 
 
 @pytest.mark.e2e
-def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket, tmp_path):
+def test_dagster_and_dg_clis_materialize_days_and_a_range_into_s3(project_env, bucket, tmp_path):
     first = dt.date(2026, 11, 1)
     calls = random_calls(first - dt.timedelta(days=1), days=10, calls_per_day=200, seed=21)
     calls_to_parquet(calls, tmp_path / "calls.parquet")
@@ -72,6 +74,8 @@ def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket,
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_REGION": "us-east-1",
+        # dg checks that it runs in the project's environment.
+        "VIRTUAL_ENV": str(Path(sys.executable).parents[1]),
     }
     base = [
         "dagster",
@@ -85,8 +89,11 @@ def test_dagster_cli_materializes_a_day_and_a_range_into_s3(project_env, bucket,
 
     run_ok([*base, "--partition", "2026-11-08"], env)
     run_ok([*base, "--partition-range", "2026-11-01...2026-11-07"], env)
+    checked = run_ok(["dg", "check", "defs"], env)
+    assert "All definitions loaded successfully" in checked.stdout + checked.stderr
+    run_ok(["dg", "launch", "--assets", "agent_metrics", "--partition", "2026-11-09"], env)
 
-    days = [first + dt.timedelta(days=i) for i in range(8)]
+    days = [first + dt.timedelta(days=i) for i in range(9)]
     assert bucket.keys() == [f"agent_metrics/{d}/agent_metrics_{d}.csv" for d in days]
     expected = expected_metrics(calls)
     for day in days:
@@ -100,7 +107,7 @@ def test_embedded_engine_runs_in_a_pool_of_one_and_a_server_does_not():
     server = build_definitions(Settings.from_env({"CLICKHOUSE_HOST": "ch.internal"}))
     assert embedded.op.pool == "embedded_clickhouse"
     assert server.resolve_assets_def("agent_metrics").op.pool is None
-    instance_settings = (REPO_ROOT / "dagster.yaml").read_text()
+    instance_settings = (DEV_INSTANCE_SETTINGS).read_text()
     assert "default_limit: 1" in instance_settings
 
 

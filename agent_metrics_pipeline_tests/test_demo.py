@@ -1,4 +1,5 @@
-"""The demo as a new user runs it: its own process, the embedded default, correct files."""
+"""The demo as a new user runs it: its own process, the embedded default, correct files, and
+runs recorded in the instance the UI opens."""
 
 from __future__ import annotations
 
@@ -6,21 +7,30 @@ import datetime as dt
 import sys
 from pathlib import Path
 
+import dagster as dg
 import polars as pl
 import pytest
+from dagster._core.instance.ref import InstanceRef
 
+from agent_metrics_pipeline.demo import BROKEN_CALLS, SEED_DAYS
 from agent_metrics_pipeline_tests.helpers import run_ok
 from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
 
 pytestmark = pytest.mark.e2e
+AGENT_METRICS = dg.AssetKey("agent_metrics")
 
 
-def test_demo_publishes_correct_files_on_the_embedded_default(project_env, tmp_path):
+def published(home: Path) -> dict[Path, bytes]:
+    files = sorted((home / "output" / "agent_metrics").glob("*/agent_metrics_*.csv"))
+    return {path: path.read_bytes() for path in files}
+
+
+def test_demo_publishes_correct_files_and_records_its_runs(project_env, tmp_path):
     result = run_ok([sys.executable, "-m", "agent_metrics_pipeline.demo"], project_env)
     home = Path(project_env["AGENT_METRICS_HOME"])
-    files = sorted((home / "output" / "agent_metrics").glob("*/agent_metrics_*.csv"))
+    files = published(home)
     assert len(files) == 8
-    assert str(files[-1]) in result.stdout
+    assert str(list(files)[-1]) in result.stdout
 
     run_ok(
         [
@@ -36,8 +46,46 @@ def test_demo_publishes_correct_files_on_the_embedded_default(project_env, tmp_p
     calls = [
         Call(**row) for row in pl.read_parquet(tmp_path / "seeded.parquet").iter_rows(named=True)
     ]
+    broken_ids = {call_id for call_id, _, _ in BROKEN_CALLS}
+    (broken_day,) = {call.started_at.date() for call in calls if call.call_id in broken_ids}
     expected = expected_metrics(calls)
-    for path in files:
-        day = dt.date.fromisoformat(path.parent.name)
+    published_days = [dt.date.fromisoformat(path.parent.name) for path in files]
+    assert broken_day not in published_days
+    assert published_days[0] == broken_day + dt.timedelta(days=1)
+    for path, day in zip(files, published_days, strict=True):
         assert len(expected[day]) == 300
-        assert_csv_matches(path.read_bytes(), expected[day], day)
+        assert_csv_matches(files[path], expected[day], day)
+
+    # The UI opens this instance: the published days are materialized, the broken day's
+    # blocking checks failed there with the offending call ids, and the partitions start
+    # where the sample data does.
+    dagster_home = Path(project_env["DAGSTER_HOME"])
+    first_day = min(call.started_at.date() for call in calls)
+    assert (dagster_home / "demo.env").read_text() == f"AGENT_METRICS_START_DATE={first_day}\n"
+    assert first_day == published_days[-1] - dt.timedelta(days=SEED_DAYS - 1)
+
+    def recorded() -> tuple[set[str], dict[str, list[str]]]:
+        with dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home))) as instance:
+            materialized = instance.get_materialized_partitions(AGENT_METRICS)
+            failed = {}
+            for name in ("no_nulls", "no_negative_values"):
+                (record,) = instance.event_log_storage.get_asset_check_execution_history(
+                    dg.AssetCheckKey(AGENT_METRICS, name), limit=1
+                )
+                evaluation = record.event.dagster_event.event_specific_data
+                assert not evaluation.passed
+                assert evaluation.metadata["source_offending_days"].value == [str(broken_day)]
+                failed[name] = evaluation.metadata["sample_call_ids"].value
+        return materialized, failed
+
+    materialized, failed = recorded()
+    assert materialized == {str(day) for day in published_days}
+    assert failed == {
+        "no_nulls": sorted(c for c, agent, _ in BROKEN_CALLS if agent is None),
+        "no_negative_values": [c for c, agent, length in BROKEN_CALLS if length < 0],
+    }
+
+    # Running it again changes nothing a user can see.
+    run_ok([sys.executable, "-m", "agent_metrics_pipeline.demo"], project_env)
+    assert published(home) == files
+    assert recorded() == (materialized, failed)

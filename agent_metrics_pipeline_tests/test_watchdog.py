@@ -19,7 +19,7 @@ from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.watchdog import WATCHDOG_NAME
 from agent_metrics_pipeline_tests.helpers import (
-    REPO_ROOT,
+    DEV_INSTANCE_SETTINGS,
     calls_to_parquet,
     key_for,
     load_into_engine,
@@ -43,7 +43,7 @@ def _wait_for(condition, what: str) -> None:
 
 def test_a_run_killed_mid_step_never_blocks_the_next_one(project_env, tmp_path, hung_server):
     dagster_home = Path(project_env["DAGSTER_HOME"])
-    shutil.copy(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+    shutil.copy(DEV_INSTANCE_SETTINGS, dagster_home / "dagster.yaml")
     calls = random_calls(DAY, days=1, calls_per_day=300, seed=71)
     calls_to_parquet(calls, tmp_path / "calls.parquet")
     home = Path(project_env["AGENT_METRICS_HOME"])
