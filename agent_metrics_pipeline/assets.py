@@ -68,12 +68,15 @@ def build_agent_metrics_asset(
     pool: str | None = None,
     owners: Sequence[str] = (),
     freshness_policy: dg.FreshnessPolicy | None = None,
+    source: dg.SourceAsset | None = None,
+    automation_condition: dg.AutomationCondition | None = None,
 ) -> dg.AssetsDefinition:
     """The asset over ``partitions_def``, measuring what ``measurement`` says.
 
     A range of days runs as one query by default. ``pool`` serialises the steps that share a
     resource only one process may hold (the embedded engine's folder); ``retry_policy`` applies
-    to transient faults only.
+    to transient faults only. With ``source``, the observed calls table, Dagster knows which
+    source fingerprint each day was computed from; ``automation_condition`` acts on that.
     """
 
     @dg.asset(
@@ -88,6 +91,8 @@ def build_agent_metrics_asset(
         group_name=GROUP_NAME,
         owners=list(owners),
         freshness_policy=freshness_policy,
+        deps=[source] if source is not None else None,
+        automation_condition=automation_condition,
         metadata={
             "dagster/column_schema": published_schema(),
             **measurement.describe(),

@@ -223,6 +223,14 @@ class _Environment:
             raise ConfigError(f"{name} must name at least one value")
         return items
 
+    def cron(self, name: str) -> str | None:
+        value = self.text(name)
+        if value is not None and len(value.split()) != 5:
+            raise ConfigError(
+                f"{name}={value!r} must be a cron schedule of five fields, as in '5 * * * *'"
+            )
+        return value
+
     def owners(self, name: str) -> tuple[str, ...] | None:
         """Dagster's owner format: an email address or ``team:NAME``."""
         owners = self.items(name)
@@ -295,6 +303,8 @@ class Settings:
     freshness_deadline_hour: int = 3
     backfill_max_days_per_run: int | None = None
     schedule_lookback_days: int = 0
+    observe_window_days: int = 30
+    observe_cron: str = "5 * * * *"
     max_retries: int = 3
     retry_delay_sec: int = 30
     alert_webhook_url: str | None = field(default=None, repr=False)
@@ -374,6 +384,8 @@ class Settings:
                 schedule_lookback_days=env.number(
                     "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", int, minimum=0
                 ),
+                observe_window_days=env.number("AGENT_METRICS_OBSERVE_WINDOW_DAYS", int, minimum=1),
+                observe_cron=env.cron("AGENT_METRICS_OBSERVE_CRON"),
                 max_retries=env.number("AGENT_METRICS_MAX_RETRIES", int, minimum=0),
                 retry_delay_sec=env.number("AGENT_METRICS_RETRY_DELAY_SEC", int, minimum=0),
                 alert_webhook_url=env.url("AGENT_METRICS_ALERT_WEBHOOK_URL"),

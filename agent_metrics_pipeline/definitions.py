@@ -7,8 +7,13 @@ import warnings
 import dagster as dg
 
 from agent_metrics_pipeline.alerts import build_failure_alert_sensor, build_late_day_alert_sensor
-from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
+from agent_metrics_pipeline.assets import (
+    CSV_IO_MANAGER_KEY,
+    GROUP_NAME,
+    build_agent_metrics_asset,
+)
 from agent_metrics_pipeline.automation import (
+    SCHEDULE_TIMEZONE,
     build_agent_metrics_job,
     build_daily_schedule,
     freshness_policy,
@@ -22,6 +27,12 @@ from agent_metrics_pipeline.io_managers import (
     TimedS3Resource,
 )
 from agent_metrics_pipeline.partitions import daily_partitions
+from agent_metrics_pipeline.sources import (
+    build_calls_source,
+    build_late_calls_check,
+    build_observation_automation,
+    republish_changed_days,
+)
 from agent_metrics_pipeline.watchdog import build_dead_run_watchdog
 
 # The embedded engine's folder can be opened by one process at a time; dagster.yaml limits
@@ -88,25 +99,40 @@ def retry_policy(settings: Settings) -> dg.RetryPolicy:
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     partitions_def = daily_partitions(settings)
+    pool = EMBEDDED_ENGINE_POOL if settings.embedded_clickhouse else None
+    window_days = settings.observe_window_days
+    calls = build_calls_source(partitions_def, settings.measurement, window_days, GROUP_NAME, pool)
     agent_metrics = build_agent_metrics_asset(
         partitions_def,
         settings.measurement,
         backfill_policy=backfill_policy(settings),
         retry_policy=retry_policy(settings),
-        pool=EMBEDDED_ENGINE_POOL if settings.embedded_clickhouse else None,
+        pool=pool,
         owners=settings.owners,
         freshness_policy=freshness_policy(settings.freshness_deadline_hour),
+        source=calls,
+        automation_condition=republish_changed_days(window_days),
     )
     job = build_agent_metrics_job(agent_metrics)
+    observe_job, observe_schedule, republish_sensor = build_observation_automation(
+        calls, settings.observe_cron, SCHEDULE_TIMEZONE
+    )
     # Code references are beta in Dagster 1.13; the UI links the asset to its source with them.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
         assets = dg.with_source_code_references([agent_metrics])
     return dg.Definitions(
-        assets=assets,
-        jobs=[job],
-        schedules=[build_daily_schedule(job, partitions_def, settings.schedule_lookback_days)],
+        assets=[calls, *assets],
+        asset_checks=[
+            build_late_calls_check(partitions_def, settings.measurement, window_days, pool)
+        ],
+        jobs=[job, observe_job],
+        schedules=[
+            build_daily_schedule(job, partitions_def, settings.schedule_lookback_days),
+            observe_schedule,
+        ],
         sensors=[
+            republish_sensor,
             build_late_day_alert_sensor(
                 partitions_def,
                 settings.freshness_deadline_hour,

@@ -129,6 +129,96 @@ ORDER BY date, status
     return sql, _window_parameters(window_start, window_end, timezone)
 
 
+def _fingerprint_select(measurement: Measurement) -> str:
+    """Per day, the number of counted calls and an order-independent hash of them.
+
+    It covers exactly the rows the metrics read (counted statuses, day in the partitions'
+    timezone) and every column that feeds them, so any insert, delete or update that could
+    change a day's metrics changes its fingerprint. Summing the row hashes (wrapping) keeps
+    duplicate rows from cancelling out, as XOR would.
+    """
+    source = measurement.source
+    call_id, agent, started_at, duration, status = (
+        f"src.`{column}`" for column in source.column_names
+    )
+    return f"""
+SELECT
+    toDate({started_at}, {{timezone:String}}) AS date,
+    count() AS calls,
+    lower(hex(sumWithOverflow(cityHash64({call_id}, {agent}, {started_at}, {duration}))))
+        AS row_hash
+FROM {source.qualified_name} AS src
+WHERE ({{day_ranges}})
+  AND {status} IN {{statuses:Array(String)}}
+GROUP BY date
+ORDER BY date
+"""
+
+
+def build_fingerprint_query(
+    measurement: Measurement, days: list[tuple[dt.datetime, dt.datetime]], timezone: str
+) -> tuple[str, dict[str, object]]:
+    """Fingerprints of the days whose ``[start, end)`` bounds are given, in one scan.
+
+    Adjacent days merge into one range predicate, so a window of days reads one contiguous
+    slice of the table's primary key.
+    """
+    ranges: list[tuple[dt.datetime, dt.datetime]] = []
+    for start, end in sorted(days):
+        if ranges and ranges[-1][1] == start:
+            ranges[-1] = (ranges[-1][0], end)
+        else:
+            ranges.append((start, end))
+    started_at = f"src.`{measurement.source.column('started_at')}`"
+    predicate = " OR ".join(
+        f"({started_at} >= {{start_{i}:DateTime64(3, 'UTC')}} "
+        f"AND {started_at} < {{end_{i}:DateTime64(3, 'UTC')}})"
+        for i in range(len(ranges))
+    )
+    parameters: dict[str, object] = {
+        "timezone": timezone,
+        "statuses": list(measurement.statuses),
+    }
+    for i, (start, end) in enumerate(ranges):
+        parameters[f"start_{i}"] = _utc_literal(start)
+        parameters[f"end_{i}"] = _utc_literal(end)
+    sql = _fingerprint_select(measurement).replace("{day_ranges}", predicate or "0")
+    return sql, parameters
+
+
+def build_recently_written_days_query(
+    measurement: Measurement, before: dt.datetime, since: dt.datetime, timezone: str
+) -> tuple[str, dict[str, object]]:
+    """Days before ``before`` holding counted calls in table parts written since ``since``.
+
+    Only the parts written since then are read: inserts create parts, so a late call lands in
+    one. Merges rewrite parts too, so a day found here is a candidate, to be confirmed by its
+    fingerprint.
+    """
+    source = measurement.source
+    started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
+    sql = f"""
+SELECT DISTINCT toDate({started_at}, {{timezone:String}}) AS date
+FROM {source.qualified_name} AS src
+WHERE src._part IN (
+        SELECT name FROM system.parts
+        WHERE database = {{database:String}} AND table = {{table:String}}
+          AND active AND modification_time >= {{since:DateTime('UTC')}}
+    )
+  AND {started_at} < {{before:DateTime64(3, 'UTC')}}
+  AND {status} IN {{statuses:Array(String)}}
+ORDER BY date
+"""
+    return sql, {
+        "timezone": timezone,
+        "database": source.database,
+        "table": source.table,
+        "since": since.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        "before": _utc_literal(before),
+        "statuses": list(measurement.statuses),
+    }
+
+
 def source_table_ddl(source: SourceTable) -> tuple[str, str]:
     """The source table of the contract, and its database: ordered by start time so day windows
     prune parts. For the demo, the tests and the benchmarks; production tables are the user's."""

@@ -207,8 +207,10 @@ def test_materializing_the_asset_runs_one_step_and_no_freshness_check():
     # What `dagster asset materialize --select agent_metrics` and the UI's button select.
     selected_checks = dg.AssetSelection.assets("agent_metrics").resolve_checks(graph)
     assert {key.name for key in selected_checks} == set(checks.CHECK_DESCRIPTIONS)
-    assets_job = defs.resolve_implicit_global_asset_job_def()
-    assert [node.name for node in assets_job.graph.nodes] == ["agent_metrics"]
+    cli_run = defs.resolve_implicit_global_asset_job_def().get_subset(
+        asset_selection={dg.AssetKey("agent_metrics")}
+    )
+    assert [node.name for node in cli_run.graph.nodes] == ["agent_metrics"]
 
 
 @pytest.mark.parametrize("deadline_hour", [3, 9])

@@ -1,0 +1,263 @@
+"""The calls table as an observable source: one fingerprint per day, computed by ClickHouse.
+
+``agent_metrics`` depends on ``calls``, so Dagster records which fingerprint each published day
+was computed from and marks the day stale when its fingerprint changes. An hourly observation
+fingerprints the last ``window_days`` days in one query; an automation condition then requests
+exactly the stale days of that window. Days older than the window are not fingerprinted every
+hour: a check looks for late calls among them in the table parts written since its last run.
+"""
+
+import datetime as dt
+import warnings
+from collections.abc import Sequence
+
+import dagster as dg
+
+# The resolver behind the UI's stale badge; Dagster has no public equivalent in 1.13 (pinned).
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory
+
+from agent_metrics_pipeline.assets import ASSET_NAME
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.config import Measurement
+from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
+from agent_metrics_pipeline.sql import build_fingerprint_query, build_recently_written_days_query
+
+CALLS_ASSET_NAME = "calls"
+LATE_CALLS_CHECK = "no_late_calls_outside_window"
+OBSERVE_JOB_NAME = "observe_calls"
+OBSERVE_SCHEDULE_NAME = "observe_calls_hourly"
+REPUBLISH_SENSOR_NAME = "agent_metrics_republish_changed_days"
+DATA_VERSION_TAG = "dagster/data_version"
+EMPTY_DAY_FINGERPRINT = "0:0"
+# Part modification times have second resolution and the engine's clock is not Dagster's.
+PARTS_CLOCK_MARGIN = dt.timedelta(minutes=5)
+
+
+def observed_days(partitions_def: dg.DailyPartitionsDefinition, window_days: int) -> list[str]:
+    """The newest ``window_days`` days that have ended."""
+    return partitions_def.get_partition_keys()[-window_days:]
+
+
+def fingerprints(
+    clickhouse: ClickHouseResource,
+    measurement: Measurement,
+    partitions_def: dg.DailyPartitionsDefinition,
+    days: Sequence[str],
+) -> dict[str, tuple[int, str]]:
+    """Calls counted and fingerprint of each day, from one query."""
+    bounds = []
+    for day in days:
+        window = partitions_def.time_window_for_partition_key(day)
+        bounds.append((window.start, window.end))
+    with no_retry_for_permanent_errors():
+        rows = clickhouse.query_polars(
+            *build_fingerprint_query(measurement, bounds, partitions_def.timezone)
+        )
+    found = {
+        date.isoformat(): (calls, f"{calls}:{row_hash}")
+        for date, calls, row_hash in rows.select("date", "calls", "row_hash").iter_rows()
+    }
+    return {day: found.get(day, (0, EMPTY_DAY_FINGERPRINT)) for day in days}
+
+
+def _observe(day: str, calls: int, fingerprint: str) -> dg.AssetObservation:
+    return dg.AssetObservation(
+        asset_key=CALLS_ASSET_NAME,
+        partition=day,
+        tags={DATA_VERSION_TAG: fingerprint},
+        metadata={"calls": calls, "fingerprint": fingerprint},
+    )
+
+
+def build_calls_source(
+    partitions_def: dg.DailyPartitionsDefinition,
+    measurement: Measurement,
+    window_days: int,
+    group_name: str,
+    pool: str | None,
+) -> dg.SourceAsset:
+    source = measurement.source
+
+    # Observable source assets are beta in Dagster 1.13, and the way to observe a source.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+
+        @dg.observable_source_asset(
+            name=CALLS_ASSET_NAME,
+            partitions_def=partitions_def,
+            group_name=group_name,
+            # The embedded engine admits one process at a time, runs of agent_metrics included.
+            op_tags={"dagster/concurrency_key": pool} if pool else None,
+            description=(
+                f"Source call records in {source.database}.{source.table}. Each observation "
+                f"fingerprints the newest {window_days} days (count and hash of the counted calls)."
+            ),
+            metadata={"source_table": f"{source.database}.{source.table}"},
+        )
+        def calls(
+            context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
+        ) -> dg.DataVersionsByPartition:
+            days = observed_days(partitions_def, window_days)
+            for day, (count, fingerprint) in fingerprints(
+                clickhouse, measurement, partitions_def, days
+            ).items():
+                context.log_event(_observe(day, count, fingerprint))
+            context.log.info(f"Fingerprinted {len(days)} day(s), {days[0]}...{days[-1]}")
+            # The observations above carry the versions, with metadata this return value cannot.
+            return dg.DataVersionsByPartition({})
+
+    return calls
+
+
+def _last_observed_fingerprint(instance: dg.DagsterInstance, day: str) -> str | None:
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(CALLS_ASSET_NAME), asset_partitions=[day]),
+        limit=1,
+    ).records
+    return records[0].asset_observation.tags.get(DATA_VERSION_TAG) if records else None
+
+
+def build_late_calls_check(
+    partitions_def: dg.DailyPartitionsDefinition,
+    measurement: Measurement,
+    window_days: int,
+    pool: str | None,
+) -> dg.AssetChecksDefinition:
+    check_key = dg.AssetCheckKey(dg.AssetKey(CALLS_ASSET_NAME), LATE_CALLS_CHECK)
+
+    @dg.asset_check(
+        asset=CALLS_ASSET_NAME,
+        name=LATE_CALLS_CHECK,
+        pool=pool,
+        description=(
+            f"Warns when calls arrived for a day older than the {window_days}-day observation "
+            "window: that day is not republished by itself. Materialize it to republish it."
+        ),
+    )
+    def no_late_calls_outside_window(
+        context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
+    ) -> dg.AssetCheckResult:
+        instance = context.instance
+        window_start = partitions_def.time_window_for_partition_key(
+            observed_days(partitions_def, window_days)[0]
+        ).start
+        previous = [
+            record
+            for record in instance.event_log_storage.get_asset_check_execution_history(
+                check_key, limit=5
+            )
+            if record.run_id != context.op_execution_context.run_id
+            and record.status.value in ("SUCCEEDED", "FAILED")
+        ]
+        if not previous:
+            return dg.AssetCheckResult(
+                passed=True, metadata={"note": "first run: later runs look at what arrives"}
+            )
+        since = dt.datetime.fromtimestamp(previous[0].create_timestamp, dt.UTC)
+        with no_retry_for_permanent_errors():
+            written = clickhouse.query_polars(
+                *build_recently_written_days_query(
+                    measurement, window_start, since - PARTS_CLOCK_MARGIN, partitions_def.timezone
+                )
+            )
+        first_day = partitions_def.get_first_partition_key()
+        candidates = [
+            date.isoformat()
+            for date in written.get_column("date")
+            if first_day is not None and date.isoformat() >= first_day
+        ]
+        changed = []
+        if candidates:
+            current = fingerprints(clickhouse, measurement, partitions_def, candidates)
+            for day in candidates:
+                count, fingerprint = current[day]
+                # A merge rewrites parts without changing rows: the fingerprint tells.
+                if _last_observed_fingerprint(instance, day) not in (None, fingerprint):
+                    context.op_execution_context.log_event(_observe(day, count, fingerprint))
+                    changed.append(day)
+        return dg.AssetCheckResult(
+            passed=not changed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={
+                "late_days": changed,
+                "window_starts": window_start.date().isoformat(),
+                "days_looked_at": candidates,
+            },
+            description=(
+                f"Calls arrived late for {', '.join(changed)}, older than the observation "
+                "window: materialize these days to republish them."
+                if changed
+                else None
+            ),
+        )
+
+    return no_late_calls_outside_window
+
+
+class SourceChangedSinceMaterialization(dg.AutomationCondition):
+    """The day's ``calls`` fingerprint differs from the one it was last materialized from."""
+
+    @property
+    def name(self) -> str:
+        return "source_changed_since_materialization"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        view = context.asset_graph_view
+        resolver = CachingStaleStatusResolver(view.instance, context.asset_graph, view)
+        changed = {
+            day
+            for day in context.candidate_subset.expensively_compute_partition_keys()
+            if any(
+                cause.category == StaleCauseCategory.DATA
+                for cause in resolver.get_stale_causes(context.key, day)
+            )
+        }
+        return dg.AutomationResult(
+            context,
+            true_subset=context.candidate_subset.compute_intersection_with_partition_keys(changed),
+        )
+
+
+def republish_changed_days(window_days: int) -> dg.AutomationCondition:
+    """Published days of the window whose source changed, not already running; a day whose
+    run failed waits for its source to change again rather than failing every tick."""
+    return (
+        dg.AutomationCondition.in_latest_time_window(dt.timedelta(days=window_days))
+        & ~dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+        & (~dg.AutomationCondition.execution_failed() | dg.AutomationCondition.any_deps_updated())
+        & SourceChangedSinceMaterialization()
+    ).with_label("republish_changed_days")
+
+
+def build_observation_automation(
+    calls: dg.SourceAsset, cron_schedule: str, timezone: str
+) -> "tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition, dg.SensorDefinition]":
+    """The observation job and its schedule, and the sensor evaluating the condition."""
+    job = dg.define_asset_job(
+        OBSERVE_JOB_NAME,
+        selection=dg.AssetSelection.assets(calls.key),
+        # The observation and the late-calls check are quick: one process, not one per step.
+        executor_def=dg.in_process_executor,
+        description="Fingerprints the recent days of the calls table and looks for late calls.",
+    )
+    schedule = dg.ScheduleDefinition(
+        name=OBSERVE_SCHEDULE_NAME,
+        job=job,
+        cron_schedule=cron_schedule,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Observes the calls table; days whose fingerprint changed turn stale.",
+    )
+    # The condition is code, so it must run in the code server (Dagster cannot serialize it);
+    # that option is beta in Dagster 1.13.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        sensor = dg.AutomationConditionSensorDefinition(
+            REPUBLISH_SENSOR_NAME,
+            target=dg.AssetSelection.assets(ASSET_NAME),
+            use_user_code_server=True,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description="Requests the published days whose source changed (stale days).",
+        )
+    return job, schedule, sensor
