@@ -26,6 +26,7 @@ import polars as pl
 
 from agent_metrics_pipeline.assets import ASSET_NAME, CSV_IO_MANAGER_KEY, PREVIEW_ROWS
 from agent_metrics_pipeline.automation import JOB_NAME
+from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import ConfigError, Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
@@ -110,7 +111,8 @@ def run_demo(
     today: dt.date,
     instance: dg.DagsterInstance,
 ) -> dg.ExecuteInProcessResult:
-    """Seed sample calls; materialize yesterday, the seven days before it, and the broken day.
+    """Seed sample calls, observe them, then materialize yesterday, the seven days before it,
+    and the broken day.
 
     Returns the broken day's run, which fails on purpose.
     """
@@ -127,6 +129,8 @@ def run_demo(
     add_broken_calls(clickhouse, source, broken_day, settings.timezone)
     logger.info("Seeded %s sample calls from %s into %s", seeded, first_day, clickhouse.description)
 
+    # Fingerprint the source first, so each published day records the one it was built from.
+    defs.resolve_job_def(OBSERVE_JOB_NAME).execute_in_process(instance=instance)
     job = defs.resolve_job_def(JOB_NAME)
     job.execute_in_process(partition_key=yesterday.isoformat(), instance=instance)
     job.execute_in_process(
