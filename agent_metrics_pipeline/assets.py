@@ -8,7 +8,7 @@ import polars as pl
 
 from agent_metrics_pipeline.checks import Evidence, check_specs, describe_failures, evaluate_checks
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import Measurement
+from agent_metrics_pipeline.config import DEFAULT_MAX_DAYS_PER_QUERY, Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.metrics import (
     COLUMN_DESCRIPTIONS,
@@ -20,7 +20,11 @@ from agent_metrics_pipeline.metrics import (
     shape_metrics,
     to_markdown,
 )
-from agent_metrics_pipeline.sql import build_metrics_query, build_status_query
+from agent_metrics_pipeline.sql import (
+    build_metrics_query,
+    build_samples_query,
+    build_status_query,
+)
 
 ASSET_NAME = "agent_metrics"
 GROUP_NAME = "call_center"
@@ -70,11 +74,13 @@ def build_agent_metrics_asset(
     freshness_policy: dg.FreshnessPolicy | None = None,
     source: dg.SourceAsset | None = None,
     automation_condition: dg.AutomationCondition | None = None,
+    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY,
 ) -> dg.AssetsDefinition:
     """The asset over ``partitions_def``, measuring what ``measurement`` says.
 
-    A range of days runs as one query by default. ``pool`` serialises the steps that share a
-    resource only one process may hold (the embedded engine's folder); ``retry_policy`` applies
+    A range of days runs as one run, querying up to ``max_days_per_query`` days at a time.
+    ``pool`` serialises the steps that share a resource only one process may hold (the
+    embedded engine's folder); ``retry_policy`` applies
     to transient faults only. With ``source``, the observed calls table, Dagster knows which
     source fingerprint each day was computed from; ``automation_condition`` acts on that.
     """
@@ -117,15 +123,33 @@ def build_agent_metrics_asset(
                 allow_retries=False,
             )
         window = context.partition_time_window
-        query_window = (measurement, window.start, window.end, partitions_def.timezone)
         context.log.info(
             f"Aggregating {len(days)} day(s) [{window.start.isoformat()}, "
             f"{window.end.isoformat()}) on the {clickhouse.description}"
         )
+        raw_parts, status_parts, sample_parts = [], [], []
         with no_retry_for_permanent_errors():
-            raw = clickhouse.query_polars(*build_metrics_query(*query_window))
-            statuses = clickhouse.query_polars(*build_status_query(*query_window))
-        metrics, quality = shape_metrics(raw)
+            # A query holds the exact quantile state of every call it covers: chunks of days
+            # bound the engine's memory whatever the range.
+            for first in range(0, len(days), max_days_per_query):
+                chunk = days[first : first + max_days_per_query]
+                query_window = (
+                    measurement,
+                    partitions_def.time_window_for_partition_key(chunk[0]).start,
+                    partitions_def.time_window_for_partition_key(chunk[-1]).end,
+                    partitions_def.timezone,
+                )
+                raw = clickhouse.query_polars(*build_metrics_query(*query_window))
+                status_parts.append(clickhouse.query_polars(*build_status_query(*query_window)))
+                if SourceQuality.counts_any(raw):
+                    sample_parts.append(
+                        clickhouse.query_polars(*build_samples_query(*query_window))
+                    )
+                raw_parts.append(raw)
+        metrics, quality = shape_metrics(pl.concat(raw_parts, how="vertical_relaxed"))
+        statuses = pl.concat(status_parts, how="vertical_relaxed")
+        if sample_parts:
+            quality = quality.with_samples(pl.concat(sample_parts, how="vertical_relaxed"))
 
         verdicts = evaluate_checks(Evidence(metrics, quality, statuses, days, measurement))
         yield from (verdict.result for verdict in verdicts)

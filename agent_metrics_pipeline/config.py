@@ -26,6 +26,7 @@ SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION
 
 DEFAULT_HOME = Path(".agent_metrics")
 DEFAULT_CLICKHOUSE_PORT = 8123
+DEFAULT_MAX_DAYS_PER_QUERY = 30
 DEFAULT_CONNECT_TIMEOUT_SEC = 10
 # A day of 10 M calls aggregates in about a second; two minutes leave room for far bigger days.
 DEFAULT_QUERY_TIMEOUT_SEC = 120
@@ -302,6 +303,7 @@ class Settings:
     # UTC, an hour after the daily schedule (02:00 UTC); never before it.
     freshness_deadline_hour: int = 3
     backfill_max_days_per_run: int | None = None
+    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY
     schedule_lookback_days: int = 0
     observe_window_days: int = 30
     observe_cron: str = "5 * * * *"
@@ -381,6 +383,7 @@ class Settings:
                 backfill_max_days_per_run=env.number(
                     "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", int, minimum=1
                 ),
+                max_days_per_query=env.number("AGENT_METRICS_MAX_DAYS_PER_QUERY", int, minimum=1),
                 schedule_lookback_days=env.number(
                     "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", int, minimum=0
                 ),

@@ -26,11 +26,11 @@ import polars as pl
 
 from agent_metrics_pipeline.assets import ASSET_NAME, CSV_IO_MANAGER_KEY, PREVIEW_ROWS
 from agent_metrics_pipeline.automation import JOB_NAME
-from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import ConfigError, Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import DailyCsvIOManager
+from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 from agent_metrics_pipeline.sql import source_table_ddl
 
 SEED_DAYS = 35

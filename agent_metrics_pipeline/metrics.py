@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import polars as pl
 
@@ -42,15 +42,33 @@ class SourceQuality:
     """Source calls the metrics could not (or should not) measure, from the same scan.
 
     ``per_day`` has a ``date`` column and one column per name in ``QUALITY_COUNTS``;
-    ``samples`` holds a few call ids per name in ``SAMPLE_IDS``.
+    ``samples`` holds a few call ids per name in ``SAMPLE_IDS``, once fetched.
     """
 
     per_day: pl.DataFrame
-    samples: dict[str, tuple[str, ...]]
+    samples: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {name: () for name in SAMPLE_IDS}
+    )
 
     @property
     def unmeasurable_calls(self) -> int:
         return int(self.per_day.select(pl.sum_horizontal(UNMEASURABLE_COUNTS).sum()).item())
+
+    @staticmethod
+    def counts_any(raw: pl.DataFrame) -> bool:
+        """Whether the metrics query counted an unmeasurable or overlong call, whose ids are
+        then worth fetching."""
+        return bool(raw.select(pl.sum_horizontal(QUALITY_COUNTS).sum()).item())
+
+    def with_samples(self, samples: pl.DataFrame) -> SourceQuality:
+        """These counts with the call ids of the samples query's one row."""
+        return replace(
+            self,
+            samples={
+                name: tuple(samples.get_column(name).explode().drop_nulls().head(SAMPLE_SIZE))
+                for name in SAMPLE_IDS
+            },
+        )
 
 
 def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
@@ -70,11 +88,7 @@ def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
         .cast({"date": pl.Date, pl.selectors.numeric(): pl.Int64})
         .sort("date")
     )
-    samples = {
-        column: tuple(raw.get_column(column).explode().drop_nulls().head(SAMPLE_SIZE))
-        for column in SAMPLE_IDS
-    }
-    return metrics, SourceQuality(per_day=per_day, samples=samples)
+    return metrics, SourceQuality(per_day=per_day)
 
 
 def calls_per_status(statuses: pl.DataFrame, day: dt.date | None = None) -> dict[str, int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 
 from agent_metrics_pipeline.config import Measurement, SourceTable
+from agent_metrics_pipeline.metrics import SAMPLE_SIZE
 
 CLICKHOUSE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 
@@ -46,9 +47,9 @@ def build_metrics_query(
 
     Metrics are computed over measurable calls only: an agent (not NULL, not empty) and a
     finite, non-negative duration. The counts of unmeasurable calls, and of measurable calls
-    longer than ``max_call_length_sec``, ride along in the same scan with a few of their call
-    ids, so the checks can decide whether the day may be published. Calls without an agent form
-    their own group.
+    longer than ``max_call_length_sec``, ride along in the same scan, so the checks can decide
+    whether the day may be published (their call ids come from :func:`build_samples_query`).
+    Calls without an agent form their own group.
 
     Every source column is qualified with the table alias, so a source column named like an
     output (``date``, say) is never mistaken for it. The average sums whole microseconds as
@@ -57,18 +58,11 @@ def build_metrics_query(
     of calls stored with a length of -0.0 into 0.0.
     """
     source = measurement.source
-    call_id, agent, started_at, duration, status = (
-        f"src.`{column}`" for column in source.column_names
+    started_at, duration = (
+        f"src.`{source.column(role)}`" for role in ("started_at", "duration_sec")
     )
     sql = f"""
-WITH
-    nullIf({agent}, '') AS call_agent,
-    assumeNotNull({duration}) AS call_length,
-    call_agent IS NOT NULL AND {duration} IS NOT NULL AS has_length,
-    has_length AND NOT isFinite(call_length) AS non_finite,
-    has_length AND isFinite(call_length) AND call_length < 0 AS negative,
-    has_length AND isFinite(call_length) AND call_length >= 0 AS measurable,
-    measurable AND call_length > {{max_call_length_sec:Float64}} AS overlong
+{_classified_calls(measurement)}
 SELECT
     toDate({started_at}, {{timezone:String}}) AS date,
     call_agent AS agent_id,
@@ -83,25 +77,72 @@ SELECT
     countIf(call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
     countIf(negative) AS negative_duration_calls,
     countIf(non_finite) AS non_finite_duration_calls,
-    countIf(overlong) AS overlong_calls,
-    groupArrayIf(5)(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
-        AS null_call_ids,
-    groupArrayIf(5)(toString({call_id}), negative) AS negative_call_ids,
-    groupArrayIf(5)(toString({call_id}), non_finite) AS non_finite_call_ids,
-    groupArrayIf(5)(toString({call_id}), overlong) AS overlong_call_ids
-FROM {source.qualified_name} AS src
-WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
-  AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
-  AND {status} IN {{statuses:Array(String)}}
+    countIf(overlong) AS overlong_calls
+{_window_filter(measurement)}
 GROUP BY date, agent_id
 ORDER BY date, agent_id
 """
-    parameters = {
+    return sql, _measurement_parameters(measurement, window_start, window_end, timezone)
+
+
+def build_samples_query(
+    measurement: Measurement,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    timezone: str,
+) -> tuple[str, dict[str, object]]:
+    """A few call ids of each kind of unmeasurable or overlong call in the window, one row.
+
+    Run only when the metrics query counted such calls: reading the call ids of every call costs
+    more than the rest of the aggregation, and almost every day has nothing to show.
+    """
+    source = measurement.source
+    call_id, duration = (f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec"))
+    sql = f"""
+{_classified_calls(measurement)}
+SELECT
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
+        AS null_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), non_finite) AS non_finite_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
+{_window_filter(measurement)}
+  AND NOT (measurable AND NOT overlong)
+"""
+    return sql, _measurement_parameters(measurement, window_start, window_end, timezone)
+
+
+def _classified_calls(measurement: Measurement) -> str:
+    """How each call is classified, shared by the metrics and the samples queries."""
+    source = measurement.source
+    agent, duration = (f"src.`{source.column(role)}`" for role in ("agent_id", "duration_sec"))
+    return f"""WITH
+    nullIf({agent}, '') AS call_agent,
+    assumeNotNull({duration}) AS call_length,
+    call_agent IS NOT NULL AND {duration} IS NOT NULL AS has_length,
+    has_length AND NOT isFinite(call_length) AS non_finite,
+    has_length AND isFinite(call_length) AND call_length < 0 AS negative,
+    has_length AND isFinite(call_length) AND call_length >= 0 AS measurable,
+    measurable AND call_length > {{max_call_length_sec:Float64}} AS overlong"""
+
+
+def _window_filter(measurement: Measurement) -> str:
+    source = measurement.source
+    started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
+    return f"""FROM {source.qualified_name} AS src
+WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
+  AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
+  AND {status} IN {{statuses:Array(String)}}"""
+
+
+def _measurement_parameters(
+    measurement: Measurement, window_start: dt.datetime, window_end: dt.datetime, timezone: str
+) -> dict[str, object]:
+    return {
         **_window_parameters(window_start, window_end, timezone),
         "statuses": list(measurement.statuses),
         "max_call_length_sec": float(measurement.max_call_length_sec),
     }
-    return sql, parameters
 
 
 def build_status_query(

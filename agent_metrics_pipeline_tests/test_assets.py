@@ -8,7 +8,7 @@ import os
 import uuid
 
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
@@ -278,3 +278,46 @@ def test_source_columns_named_like_outputs_are_read_from_the_source(clickhouse, 
     materialize(clickhouse, measuring(source), bucket.io_manager(), str(DAY))
 
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)
+
+
+def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
+    clickhouse, calls_table, bucket, monkeypatch
+):
+    first = dt.date(2026, 11, 10)
+    days = [first + dt.timedelta(days=i) for i in range(7)]
+    calls = random_calls(first, days=7, calls_per_day=150, seed=9)
+    # A broken call on the last day: its id comes from a samples query of that chunk only.
+    calls.append(call(None, dt.datetime.combine(days[-1], dt.time(9), UTC), 12.0))
+    insert_calls(clickhouse, calls_table, calls)
+    settings = measuring(calls_table, invalid_rows=InvalidRowsPolicy.EXCLUDE)
+    whole = {}
+    materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
+    for day in days:
+        whole[day] = bucket.get(key_for(day))
+
+    windows = []
+    original = ClickHouseResource.query_polars
+
+    def recording_query(self, sql, parameters=None):
+        windows.append((sql.split("SELECT")[1].split()[0], parameters["window_start"][:10]))
+        return original(self, sql, parameters)
+
+    monkeypatch.setattr(ClickHouseResource, "query_polars", recording_query)
+    result = materialize(
+        clickhouse,
+        settings,
+        bucket.io_manager(),
+        str(days[0]),
+        str(days[-1]),
+        max_days_per_query=3,
+    )
+    starts = sorted({start for _, start in windows})
+    assert starts == ["2026-11-10", "2026-11-13", "2026-11-16"]
+    assert len(windows) == 3 * 2 + 1, "metrics and statuses per chunk, samples where needed"
+    for day in days:
+        assert bucket.get(key_for(day)) == whole[day]
+        assert_csv_matches(whole[day], expected_metrics(calls)[day], day)
+    (excluded,) = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "excluded_source_rows"
+    ]
+    assert excluded.metadata["sample_call_ids"].value == [calls[-1].call_id]
