@@ -20,12 +20,7 @@ from agent_metrics_pipeline.automation import (
 )
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
-from agent_metrics_pipeline.io_managers import (
-    DailyCsvIOManager,
-    LocalCsvIOManager,
-    S3CsvIOManager,
-    TimedS3Resource,
-)
+from agent_metrics_pipeline.io_managers import DailyCsvIOManager, LocalCsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
 from agent_metrics_pipeline.sources import (
     build_calls_source,
@@ -66,6 +61,9 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
         return LocalCsvIOManager(
             base_dir=str(settings.local_output_dir), prefix=settings.s3_prefix, gzip=settings.gzip
         )
+    # Only a bucket needs dagster-aws, whose import costs seconds.
+    from agent_metrics_pipeline.s3 import S3CsvIOManager, TimedS3Resource
+
     return S3CsvIOManager(
         s3=TimedS3Resource(
             endpoint_url=settings.s3_endpoint_url,

@@ -20,8 +20,9 @@ import polars as pl
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement, Settings, SourceTable
-from agent_metrics_pipeline.io_managers import DailyCsvIOManager, S3CsvIOManager, TimedS3Resource
+from agent_metrics_pipeline.io_managers import DailyCsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
+from agent_metrics_pipeline.s3 import S3CsvIOManager, TimedS3Resource
 from agent_metrics_pipeline.sql import source_table_ddl
 from agent_metrics_pipeline_tests.oracle import Call
 

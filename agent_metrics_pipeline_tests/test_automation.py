@@ -16,7 +16,7 @@ from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
 from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
 from agent_metrics_pipeline.config import Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions, csv_io_manager
-from agent_metrics_pipeline.io_managers import S3CsvIOManager
+from agent_metrics_pipeline.s3 import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     build_asset,

@@ -13,8 +13,9 @@ import pytest
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.definitions import build_definitions
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager, S3CsvIOManager
+from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline.metrics import METRICS_SCHEMA
+from agent_metrics_pipeline.s3 import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     REPO_ROOT,

@@ -29,9 +29,9 @@ from agent_metrics_pipeline.io_managers import (
     LocalCsvIOManager,
     ObjectStoreError,
     ObjectStoreUnavailableError,
-    S3CsvIOManager,
 )
 from agent_metrics_pipeline.metrics import METRICS_SCHEMA
+from agent_metrics_pipeline.s3 import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     S3_TEST_REGION,
     build_asset,

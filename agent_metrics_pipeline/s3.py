@@ -1,0 +1,173 @@
+"""The per-day CSV objects in an S3 (or S3-compatible) bucket, through dagster-aws.
+
+Apart from the other IO managers because importing dagster-aws costs as much as importing
+Dagster itself: definitions without a bucket never pay for it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+from botocore.handlers import disable_signing
+from dagster_aws.s3 import S3Resource
+from pydantic import Field, PrivateAttr
+
+from agent_metrics_pipeline.config import (
+    DEFAULT_S3_CONNECT_TIMEOUT_SEC,
+    DEFAULT_S3_READ_TIMEOUT_SEC,
+)
+from agent_metrics_pipeline.io_managers import (
+    DailyCsvIOManager,
+    ObjectStoreError,
+    ObjectStoreUnavailableError,
+)
+
+CREDENTIAL_ERROR_CODES = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+}
+# Valid credentials, without the permission for this request.
+PERMISSION_ERROR_CODES = {"AccessDenied", "403"}
+MISSING_BUCKET_ERROR_CODES = {"NoSuchBucket"}
+MISSING_OBJECT_ERROR_CODES = {"NoSuchKey", "404"}
+# Answers that a later attempt may not get: throttling, timeouts, server trouble.
+TRANSIENT_ERROR_CODES = {
+    "RequestTimeout",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "InternalError",
+    "ServiceUnavailable",
+}
+
+
+class TimedS3Resource(S3Resource):
+    """dagster-aws ``S3Resource`` whose clients give up on an endpoint that does not answer.
+
+    dagster-aws leaves botocore's 60 s connect and read timeouts in place; every other field
+    keeps its meaning (``max_attempts`` counts retries, in botocore's standard retry mode, with
+    exponential backoff).
+    """
+
+    connect_timeout_sec: int = Field(
+        default=DEFAULT_S3_CONNECT_TIMEOUT_SEC, description="Seconds to connect."
+    )
+    read_timeout_sec: int = Field(
+        default=DEFAULT_S3_READ_TIMEOUT_SEC, description="Seconds to wait for each answer."
+    )
+
+    def get_client(self) -> Any:
+        config = Config(
+            connect_timeout=self.connect_timeout_sec,
+            read_timeout=self.read_timeout_sec,
+            retries={"max_attempts": self.max_attempts, "mode": "standard"},
+        )
+        client = boto3.session.Session(profile_name=self.profile_name).client(
+            "s3",
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=config,
+        )
+        if self.use_unsigned_session:
+            client.meta.events.register("choose-signer.s3.*", disable_signing)
+        return client
+
+
+class S3CsvIOManager(DailyCsvIOManager):
+    """The same layout in an S3 (or S3-compatible) bucket, through dagster-aws ``S3Resource``.
+
+    Transient faults are retried by the client, at the write, with backoff (``max_attempts``
+    of the resource); once those are spent the step fails without a step retry, which would
+    run the ClickHouse query again for nothing.
+    """
+
+    s3: S3Resource
+    bucket: str = Field(description="Bucket name, without s3://.")
+    _s3_client: Any = PrivateAttr(default=None)
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def _where(self) -> str:
+        endpoint = self.s3.endpoint_url or "AWS S3"
+        return f"bucket {self.bucket!r} at {endpoint}"
+
+    def _translate(self, error: Exception, key: str, action: str) -> Exception:
+        if isinstance(
+            error, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
+        ):
+            return ObjectStoreUnavailableError(
+                f"Could not reach the {self._where()}: {type(error).__name__}. Check "
+                "S3_ENDPOINT_URL and the network."
+            )
+        if isinstance(error, botocore.exceptions.NoCredentialsError):
+            return ObjectStoreError(
+                f"No AWS credentials found for {self._where()}: set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or an instance role."
+            )
+        if isinstance(error, botocore.exceptions.BotoCoreError):
+            return ObjectStoreError(
+                f"The S3 client for the {self._where()} is misconfigured: {error}. Check "
+                "AWS_PROFILE, AWS_REGION and the AWS credential variables."
+            )
+        if isinstance(error, botocore.exceptions.ClientError):
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in MISSING_BUCKET_ERROR_CODES:
+                return ObjectStoreError(
+                    f"The {self._where()} does not exist: create it, or point S3_BUCKET at an "
+                    "existing bucket."
+                )
+            if code in CREDENTIAL_ERROR_CODES:
+                return ObjectStoreError(
+                    f"The {self._where()} refused the credentials ({code}): check "
+                    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
+                )
+            if code in PERMISSION_ERROR_CODES:
+                return ObjectStoreError(
+                    f"The credentials lack the permission {action} on {self.uri(key)} "
+                    f"({code}): grant {action} on s3://{self.bucket}/{self.prefix}/* to them "
+                    "(IAM or bucket policy)."
+                )
+            if code in MISSING_OBJECT_ERROR_CODES:
+                return ObjectStoreError(
+                    f"No object {self.uri(key)}: materialize that partition before reading it."
+                )
+            status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if code in TRANSIENT_ERROR_CODES or status >= 500 or status == 429:
+                return ObjectStoreUnavailableError(
+                    f"The {self._where()} failed with {code} (HTTP {status}); retry later."
+                )
+            return ObjectStoreError(f"The {self._where()} refused the request: {code}.")
+        return ObjectStoreUnavailableError(f"The {self._where()} failed: {type(error).__name__}.")
+
+    def _client(self) -> Any:
+        """One boto3 client per IO manager instance, not one per day written."""
+        if self._s3_client is None:
+            self._s3_client = self.s3.get_client()
+        return self._s3_client
+
+    def _write(self, key: str, data: bytes) -> None:
+        content_type = "application/gzip" if self.gzip else "text/csv; charset=utf-8"
+        try:
+            self._client().put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+            )
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._translate(error, key, "s3:PutObject") from None
+
+    def _read(self, key: str) -> bytes:
+        try:
+            response = self._client().get_object(Bucket=self.bucket, Key=key)
+            return response["Body"].read()
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._translate(error, key, "s3:GetObject") from None
