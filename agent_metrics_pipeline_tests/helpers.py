@@ -5,17 +5,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import random
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 import dagster as dg
 import polars as pl
+import pytest
+import requests
 
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
@@ -243,3 +249,78 @@ def load_into_engine(engine_dir: Path, calls_parquet: Path) -> None:
         ],
         env=None,
     )
+
+
+UI_STARTUP_TIMEOUT_SEC = 120
+UI_SHUTDOWN_TIMEOUT_SEC = 90
+
+
+@contextmanager
+def dagster_ui(command: Sequence[str], env: dict[str, str], workdir: Path) -> Iterator[str]:
+    """``command`` (``dagster dev``, ``dg dev``) on a free loopback port, in its own process
+    group, stopped with SIGINT to the group as Ctrl-C would; yields the UI's base URL."""
+    port = free_port()
+    log = (workdir / f"ui-{port}.log").open("w")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            # A shell that starts CI in the background leaves SIGINT ignored, and children
+            # inherit that: dagster dev would then never hear the Ctrl-C this test sends.
+            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+            "os.execv(sys.argv[1], sys.argv[1:])",
+            str(Path(sys.executable).parent / command[0]),
+            *command[1:],
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + UI_STARTUP_TIMEOUT_SEC
+        while True:
+            try:
+                if requests.get(f"{base}/server_info", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert process.poll() is None, (workdir / log.name).read_text()[-3000:]
+            assert time.monotonic() < deadline, f"{' '.join(command)} did not start in time"
+            time.sleep(0.5)
+        yield base
+    finally:
+        log.close()
+        stop_process_group(process)
+
+
+def group_members(pgid: int) -> list[str]:
+    members = subprocess.run(
+        ["ps", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True
+    ).stdout
+    return [line.strip()[:160] for line in members.splitlines() if line.strip()]
+
+
+def stop_process_group(leader: subprocess.Popen) -> None:
+    """Ctrl-C, then a termination request if it is slow: every process must be gone after."""
+    pgid = leader.pid
+    for sig, grace in ((signal.SIGINT, UI_SHUTDOWN_TIMEOUT_SEC), (signal.SIGTERM, 30)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            leader.poll()  # reaps the leader once it exits
+            if not group_members(pgid):
+                return
+            time.sleep(0.5)
+    lingering = group_members(pgid)
+    os.killpg(pgid, signal.SIGKILL)
+    pytest.fail(f"the UI left processes behind: {lingering}")

@@ -10,9 +10,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +23,7 @@ from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     Bucket,
     calls_to_parquet,
-    free_port,
+    dagster_ui,
     load_into_engine,
     random_calls,
 )
@@ -36,9 +33,7 @@ pytestmark = pytest.mark.e2e
 
 FIRST_DAY = dt.date(2026, 11, 1)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(10)]
-STARTUP_TIMEOUT_SEC = 120
 BACKFILL_TIMEOUT_SEC = 300
-SHUTDOWN_TIMEOUT_SEC = 90
 
 LAUNCH_BACKFILL = """
 mutation Launch($params: LaunchBackfillParams!) {
@@ -92,74 +87,9 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
 
 @contextmanager
 def dagster_dev(env: dict[str, str], workdir: Path) -> Iterator[str]:
-    """`dagster dev` in its own process group; stopped with SIGINT to the group, as Ctrl-C would."""
-    port = free_port()
-    log = (workdir / f"dagster-dev-{port}.log").open("w")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            # A shell that starts CI in the background leaves SIGINT ignored, and children
-            # inherit that: dagster dev would then never hear the Ctrl-C this test sends.
-            "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-            "os.execv(sys.argv[1], sys.argv[1:])",
-            str(Path(sys.executable).parent / "dagster"),
-            "dev",
-            "-m",
-            "agent_metrics_pipeline.definitions",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_SEC
-        while True:
-            try:
-                if requests.get(f"{base}/server_info", timeout=2).ok:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert process.poll() is None, (workdir / log.name).read_text()[-3000:]
-            assert time.monotonic() < deadline, "dagster dev did not start in time"
-            time.sleep(0.5)
+    command = ["dagster", "dev", "-m", "agent_metrics_pipeline.definitions"]
+    with dagster_ui(command, env, workdir) as base:
         yield f"{base}/graphql"
-    finally:
-        log.close()
-        stop_process_group(process)
-
-
-def group_members(pgid: int) -> list[str]:
-    members = subprocess.run(
-        ["ps", "-o", "pid=,stat=,args=", "-g", str(pgid)], capture_output=True, text=True
-    ).stdout
-    return [line.strip()[:160] for line in members.splitlines() if line.strip()]
-
-
-def stop_process_group(leader: subprocess.Popen) -> None:
-    """Ctrl-C, then a termination request if it is slow: every process must be gone after."""
-    pgid = leader.pid
-    for sig, grace in ((signal.SIGINT, SHUTDOWN_TIMEOUT_SEC), (signal.SIGTERM, 30)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            leader.poll()  # reaps the leader once it exits
-            if not group_members(pgid):
-                return
-            time.sleep(0.5)
-    lingering = group_members(pgid)
-    os.killpg(pgid, signal.SIGKILL)
-    pytest.fail(f"dagster dev left processes behind: {lingering}")
 
 
 def run_backfill(url: str) -> list[dict]:
