@@ -6,13 +6,10 @@ import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import clickhouse_connect
 import dagster as dg
 import polars as pl
-import pyarrow as pa
-from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ClickHouseError, DatabaseError, OperationalError
 from pydantic import Field
 from urllib3.util import Timeout
 
@@ -25,6 +22,13 @@ from agent_metrics_pipeline.config import (
     embedded_engine_path,
 )
 from agent_metrics_pipeline.errors import PermanentError, TransientError
+
+# clickhouse-connect and pyarrow load with the first query, not with the definitions: the UI's
+# code server and every run process load the definitions, and these add half again to it.
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from clickhouse_connect.driver.client import Client
+    from clickhouse_connect.driver.exceptions import ClickHouseError
 
 # The client outwaits the server's own time limit by this much, so the server's reason arrives.
 QUERY_TIMEOUT_GRACE_SEC = 5
@@ -82,6 +86,8 @@ def _query_settings(client: Client, timeout_sec: int) -> dict[str, str]:
 
 
 def _text_type(arrow_type: pa.DataType) -> pa.DataType:
+    import pyarrow as pa
+
     if pa.types.is_binary(arrow_type):
         return pa.string()
     if pa.types.is_large_binary(arrow_type):
@@ -97,6 +103,8 @@ def _binary_as_text(table: pa.Table) -> pa.Table:
     The server sends them as Arrow binary unless ``output_format_arrow_string_as_string`` is set,
     and a ``readonly=1`` user whose profile leaves it off may not set it.
     """
+    import pyarrow as pa
+
     schema = pa.schema([field.with_type(_text_type(field.type)) for field in table.schema])
     return table if schema.equals(table.schema) else table.cast(schema)
 
@@ -141,6 +149,8 @@ class ClickHouseResource(dg.ConfigurableResource):
         return text.replace(self.password, "***") if self.password else text
 
     def _open(self) -> Client:
+        import clickhouse_connect
+
         if self.host:
             # The start-up probes wait for answers with the read timeout: a short one bounds a
             # server that accepts connections and never answers. Queries get their own.
@@ -173,6 +183,12 @@ class ClickHouseResource(dg.ConfigurableResource):
         return clickhouse_connect.get_client(interface="chdb", path=str(path))
 
     def _translate(self, error: Exception) -> Exception:
+        from clickhouse_connect.driver.exceptions import (
+            ClickHouseError,
+            DatabaseError,
+            OperationalError,
+        )
+
         lines = self._scrub(str(error)).strip().splitlines()
         detail = (lines[0] if lines else type(error).__name__)[:500]
         code = _error_code(error) if isinstance(error, ClickHouseError) else None
@@ -229,6 +245,8 @@ class ClickHouseResource(dg.ConfigurableResource):
     @contextlib.contextmanager
     def get_client(self) -> Iterator[Client]:
         """A clickhouse-connect client, closed on exit; errors come back translated."""
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
         try:
             client = self._open()
         except (ClickHouseError, OSError, RuntimeError) as error:

@@ -67,6 +67,8 @@ def seed_sample_calls(
     """
     col = source.column
     total = days * calls_per_day
+    # leftPad cuts longer text to the width: the width must fit the largest agent number.
+    id_width = max(3, len(str(agents - 1)))
     with clickhouse.get_client() as client:
         for statement in source_table_ddl(source):
             client.command(statement)
@@ -76,8 +78,9 @@ def seed_sample_calls(
             INSERT INTO {source.qualified_name}
             SELECT
                 concat('call-', toString(number)) AS `{col("call_id")}`,
-                concat('agent-', leftPad(toString(sipHash64(number, 1) % {agents}), 3, '0'))
-                    AS `{col("agent_id")}`,
+                concat(
+                    'agent-', leftPad(toString(sipHash64(number, 1) % {agents}), {id_width}, '0')
+                ) AS `{col("agent_id")}`,
                 toDateTime64({{first_day:String}}, 3, {{timezone:String}})
                     + toIntervalMillisecond(sipHash64(number, 2) % ({days} * 86400000))
                     AS `{col("started_at")}`,
