@@ -22,8 +22,9 @@ dev: sync  ## The Dagster UI on http://127.0.0.1:3000 over the demo's instance (
 	set -a; [ ! -f "$(DEV_HOME)/demo.env" ] || . "$(DEV_HOME)/demo.env"; set +a; \
 	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev
 
-bench: sync  ## Pushdown vs. pulling the calls, on demand (about a minute).
-	$(UV) run --frozen python benchmarks/pushdown.py --calls-per-day 100000 1000000 4000000
+bench: sync  ## Every performance goal against baselines of the same run (about 15 minutes).
+	$(UV) run --frozen python -m benchmarks.run --markdown benchmarks/results.md
+	$(UV) run --frozen python -m benchmarks.run --only range-memory --markdown benchmarks/results-range-memory.md
 
 lint: sync
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .

@@ -1,0 +1,143 @@
+"""The pipeline as the workers run it: the project's own definitions, materialized in process.
+
+Workers configure the pipeline the way users do, through environment variables, and take
+``defs`` from ``agent_metrics_pipeline.definitions``: the same asset, resources, checks and
+IO manager as ``dagster dev``. That module builds its definitions from the environment when it
+is imported, so it is only imported inside a worker, whose environment the goal has set.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+import dagster as dg
+import polars as pl
+
+from agent_metrics_pipeline.assets import ASSET_NAME
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.config import Settings, SourceTable
+from agent_metrics_pipeline.sql import build_metrics_query, build_status_query
+from benchmarks.seeding import day_window
+
+
+def definitions() -> dg.Definitions:
+    from agent_metrics_pipeline import definitions
+
+    return definitions.defs
+
+
+def clickhouse_of(defs: dg.Definitions) -> ClickHouseResource:
+    """The definitions' ClickHouse resource, usable outside a run: its password is an EnvVar,
+    which Dagster resolves only when it initializes the resource."""
+    clickhouse = defs.resources["clickhouse"]
+    assert isinstance(clickhouse, ClickHouseResource)
+    return clickhouse.process_config_and_initialize()
+
+
+def max_days_per_query(settings: Settings) -> str:
+    """The range-splitting setting in force, for the report: 'one query' when the package has none
+    or it is unset."""
+    value = getattr(settings, "max_days_per_query", None)
+    return "one query" if value is None else str(value)
+
+
+def materialize(defs: dg.Definitions, first_day: dt.date, days: int = 1) -> float:
+    """Seconds for one in-process run of ``agent_metrics`` over ``days`` days from ``first_day``,
+    as ``dg.materialize`` runs it: in-step checks, the IO manager's write, an ephemeral instance.
+    """
+    return _materialize([agent_metrics(defs)], defs, first_day, days)
+
+
+def agent_metrics(defs: dg.Definitions) -> dg.AssetsDefinition:
+    """The asset as defined, before Definitions binds its resources: both this and the trivial
+    asset get their resources from ``dg.materialize``, the same way."""
+    key = dg.AssetKey(ASSET_NAME)
+    return next(a for a in defs.assets or () if isinstance(a, dg.AssetsDefinition) and a.key == key)
+
+
+def trivial_asset(defs: dg.Definitions) -> dg.AssetsDefinition:
+    """An asset that does nothing, on the same partitions: what Dagster itself costs a run."""
+    partitions_def = agent_metrics(defs).partitions_def
+
+    @dg.asset(name="trivial", partitions_def=partitions_def)
+    def trivial() -> None:
+        return None
+
+    return trivial
+
+
+def materialize_trivial(
+    defs: dg.Definitions, asset: dg.AssetsDefinition, first_day: dt.date
+) -> float:
+    return _materialize([asset], defs, first_day, 1)
+
+
+def _materialize(
+    assets: list[dg.AssetsDefinition], defs: dg.Definitions, first_day: dt.date, days: int
+) -> float:
+    options: dict = {"resources": defs.resources}
+    if days == 1:
+        options["partition_key"] = first_day.isoformat()
+    else:
+        last_day = first_day + dt.timedelta(days=days - 1)
+        options["tags"] = {
+            "dagster/asset_partition_range_start": first_day.isoformat(),
+            "dagster/asset_partition_range_end": last_day.isoformat(),
+        }
+    started = time.perf_counter()
+    dg.materialize(assets, **options)
+    return time.perf_counter() - started
+
+
+def bare_aggregate_sql(source: SourceTable, day: dt.date) -> tuple[str, dict[str, object]]:
+    """The least a day's metrics can cost: avg, exact linear p90 and count per agent of the
+    day's answered calls in one query, without the pipeline's quality counts."""
+    agent, started_at, duration, status = (
+        f"`{source.column(role)}`" for role in ("agent_id", "started_at", "duration_sec", "status")
+    )
+    sql = f"""
+SELECT {agent} AS agent_id,
+       avg({duration}) AS avg_call_length_sec,
+       quantileExactInclusive(0.9)({duration}) AS p90_call_length_sec,
+       count() AS total_calls
+FROM {source.qualified_name}
+WHERE {started_at} >= {{start:DateTime64(3, 'UTC')}} AND {started_at} < {{end:DateTime64(3, 'UTC')}}
+  AND {status} = 'Answered'
+GROUP BY agent_id
+ORDER BY agent_id
+"""
+    return sql, window_parameters(day)
+
+
+def bare_aggregate(clickhouse: ClickHouseResource, source: SourceTable, day: dt.date) -> float:
+    """Seconds for the bare aggregate through the resource's own query path (a client opened and
+    closed, Arrow to Polars), as the pipeline's queries go."""
+    started = time.perf_counter()
+    frame = clickhouse.query_polars(*bare_aggregate_sql(source, day))
+    assert isinstance(frame, pl.DataFrame)
+    return time.perf_counter() - started
+
+
+def window_parameters(day: dt.date) -> dict[str, object]:
+    """``start`` and ``end`` of the day in UTC, as ClickHouse parses DateTime64 parameters."""
+    return {
+        name: moment.strftime("%Y-%m-%d %H:%M:%S")
+        for name, moment in zip(("start", "end"), day_window(day), strict=True)
+    }
+
+
+def pipeline_queries(clickhouse: ClickHouseResource, day: dt.date) -> dict[str, float]:
+    """Seconds for each query the asset sends for ``day``, run alone the same way."""
+    settings = Settings.from_env()
+    start, end = day_window(day)
+    window = (settings.measurement, start, end, settings.timezone)
+    times = {}
+    for name, build in (
+        ("metrics_query", build_metrics_query),
+        ("status_query", build_status_query),
+    ):
+        started = time.perf_counter()
+        clickhouse.query_polars(*build(*window))
+        times[name] = time.perf_counter() - started
+    return times

@@ -1,0 +1,83 @@
+"""Source tables of generated calls, made inside ClickHouse by the project's own generator.
+
+A day comes from ``demo.seed_sample_calls`` (deterministic, ``INSERT … SELECT … FROM numbers``).
+It runs at about a million calls a second on two cores, so a long range (365 days of a million
+calls) would take six minutes; more days are instead copies of the first day shifted by whole
+days, about four times faster. The metrics read no call id, so ids that repeat across days
+change nothing they measure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.sql import source_table_ddl
+
+# Well before today in any timezone, and on or after the default AGENT_METRICS_START_DATE.
+FIRST_DAY = dt.date(2025, 1, 1)
+
+
+def table_for(calls_per_day: int, days: int = 1, agents: int = 2000) -> SourceTable:
+    """One table per shape, so goals of one run that need the same rows share them."""
+    return SourceTable(table=f"calls_{calls_per_day}x{days}d_{agents}a")
+
+
+def day_window(first_day: dt.date, days: int = 1) -> tuple[dt.datetime, dt.datetime]:
+    start = dt.datetime.combine(first_day, dt.time(), tzinfo=dt.UTC)
+    return start, start + dt.timedelta(days=days)
+
+
+def _row_count(clickhouse: ClickHouseResource, source: SourceTable) -> int:
+    with clickhouse.get_client() as client:
+        exists = client.command(
+            "SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+            parameters={"db": source.database, "t": source.table},
+        )
+        if not int(exists):
+            return 0
+        return int(client.command(f"SELECT count() FROM {source.qualified_name}"))
+
+
+def seed_calls(
+    clickhouse: ClickHouseResource, calls_per_day: int, days: int = 1, agents: int = 2000
+) -> tuple[SourceTable, float]:
+    """The table of ``days`` days of ``calls_per_day`` calls from FIRST_DAY, and the seconds it
+    took to fill (0 when an earlier goal of the run already filled it)."""
+    # The demo module builds the definitions from the environment when imported: only workers,
+    # whose environment a goal has set, get this far.
+    from agent_metrics_pipeline.demo import seed_sample_calls
+
+    source = table_for(calls_per_day, days, agents)
+    if _row_count(clickhouse, source) == calls_per_day * days:
+        return source, 0.0
+    started = time.perf_counter()
+    if days == 1:
+        seed_sample_calls(
+            clickhouse, source, FIRST_DAY, days=1, calls_per_day=calls_per_day, agents=agents
+        )
+        return source, time.perf_counter() - started
+    first = table_for(calls_per_day, 1, agents)
+    if _row_count(clickhouse, first) != calls_per_day:
+        seed_sample_calls(
+            clickhouse, first, FIRST_DAY, days=1, calls_per_day=calls_per_day, agents=agents
+        )
+    col = source.column
+    with clickhouse.get_client() as client:
+        for statement in source_table_ddl(source):
+            client.command(statement)
+        client.command(f"TRUNCATE TABLE {source.qualified_name}")
+        client.command(
+            f"""
+            INSERT INTO {source.qualified_name}
+            SELECT
+                `{col("call_id")}`, `{col("agent_id")}`,
+                `{col("started_at")}` + toIntervalDay(shift.number),
+                `{col("duration_sec")}`, `{col("status")}`
+            FROM {first.qualified_name} CROSS JOIN numbers({days}) AS shift
+            """,
+            settings={"max_insert_threads": 2},
+        )
+    return source, time.perf_counter() - started

@@ -1,0 +1,170 @@
+"""The servers a run starts for itself, on loopback, and stops: moto's S3 server, the project's
+ClickHouse HTTP stand-in, and ``dagster dev`` (webserver and daemon)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from agent_metrics_pipeline_tests.clickhouse_http import start_server
+from agent_metrics_pipeline_tests.helpers import (
+    READER,
+    READER_PASSWORD,
+    S3_TEST_CREDENTIALS,
+    S3_TEST_REGION,
+    STAND_IN_USERS,
+    S3Server,
+    free_port,
+)
+from benchmarks.processes import PYTHON_BIN
+
+STARTUP_TIMEOUT_SEC = 120
+SHUTDOWN_TIMEOUT_SEC = 60
+
+
+def s3_env(server: S3Server, bucket: str) -> dict[str, str]:
+    """The pipeline's variables for a bucket on ``server``."""
+    return {
+        "S3_BUCKET": bucket,
+        "S3_ENDPOINT_URL": server.endpoint_url,
+        "AWS_ACCESS_KEY_ID": S3_TEST_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": S3_TEST_CREDENTIALS["aws_secret_access_key"],
+        "AWS_REGION": S3_TEST_REGION,
+    }
+
+
+@contextmanager
+def moto_s3(folder: Path, bucket: str) -> Iterator[S3Server]:
+    """moto's S3 server on a free loopback port, with ``bucket`` created."""
+    port = free_port()
+    with (folder / "moto.log").open("w") as log:
+        process = subprocess.Popen(
+            [str(PYTHON_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            server = S3Server(f"http://127.0.0.1:{port}")
+            _wait_until(lambda: _answers(f"{server.endpoint_url}/moto-api/"), process, "moto")
+            server.client().create_bucket(Bucket=bucket)
+            yield server
+        finally:
+            process.terminate()
+            process.wait(timeout=SHUTDOWN_TIMEOUT_SEC)
+
+
+@dataclass(frozen=True)
+class StandIn:
+    """The stand-in's address. Its users are the tests': ``default`` may create and insert; the
+    pipeline reads as a ``readonly=1`` user with a password whose profile leaves Arrow strings
+    binary (the server default before 23.x)."""
+
+    host: str
+    port: int
+
+    def reader_env(self) -> dict[str, str]:
+        """The pipeline's variables for reading as the read-only user."""
+        return {
+            "CLICKHOUSE_HOST": self.host,
+            "CLICKHOUSE_PORT": str(self.port),
+            "CLICKHOUSE_USER": READER,
+            "CLICKHOUSE_PASSWORD": READER_PASSWORD,
+        }
+
+
+@contextmanager
+def clickhouse_stand_in(folder: Path) -> Iterator[StandIn]:
+    server = start_server(folder / "data", STAND_IN_USERS, folder / "stand-in.log")
+    try:
+        yield StandIn(server.host, server.port)
+    finally:
+        server.stop()
+
+
+@contextmanager
+def dagster_dev(env: Mapping[str, str], folder: Path) -> Iterator[str]:
+    """``dagster dev`` on a free loopback port; yields its GraphQL URL.
+
+    It runs in a process group of its own and is stopped as Ctrl-C would stop it (SIGINT to the
+    group), then terminated and killed if it lingers, so no run or code server outlives it. (The
+    tests' ``dagster_ui`` helper does the same with pytest's failures, which a harness that
+    reports a failed goal and goes on cannot use.)
+    """
+    port = free_port()
+    with (folder / f"dagster-dev-{port}.log").open("w") as log:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                # A parent started with a bare `&` leaves SIGINT ignored, and children inherit
+                # that: restore it, or the group would not hear the Ctrl-C that stops it.
+                "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                "os.execv(sys.argv[1], sys.argv[1:])",
+                str(PYTHON_BIN / "dagster"),
+                *("dev", "-m", "agent_metrics_pipeline.definitions"),
+                *("-h", "127.0.0.1", "-p", str(port)),
+            ],
+            cwd=folder,
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_until(lambda: _answers(f"{base}/server_info"), process, "dagster dev")
+            yield f"{base}/graphql"
+        finally:
+            _stop_group(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).ok
+    except requests.ConnectionError:
+        return False
+
+
+def _wait_until(ready, process: subprocess.Popen, name: str) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SEC
+    while not ready():
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited with code {process.returncode} before it was up")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} was not up after {STARTUP_TIMEOUT_SEC} s")
+        time.sleep(0.3)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _stop_group(leader: subprocess.Popen) -> None:
+    pgid = leader.pid
+    for sig, grace in ((signal.SIGINT, SHUTDOWN_TIMEOUT_SEC), (signal.SIGTERM, 15)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            leader.poll()  # reaps the leader once it exits
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.3)
+    if _group_alive(pgid):
+        os.killpg(pgid, signal.SIGKILL)
+    leader.wait()
