@@ -13,8 +13,7 @@ the one-day goal. Only the main thread's samples inside those materializes are k
 - shares by phase: the innermost frame of the package's own hot path that a sample is under
   (query, Arrow to Polars, shaping, checks, CSV write), and Dagster for the rest.
 
-py-spy is not a project dependency: it is taken from PATH, or installed with pip into the
-run's temporary folder.
+py-spy comes with the development dependencies.
 """
 
 from __future__ import annotations
@@ -89,7 +88,7 @@ def measure(context: Context) -> Section:
 
 def _record(context: Context, params: Params, folder: Path) -> tuple[list[float], Path]:
     """Run the profiled worker under py-spy; the seconds of its runs and py-spy's raw output."""
-    py_spy = _py_spy(folder)
+    py_spy = _py_spy()
     raw = folder / "profile.txt"
     result_path = folder / "result.json"
     target = "benchmarks.goals.hot_path:profiled"
@@ -142,20 +141,12 @@ def profiled_runs(defs, runs: int) -> list[float]:
     return [pipeline.materialize(defs, FIRST_DAY) for _ in range(runs)]
 
 
-def _py_spy(folder: Path) -> str:
-    found = shutil.which("py-spy")
-    if found:
-        return found
-    target = folder / "py-spy"
-    for python in filter(None, (sys.executable, shutil.which("python3"))):
-        installed = subprocess.run(
-            [python, "-m", "pip", "install", "--quiet", "--target", str(target), "py-spy"],
-            capture_output=True,
-            check=False,
-        )
-        if installed.returncode == 0 and (target / "bin" / "py-spy").exists():
-            return str(target / "bin" / "py-spy")
-    raise RuntimeError("py-spy is not on PATH and pip could not install it")
+def _py_spy() -> str:
+    """py-spy from the locked environment (a development dependency), else from PATH."""
+    for candidate in (Path(sys.executable).parent / "py-spy", shutil.which("py-spy")):
+        if candidate and Path(candidate).exists():
+            return str(candidate)
+    raise RuntimeError("py-spy is missing: `uv sync` installs it with the development group")
 
 
 def _frames(line: str) -> tuple[list[str], int]:
