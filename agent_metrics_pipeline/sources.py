@@ -104,7 +104,9 @@ def build_calls_source(
                 context.log_event(_observe(day, count, fingerprint))
             context.log.info(f"Fingerprinted {len(days)} day(s), {days[0]}...{days[-1]}")
             # The observations above carry the versions, with metadata this return value cannot.
-            return dg.DataVersionsByPartition({})
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", dg.BetaWarning)
+                return dg.DataVersionsByPartition({})
 
     return calls
 
