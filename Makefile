@@ -15,7 +15,7 @@ demo: sync  ## Seed sample calls into the embedded engine, publish 8 days, fail 
 test: sync  ## The whole test suite, against the real engine and a local S3 server.
 	$(UV) run --frozen pytest
 
-test-fast: sync  ## Everything but the end-to-end runs (dagster dev, PostgreSQL, CLI, demo), on 2 workers.
+test-fast: sync  ## Everything but the end-to-end runs (dagster dev, the browser, PostgreSQL, CLIs, demo), on 2 workers.
 	$(UV) run --frozen pytest -m "not e2e" -n 2
 
 dev: sync  ## The Dagster UI on http://127.0.0.1:3000 over the demo's instance (.dagster_home/).
