@@ -16,14 +16,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import requests
 
 from agent_metrics_pipeline import checks
 from agent_metrics_pipeline_tests.helpers import (
+    BACKFILL_STATUS,
     DEV_INSTANCE_SETTINGS,
+    LAUNCH_BACKFILL,
     Bucket,
     calls_to_parquet,
     dagster_ui,
+    graphql,
     load_into_engine,
     random_calls,
 )
@@ -35,26 +37,6 @@ FIRST_DAY = dt.date(2026, 11, 1)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(10)]
 BACKFILL_TIMEOUT_SEC = 300
 
-LAUNCH_BACKFILL = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-    ... on InvalidSubsetError { message }
-    ... on PartitionSetNotFoundError { message }
-  }
-}
-"""
-BACKFILL_STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    ... on PartitionBackfill { status }
-    ... on PythonError { message }
-  }
-}
-"""
 BACKFILL_RUNS = """
 query Runs($id: String!) {
   runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
@@ -75,14 +57,6 @@ ASSET_CHECKS = """
   }
 }
 """
-
-
-def graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    response = requests.post(url, json={"query": query, "variables": variables or {}}, timeout=30)
-    response.raise_for_status()
-    body = response.json()
-    assert "errors" not in body, body
-    return body["data"]
 
 
 @contextmanager

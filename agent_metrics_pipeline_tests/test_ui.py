@@ -42,6 +42,7 @@ CHROMIUM_ARGS = [
 ]
 README_SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
 RUN_SEC = 240
+UI_WAIT_MS = 60_000
 
 
 def ensure_chromium() -> Path:
@@ -117,12 +118,14 @@ def demo(tmp_path_factory) -> Iterator[Demo]:
 
 @pytest.fixture(scope="module")
 def page(demo):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # Assertions wait for the UI as long as actions do: a loaded machine renders slowly.
+    expect.set_options(timeout=UI_WAIT_MS)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(viewport={"width": 1440, "height": 900})
-        context.set_default_timeout(60_000)
+        context.set_default_timeout(UI_WAIT_MS)
         # The "Join the Dagster community" dialog stays away once this is set; Skip otherwise.
         context.add_init_script("localStorage.setItem('communityNux', JSON.stringify('1'))")
         # Nothing outside loopback (the UI asks for a telemetry script): fail fast.

@@ -3,10 +3,7 @@ ClickHouse HTTP stand-in, and ``dagster dev`` (webserver and daemon)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -23,6 +20,7 @@ from agent_metrics_pipeline_tests.helpers import (
     S3_TEST_REGION,
     STAND_IN_USERS,
     S3Server,
+    dagster_ui,
     free_port,
 )
 from benchmarks.processes import PYTHON_BIN
@@ -92,39 +90,10 @@ def clickhouse_stand_in(folder: Path) -> Iterator[StandIn]:
 
 @contextmanager
 def dagster_dev(env: Mapping[str, str], folder: Path) -> Iterator[str]:
-    """``dagster dev`` on a free loopback port; yields its GraphQL URL.
-
-    It runs in a process group of its own and is stopped as Ctrl-C would stop it (SIGINT to the
-    group), then terminated and killed if it lingers, so no run or code server outlives it. (The
-    tests' ``dagster_ui`` helper does the same with pytest's failures, which a harness that
-    reports a failed goal and goes on cannot use.)
-    """
-    port = free_port()
-    with (folder / f"dagster-dev-{port}.log").open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                # A parent started with a bare `&` leaves SIGINT ignored, and children inherit
-                # that: restore it, or the group would not hear the Ctrl-C that stops it.
-                "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
-                "os.execv(sys.argv[1], sys.argv[1:])",
-                str(PYTHON_BIN / "dagster"),
-                *("dev", "-m", "agent_metrics_pipeline.definitions"),
-                *("-h", "127.0.0.1", "-p", str(port)),
-            ],
-            cwd=folder,
-            env=dict(env),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_until(lambda: _answers(f"{base}/server_info"), process, "dagster dev")
-            yield f"{base}/graphql"
-        finally:
-            _stop_group(process)
+    """``dagster dev`` on a free loopback port, as the tests start it; yields its GraphQL URL."""
+    command = ["dagster", "dev", "-m", "agent_metrics_pipeline.definitions"]
+    with dagster_ui(command, dict(env), folder) as base:
+        yield f"{base}/graphql"
 
 
 def _answers(url: str) -> bool:
@@ -142,29 +111,3 @@ def _wait_until(ready, process: subprocess.Popen, name: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{name} was not up after {STARTUP_TIMEOUT_SEC} s")
         time.sleep(0.3)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _stop_group(leader: subprocess.Popen) -> None:
-    pgid = leader.pid
-    for sig, grace in ((signal.SIGINT, SHUTDOWN_TIMEOUT_SEC), (signal.SIGTERM, 15)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            leader.poll()  # reaps the leader once it exits
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.3)
-    if _group_alive(pgid):
-        os.killpg(pgid, signal.SIGKILL)
-    leader.wait()

@@ -24,9 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
-import requests
 
-from agent_metrics_pipeline_tests.helpers import DEV_INSTANCE_SETTINGS
+from agent_metrics_pipeline_tests.helpers import (
+    BACKFILL_STATUS,
+    DEV_INSTANCE_SETTINGS,
+    LAUNCH_BACKFILL,
+    graphql,
+)
 from benchmarks import pipeline
 from benchmarks.context import Context
 from benchmarks.processes import PYTHON_BIN, run_worker
@@ -40,26 +44,6 @@ AGENTS = 1000
 BACKFILL_TIMEOUT_SEC = 900
 CLI_TIMEOUT_SEC = 600
 
-LAUNCH_BACKFILL = """
-mutation Launch($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on UnauthorizedError { message }
-    ... on InvalidSubsetError { message }
-    ... on PartitionSetNotFoundError { message }
-  }
-}
-"""
-BACKFILL_STATUS = """
-query Status($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    ... on PartitionBackfill { status }
-    ... on PythonError { message }
-  }
-}
-"""
 BACKFILL_RUNS = """
 query Runs($id: String!) {
   runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
@@ -174,15 +158,6 @@ def _dagster_home(folder: Path) -> Path:
     return folder
 
 
-def _graphql(url: str, query: str, variables: dict | None = None) -> dict:
-    response = requests.post(url, json={"query": query, "variables": variables or {}}, timeout=60)
-    response.raise_for_status()
-    body = response.json()
-    if "errors" in body:
-        raise RuntimeError(f"GraphQL errors: {body['errors']}")
-    return body["data"]
-
-
 def _backfill(env: dict[str, str], dagster_home: Path, days: list[dt.date]) -> Backfill:
     with dagster_dev({**env, "DAGSTER_HOME": str(dagster_home)}, dagster_home) as url:
         _wait_for_daemons(url)
@@ -191,14 +166,14 @@ def _backfill(env: dict[str, str], dagster_home: Path, days: list[dt.date]) -> B
             "partitionNames": [str(day) for day in days],
         }
         launched_at = time.time()
-        launched = _graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+        launched = graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
         if launched["__typename"] != "LaunchBackfillSuccess":
             raise RuntimeError(f"backfill not launched: {launched}")
         backfill_id = launched["backfillId"]
         deadline = time.monotonic() + BACKFILL_TIMEOUT_SEC
         while True:
-            status = _graphql(url, BACKFILL_STATUS, {"id": backfill_id})
-            runs = _graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
+            status = graphql(url, BACKFILL_STATUS, {"id": backfill_id})
+            runs = graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
             state = status["partitionBackfillOrError"]["status"]
             done = runs and all(run["status"] in FINISHED for run in runs)
             if state.startswith(("COMPLETED", "FAILED", "CANCELED")) and done:
@@ -221,7 +196,7 @@ def _wait_for_daemons(url: str) -> None:
     before the daemon could see it."""
     deadline = time.monotonic() + BACKFILL_TIMEOUT_SEC
     while True:
-        statuses = _graphql(url, DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
+        statuses = graphql(url, DAEMONS)["instance"]["daemonHealth"]["allDaemonStatuses"]
         healthy = {status["daemonType"] for status in statuses if status["healthy"]}
         if BACKFILL_DAEMONS <= healthy:
             return
