@@ -40,10 +40,9 @@ from agent_metrics_pipeline_tests.helpers import (
     create_calls_table,
     free_port,
     register_writer,
+    subprocess_env,
     writer,
 )
-
-PYTHON_BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
@@ -123,17 +122,8 @@ def bucket(s3_server: S3Server) -> Bucket:
 def project_env(tmp_path) -> dict[str, str]:
     """A clean environment for a subprocess: own home, own Dagster instance folder."""
     (tmp_path / "dagster_home").mkdir()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_"))
-    }
-    env.update(
-        AGENT_METRICS_HOME=str(tmp_path / "home"),
-        AGENT_METRICS_START_DATE="2026-01-01",
-        DAGSTER_HOME=str(tmp_path / "dagster_home"),
-        PATH=f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}",
-    )
+    env = subprocess_env(tmp_path / "home", tmp_path / "dagster_home")
+    env["AGENT_METRICS_START_DATE"] = "2026-01-01"
     return env
 
 

@@ -226,6 +226,24 @@ def calls_to_parquet(calls: Sequence[Call], path: Path) -> None:
     ).write_parquet(path)
 
 
+def subprocess_env(home: Path, dagster_home: Path) -> dict[str, str]:
+    """This environment without the project's variables, for a subprocess with its own home and
+    Dagster instance folder, running this environment's executables (dg checks VIRTUAL_ENV)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_"))
+    }
+    bin_dir = Path(sys.executable).parent
+    env.update(
+        AGENT_METRICS_HOME=str(home),
+        DAGSTER_HOME=str(dagster_home),
+        VIRTUAL_ENV=str(bin_dir.parent),
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
 def run_ok(args: list[str], env: dict[str, str] | None) -> subprocess.CompletedProcess:
     """Run a command from the repository root; fail the test with its output if it fails."""
     result = subprocess.run(

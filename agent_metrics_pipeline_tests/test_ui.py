@@ -25,6 +25,7 @@ from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,
     dagster_ui,
     run_ok,
+    subprocess_env,
 )
 
 pytestmark = pytest.mark.e2e
@@ -90,17 +91,7 @@ def demo(tmp_path_factory) -> Iterator[Demo]:
     dagster_home = root / "dagster_home"
     dagster_home.mkdir()
     shutil.copy(DEV_INSTANCE_SETTINGS, dagster_home / "dagster.yaml")
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_"))
-    }
-    env.update(
-        AGENT_METRICS_HOME=str(root / "home"),
-        DAGSTER_HOME=str(dagster_home),
-        VIRTUAL_ENV=str(Path(sys.executable).parents[1]),
-        PATH=f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    )
+    env = subprocess_env(root / "home", dagster_home)
     run_ok([sys.executable, "-m", "agent_metrics_pipeline.demo"], env)
     today = dt.datetime.now(dt.UTC).date()
     name, value = (dagster_home / "demo.env").read_text().strip().split("=")
