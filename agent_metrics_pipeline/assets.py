@@ -1,12 +1,20 @@
 """The ``agent_metrics`` asset: per-agent call metrics for each day, from ClickHouse."""
 
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator, Sequence
 
 import dagster as dg
 import polars as pl
 
-from agent_metrics_pipeline.checks import Evidence, check_specs, describe_failures, evaluate_checks
+from agent_metrics_pipeline.checks import (
+    Evidence,
+    Verdict,
+    check_specs,
+    describe_days,
+    describe_failures,
+    evaluate_checks,
+)
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import DEFAULT_MAX_DAYS_PER_QUERY, Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
@@ -59,7 +67,7 @@ def day_metadata(
         "calls_counted": int(rows.get_column("total_calls").sum()),
         "unmeasurable_calls": int(unmeasurable.sum_horizontal().sum()),
         "statuses_seen": calls_per_status(statuses, day),
-        "run_days": f"{days[0]}...{days[-1]}" if len(days) > 1 else days[0],
+        "run_days": describe_days(days),
         "preview": dg.MetadataValue.md(to_markdown(rows.head(PREVIEW_ROWS))),
     }
 
@@ -90,7 +98,7 @@ def build_agent_metrics_asset(
         partitions_def=partitions_def,
         backfill_policy=backfill_policy or dg.BackfillPolicy.single_run(),
         io_manager_key=CSV_IO_MANAGER_KEY,
-        check_specs=check_specs(ASSET_NAME),
+        check_specs=check_specs(ASSET_NAME, partitions_def),
         retry_policy=retry_policy,
         pool=pool,
         kinds={"clickhouse", "polars", "s3"},
@@ -111,7 +119,7 @@ def build_agent_metrics_asset(
     )
     def agent_metrics(
         context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
-    ) -> Iterator[dg.AssetCheckResult | dg.Output[pl.DataFrame]]:
+    ) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
         days = context.partition_keys
         if not days:
             key_range = context.partition_key_range
@@ -152,16 +160,16 @@ def build_agent_metrics_asset(
             quality = quality.with_samples(pl.concat(sample_parts, how="vertical_relaxed"))
 
         verdicts = evaluate_checks(Evidence(metrics, quality, statuses, days, measurement))
-        yield from (verdict.result for verdict in verdicts)
         # A failed blocking check must stop publication here: once the Output is yielded, Dagster
         # hands it to the IO manager whatever the checks said.
         blocking = [verdict for verdict in verdicts if verdict.blocks_publication]
         if blocking:
+            yield from _day_evaluations(context, verdicts, published=False)
             raise dg.Failure(
                 description=(
-                    f"Nothing published for {days[0]}...{days[-1]}: failed checks "
-                    f"{describe_failures(blocking)}. The check results hold counts and sample "
-                    "ids. Fix the source rows, or the knob the README lists for the check "
+                    f"Nothing published for {describe_days(days)}: failed checks "
+                    f"{describe_failures(blocking)}. Each day's check results hold counts and "
+                    "sample ids. Fix the source rows, or the knob the README lists for the check "
                     "(AGENT_METRICS_INVALID_ROWS=exclude leaves unmeasurable calls out)."
                 ),
                 allow_retries=False,
@@ -172,5 +180,41 @@ def build_agent_metrics_asset(
                 partition_key=key,
             )
         yield dg.Output(metrics)
+        # After the Output, each day's materialization is recorded: the evaluations judge it.
+        yield from _day_evaluations(context, verdicts, published=True)
 
     return agent_metrics
+
+
+def _day_evaluations(
+    context: dg.AssetExecutionContext, verdicts: Sequence[Verdict], published: bool
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
+    """Each verdict recorded against its day, then the step's check outputs.
+
+    A published day's evaluations judge the materialization this run just recorded. When
+    nothing was published, a day that failed is judged against what is still published for it
+    (so the day shows failed); a day that passed judges nothing new and is said so.
+    """
+    asset_key = context.asset_key
+    failed_days = sorted({verdict.day for verdict in verdicts if verdict.blocks_publication})
+    # This run's materializations are the newest of its days; otherwise, only the failed days
+    # are judged, each against its own newest.
+    judged_days = sorted({verdict.day for verdict in verdicts}) if published else failed_days
+    latest: dict[str, dg.EventLogRecord] = {}
+    for days in [judged_days] if published else [[day] for day in failed_days]:
+        for record in context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=days), limit=len(days)
+        ).records:
+            latest.setdefault(record.partition_key, record)
+    for verdict in verdicts:
+        if not published and verdict.day not in failed_days:
+            verdict = dataclasses.replace(
+                verdict,
+                metadata={**verdict.metadata, "unpublished_because_of_days": failed_days},
+            )
+        yield verdict.evaluation(asset_key, latest.get(verdict.day))
+    # Every check is an output of the step: the per-day evaluations above are its results.
+    for check_key in context.selected_asset_check_keys:
+        yield dg.Output(
+            None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key)
+        )

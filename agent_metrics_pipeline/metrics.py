@@ -35,6 +35,7 @@ UNMEASURABLE_COUNTS = (
 QUALITY_COUNTS = (*UNMEASURABLE_COUNTS, "overlong_calls")
 SAMPLE_IDS = ("null_call_ids", "negative_call_ids", "non_finite_call_ids", "overlong_call_ids")
 SAMPLE_SIZE = 5
+SAMPLES_SCHEMA = pl.Schema({"date": pl.Date, **{name: pl.List(pl.String) for name in SAMPLE_IDS}})
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,12 @@ class SourceQuality:
     """Source calls the metrics could not (or should not) measure, from the same scan.
 
     ``per_day`` has a ``date`` column and one column per name in ``QUALITY_COUNTS``;
-    ``samples`` holds a few call ids per name in ``SAMPLE_IDS``, once fetched.
+    ``samples`` has a ``date`` column and one list of a few call ids per name in ``SAMPLE_IDS``,
+    for the days that have any, once fetched.
     """
 
     per_day: pl.DataFrame
-    samples: dict[str, tuple[str, ...]] = field(
-        default_factory=lambda: {name: () for name in SAMPLE_IDS}
-    )
+    samples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SAMPLES_SCHEMA))
 
     @property
     def unmeasurable_calls(self) -> int:
@@ -61,14 +61,20 @@ class SourceQuality:
         return bool(raw.select(pl.sum_horizontal(QUALITY_COUNTS).sum()).item())
 
     def with_samples(self, samples: pl.DataFrame) -> SourceQuality:
-        """These counts with the call ids of the samples query's one row."""
-        return replace(
-            self,
-            samples={
-                name: tuple(samples.get_column(name).explode().drop_nulls().head(SAMPLE_SIZE))
-                for name in SAMPLE_IDS
-            },
+        """These counts with the call ids of the samples query (one row per day)."""
+        return replace(self, samples=samples.cast(SAMPLES_SCHEMA).select(SAMPLES_SCHEMA.names()))
+
+    def for_day(self, day: dt.date) -> SourceQuality:
+        """The counts and samples of one day."""
+        return SourceQuality(
+            per_day=self.per_day.filter(pl.col("date") == day),
+            samples=self.samples.filter(pl.col("date") == day),
         )
+
+    def sample_ids(self, name: str) -> list[str]:
+        """Up to ``SAMPLE_SIZE`` call ids of kind ``name`` (one of ``SAMPLE_IDS``)."""
+        ids = self.samples.get_column(name).explode().drop_nulls()
+        return [str(call_id) for call_id in ids.head(SAMPLE_SIZE)]
 
 
 def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:

@@ -91,16 +91,19 @@ def build_samples_query(
     window_end: dt.datetime,
     timezone: str,
 ) -> tuple[str, dict[str, object]]:
-    """A few call ids of each kind of unmeasurable or overlong call in the window, one row.
+    """A few call ids of each kind of unmeasurable or overlong call, one row per day that has any.
 
     Run only when the metrics query counted such calls: reading the call ids of every call costs
     more than the rest of the aggregation, and almost every day has nothing to show.
     """
     source = measurement.source
-    call_id, duration = (f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec"))
+    call_id, duration, started_at = (
+        f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec", "started_at")
+    )
     sql = f"""
 {_classified_calls(measurement)}
 SELECT
+    toDate({started_at}, {{timezone:String}}) AS date,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
         AS null_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
@@ -108,6 +111,8 @@ SELECT
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
 {_window_filter(measurement)}
   AND NOT (measurable AND NOT overlong)
+GROUP BY date
+ORDER BY date
 """
     return sql, _measurement_parameters(measurement, window_start, window_end, timezone)
 

@@ -9,15 +9,17 @@ from __future__ import annotations
 import datetime as dt
 import math
 from dataclasses import replace
+from functools import partial
 
 import dagster as dg
 import polars as pl
 import pytest
 
 from agent_metrics_pipeline import checks
+from agent_metrics_pipeline.assets import ASSET_NAME
 from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SAMPLE_IDS, SourceQuality
+from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SourceQuality
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     Bucket,
@@ -34,8 +36,13 @@ DAY = dt.date(2026, 11, 20)
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
-def evaluations(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    return {e.check_name: e for e in result.get_asset_check_evaluations()}
+def evaluations(
+    result: dg.ExecuteInProcessResult, day: dt.date = DAY
+) -> dict[str, dg.AssetCheckEvaluation]:
+    """The run's evaluation of each check on ``day``."""
+    found = [e for e in result.get_asset_check_evaluations() if e.partition == str(day)]
+    assert len(found) == len({e.check_name for e in found}), "one evaluation per check and day"
+    return {e.check_name: e for e in found}
 
 
 def meta(evaluation: dg.AssetCheckEvaluation, key: str):
@@ -321,7 +328,7 @@ def test_agents_below_the_minimum_number_of_calls_are_flagged(clickhouse, calls_
 def test_range_with_one_bad_day_publishes_nothing_and_names_that_day(
     clickhouse, calls_table, bucket, good_calls
 ):
-    first = DAY - dt.timedelta(days=2)
+    first, last = DAY - dt.timedelta(days=2), DAY + dt.timedelta(days=1)
     bad_day = DAY - dt.timedelta(days=1)
     insert_calls(
         clickhouse, calls_table, good_calls + [bad_call("neg", "agent-004", -1.0, bad_day)]
@@ -332,15 +339,67 @@ def test_range_with_one_bad_day_publishes_nothing_and_names_that_day(
         measuring(calls_table),
         bucket.io_manager(),
         str(first),
-        str(DAY + dt.timedelta(days=1)),
+        str(last),
         raise_on_error=False,
     )
 
     assert not result.success
     assert bucket.keys() == []
-    evaluation = evaluations(result)[checks.NO_NEGATIVE_VALUES]
-    assert meta(evaluation, "source_offending_days") == [str(bad_day)]
+    failed = evaluations(result, bad_day)[checks.NO_NEGATIVE_VALUES]
+    assert not failed.passed
+    assert meta(failed, "source_offending_days") == [str(bad_day)]
+    assert meta(failed, "sample_call_ids") == ["neg"]
     assert f"no_negative_values (days: {bad_day})" in failure_message(result)
+    for day in (first, DAY, last):
+        found = evaluations(result, day)
+        assert set(found) == set(checks.CHECK_DESCRIPTIONS)
+        assert all(e.passed for e in found.values()), (day, {n: e.passed for n, e in found.items()})
+        assert meta(found[checks.NO_NEGATIVE_VALUES], "unpublished_because_of_days") == [
+            str(bad_day)
+        ]
+
+
+def day_check_statuses(instance: dg.DagsterInstance, check_name: str) -> dict[str, str]:
+    """What the UI shows per day for one check: the day's latest evaluation, or NOT_CURRENT
+    when the day was materialized after it (Dagster then clears the day's status)."""
+    key = dg.AssetCheckKey(dg.AssetKey(ASSET_NAME), check_name)
+    return {
+        info.partition_key: info.latest_execution_status.value if info.is_current else "NOT_CURRENT"
+        for info in instance.event_log_storage.get_asset_check_partition_info([key])
+    }
+
+
+def test_each_day_has_its_own_check_status_judging_its_own_file(
+    clickhouse, calls_table, bucket, good_calls
+):
+    first, last = DAY - dt.timedelta(days=2), DAY + dt.timedelta(days=1)
+    bad_day = DAY - dt.timedelta(days=1)
+    instance = dg.DagsterInstance.ephemeral()
+    run = partial(materialize, clickhouse, measuring(calls_table), bucket.io_manager())
+    insert_calls(clickhouse, calls_table, good_calls)
+    assert run(str(first), str(last), instance=instance).success
+    insert_calls(clickhouse, calls_table, [bad_call("no-agent", None, 3.0, bad_day)])
+    assert not run(str(bad_day), raise_on_error=False, instance=instance).success
+
+    good_days = [str(d) for d in (first, DAY, last)]
+    for check_name in checks.CHECK_DESCRIPTIONS:
+        statuses = day_check_statuses(instance, check_name)
+        assert {statuses[day] for day in good_days} == {"SUCCEEDED"}, (check_name, statuses)
+        expected = "FAILED" if check_name == checks.NO_NULLS else "SUCCEEDED"
+        assert statuses[str(bad_day)] == expected, (check_name, statuses)
+    # Each published day's evaluations judge that day's own materialization by the range run.
+    for day in good_days:
+        (record,) = instance.fetch_materializations(
+            dg.AssetRecordsFilter(dg.AssetKey(ASSET_NAME), asset_partitions=[day]), limit=1
+        ).records
+        key = dg.AssetCheckKey(dg.AssetKey(ASSET_NAME), checks.NO_NULLS)
+        (execution,) = [
+            e
+            for e in instance.event_log_storage.get_asset_check_execution_history(key, limit=20)
+            if e.partition == day
+        ]
+        assert execution.run_id == record.run_id
+        assert execution.evaluation.target_materialization_data.storage_id == record.storage_id
 
 
 def test_failed_error_check_writes_no_local_file(clickhouse, calls_table, tmp_path, good_calls):
@@ -374,13 +433,13 @@ def _clean_quality() -> SourceQuality:
             "overlong_calls": [0],
         }
     )
-    return SourceQuality(per_day=per_day, samples={name: () for name in SAMPLE_IDS})
+    return SourceQuality(per_day=per_day)
 
 
-def evaluate(frame: pl.DataFrame) -> dict[str, dg.AssetCheckResult]:
+def evaluate(frame: pl.DataFrame) -> dict[str, checks.Verdict]:
     statuses = pl.DataFrame({"date": [DAY], "status": ["Answered"], "calls": [frame.height]})
     evidence = checks.Evidence(frame, _clean_quality(), statuses, [str(DAY)], MEASUREMENT)
-    return {v.result.check_name: v.result for v in checks.evaluate_checks(evidence)}
+    return {v.check_name: v for v in checks.evaluate_checks(evidence)}
 
 
 @pytest.mark.parametrize(

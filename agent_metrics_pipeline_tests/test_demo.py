@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 import pytest
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.event_api import PartitionKeyFilter
 
 from agent_metrics_pipeline.demo import BROKEN_CALLS, SEED_DAYS
 from agent_metrics_pipeline_tests.helpers import run_ok
@@ -30,7 +31,12 @@ def test_demo_publishes_correct_files_and_records_its_runs(project_env, tmp_path
     home = Path(project_env["AGENT_METRICS_HOME"])
     files = published(home)
     assert len(files) == 8
-    assert str(list(files)[-1]) in result.stdout
+    assert str(list(files)[0]) in result.stdout
+    # A short summary; Dagster's lines for every run go to the log file it names.
+    log = Path(project_env["DAGSTER_HOME"]) / "demo.log"
+    assert len(result.stdout.splitlines()) < 40 and result.stderr == ""
+    assert f"log of every run: {log}" in result.stdout
+    assert "RUN_SUCCESS" in log.read_text() and "RUN_SUCCESS" not in result.stdout
 
     run_ok(
         [
@@ -70,12 +76,20 @@ def test_demo_publishes_correct_files_and_records_its_runs(project_env, tmp_path
             failed = {}
             for name in ("no_nulls", "no_negative_values"):
                 (record,) = instance.event_log_storage.get_asset_check_execution_history(
-                    dg.AssetCheckKey(AGENT_METRICS, name), limit=1
+                    dg.AssetCheckKey(AGENT_METRICS, name),
+                    limit=1,
+                    partition_filter=PartitionKeyFilter(key=str(broken_day)),
                 )
                 evaluation = record.event.dagster_event.event_specific_data
                 assert not evaluation.passed
                 assert evaluation.metadata["source_offending_days"].value == [str(broken_day)]
                 failed[name] = evaluation.metadata["sample_call_ids"].value
+            # Launched through the code location, as the UI launches: each can be re-executed.
+            runs = instance.get_runs()
+            assert len(runs) >= 4 and all(run.remote_job_origin is not None for run in runs)
+            assert {run.remote_job_origin.location_name for run in runs} == {
+                "agent_metrics_pipeline"
+            }
         return materialized, failed
 
     materialized, failed = recorded()
