@@ -10,8 +10,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 import pytest
-from dagster._core.instance.ref import InstanceRef
 from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.instance.ref import InstanceRef
 
 from agent_metrics_pipeline.demo import BROKEN_CALLS, SEED_DAYS
 from agent_metrics_pipeline_tests.helpers import run_ok

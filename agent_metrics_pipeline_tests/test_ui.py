@@ -24,6 +24,7 @@ from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     REPO_ROOT,
     dagster_ui,
+    graphql,
     run_ok,
     subprocess_env,
 )
@@ -216,31 +217,78 @@ def test_partitions_show_the_published_days_the_failed_day_and_per_day_metadata(
     expect(page.locator(f'[data-tooltip="{demo.broken_day}"]').first).to_be_visible()
 
 
-def test_checks_tab_shows_the_failed_blocking_checks_with_call_ids(demo, page):
+CHECK_STATUSES = """
+{
+  assetNodeOrError(assetKey: {path: ["agent_metrics"]}) {
+    ... on AssetNode {
+      assetChecksOrError {
+        ... on AssetChecks {
+          checks {
+            name
+            executionForLatestMaterialization { status partition }
+            partitionStatuses {
+              ... on AssetCheckTimePartitionStatuses { ranges { startKey endKey status } }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+
+def days_by_status(ranges: list[dict]) -> dict[str, str]:
+    """Each day the ranges cover, with its status."""
+    statuses = {}
+    for covered in ranges:
+        day, last = (dt.date.fromisoformat(covered[key]) for key in ("startKey", "endKey"))
+        while day <= last:
+            statuses[day.isoformat()] = covered["status"]
+            day += dt.timedelta(days=1)
+    return statuses
+
+
+def test_each_day_has_its_own_check_results_over_graphql(demo):
+    found = graphql(f"{demo.url}/graphql", CHECK_STATUSES)["assetNodeOrError"]
+    by_name = {check["name"]: check for check in found["assetChecksOrError"]["checks"]}
+    assert set(by_name) == set(checks.CHECK_DESCRIPTIONS)
+    failed_on_purpose = {checks.NO_NULLS, checks.NO_NEGATIVE_VALUES}
+    for name, check in by_name.items():
+        statuses = days_by_status(check["partitionStatuses"]["ranges"])
+        expected = {day: "SUCCEEDED" for day in demo.published}
+        expected[demo.broken_day] = "FAILED" if name in failed_on_purpose else "SUCCEEDED"
+        assert statuses == expected, name
+        # The latest materialization (yesterday's) passed every check.
+        latest = check["executionForLatestMaterialization"]
+        assert latest == {"status": "SUCCEEDED", "partition": demo.published[-1]}, name
+
+
+def test_checks_tab_shows_each_days_result_with_the_failed_call_ids(demo, page):
     from playwright.sync_api import expect
 
-    page.goto(f"{demo.url}/assets/agent_metrics?view=checks")
+    page.goto(f"{demo.url}/assets/agent_metrics?view=checks&checkDetail={checks.NO_NULLS}")
     header = page.get_by_text(re.compile(r"^Checks \(\d+\)$"))
-    expect(header).to_be_visible()
-    total = int(re.search(r"\d+", header.inner_text()).group())
-    page.set_viewport_size({"width": 1440, "height": max(900, 400 + 48 * total)})
-    names = page.get_by_placeholder("Filter checks").locator(
-        "xpath=ancestor::div[.//div[@title]][1]//div[@title]"
+    expect(header).to_have_text(f"Checks ({len(checks.CHECK_DESCRIPTIONS)})")
+    # The check's own Partitions tab: one status per day.
+    page.get_by_text("Automation history", exact=True).locator(
+        "xpath=following::*[normalize-space(text())='Partitions'][1]"
+    ).click()
+    expect(page.get_by_text(re.compile(r"^Passed \(\d+\)$"))).to_have_text(
+        f"Passed ({len(demo.published)})"
     )
-    expect(names).to_have_count(total)
-    listed = names.evaluate_all("els => els.map(e => e.getAttribute('title'))")
-    assert set(listed) == set(checks.CHECK_DESCRIPTIONS)
+    expect(page.get_by_text(re.compile(r"^Failed \(\d+\)$"))).to_have_text("Failed (1)")
 
-    # The list's badge compares with the latest materialization, which the failed run did not
-    # make; each check's own page shows its latest execution.
-    for name in ("no_negative_values", "no_nulls"):
-        names.and_(page.locator(f'[title="{name}"]')).first.click()
-        expect(page).to_have_url(re.compile(rf"checkDetail={name}"))
-        result = page.get_by_text("Evaluation result", exact=True).locator(
-            "xpath=following-sibling::*[1]"
-        )
-        expect(result).to_have_text("Failed")
-    page.set_viewport_size({"width": 1440, "height": 900})
+    # The selected day's pane: its status, run, target materialization and metadata.
+    pane = (
+        page.locator("div")
+        .filter(has=page.get_by_text("Latest execution", exact=True))
+        .filter(has=page.get_by_text("Description", exact=True))
+        .last
+    )
+    for day, status in ((demo.published[0], "Passed"), (demo.broken_day, "Failed")):
+        page.get_by_text(day, exact=True).first.click()
+        expect(pane).to_contain_text(re.compile(rf"^({day})+{status}Latest execution"))
     shot(page, demo.shots / "checks.png")
     row = page.locator("tr").filter(has=page.get_by_text("sample_call_ids", exact=True))
     row.get_by_text("[Show JSON]").click()
