@@ -6,6 +6,8 @@ export UV_PYTHON_DOWNLOADS := never
 
 # The development instance: the demo records its runs there and the UI opens it.
 DEV_HOME := $(CURDIR)/.dagster_home
+# The UI's port: `make dev PORT=3001`.
+PORT ?= 3000
 
 .PHONY: demo test test-fast dev lint bench sync bootstrap
 
@@ -18,9 +20,9 @@ test: sync  ## The whole test suite, against the real engine and a local S3 serv
 test-fast: sync  ## Everything but the end-to-end runs (dagster dev, the browser, PostgreSQL, CLIs, demo), on 2 workers.
 	$(UV) run --frozen pytest -m "not e2e" -n 2
 
-dev: sync  ## The Dagster UI on http://127.0.0.1:3000 over the demo's instance (.dagster_home/).
+dev: sync  ## The Dagster UI on http://127.0.0.1:$(PORT) (3000 unless PORT=...) over the demo's instance (.dagster_home/).
 	set -a; [ ! -f "$(DEV_HOME)/demo.env" ] || . "$(DEV_HOME)/demo.env"; set +a; \
-	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev
+	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev -p "$(PORT)"
 
 bench: sync  ## Every performance goal against baselines of the same run (about 15 minutes).
 	$(UV) run --frozen python -m benchmarks.run --markdown benchmarks/results.md
