@@ -133,7 +133,7 @@ def seed_demo_calls(settings: Settings, today: dt.date) -> int:
     """Sample calls for the demo's five weeks, the broken day's rows among them."""
     clickhouse = clickhouse_resource(settings)
     source = settings.measurement.source
-    first_day, broken_day = demo_days(today)[0], demo_days(today)[1]
+    first_day, broken_day, _, _ = demo_days(today)
     seeded = seed_sample_calls(clickhouse, source, first_day, SEED_DAYS, timezone=settings.timezone)
     add_broken_calls(clickhouse, source, broken_day, settings.timezone)
     return seeded + len(BROKEN_CALLS)
@@ -232,7 +232,7 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
     )
 
 
-def run_demo(settings: Settings, today: dt.date, instance: dg.DagsterInstance, out) -> bool:
+def run_demo(settings: Settings, today: dt.date, instance: dg.DagsterInstance, out: TextIO) -> bool:
     """Seed sample calls, then launch the demo's runs one after another; True when each ended
     as planned (the broken day failing)."""
     # Seeding opens the engine's folder, which one process at a time may hold: the runs, each
