@@ -8,6 +8,8 @@ export UV_PYTHON_DOWNLOADS := never
 DEV_HOME := $(CURDIR)/.dagster_home
 # The UI's port: `make dev PORT=3001`.
 PORT ?= 3000
+# Idle sensors log every tick at info; runs, ticks and their logs are all in the UI.
+LOG_LEVEL ?= warning
 
 .PHONY: demo test test-fast dev lint bench sync bootstrap
 
@@ -20,9 +22,10 @@ test: sync  ## The whole test suite, against the real engine and a local S3 serv
 test-fast: sync  ## Everything but the end-to-end runs (dagster dev, the browser, PostgreSQL, CLIs, demo), on 2 workers.
 	$(UV) run --frozen pytest -m "not e2e" -n 2
 
-dev: sync  ## The Dagster UI on http://127.0.0.1:$(PORT) (3000 unless PORT=...) over the demo's instance (.dagster_home/).
+dev: sync  ## The Dagster UI on http://127.0.0.1:$(PORT) (3000 unless PORT=...; LOG_LEVEL=info for the daemon's every tick) over the demo's instance (.dagster_home/).
+	@echo "The Dagster UI opens on http://127.0.0.1:$(PORT) (Ctrl-C stops it)."
 	set -a; [ ! -f "$(DEV_HOME)/demo.env" ] || . "$(DEV_HOME)/demo.env"; set +a; \
-	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev -p "$(PORT)"
+	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev -p "$(PORT)" --log-level "$(LOG_LEVEL)" --code-server-log-level "$(LOG_LEVEL)"
 
 bench: sync  ## Every performance goal against baselines of the same run (about 15 minutes).
 	$(UV) run --frozen python -m benchmarks.run --markdown benchmarks/results.md

@@ -27,6 +27,7 @@ LATE_CALLS_CHECK = "no_late_calls_outside_window"
 OBSERVE_JOB_NAME = "observe_calls"
 OBSERVE_SCHEDULE_NAME = "observe_calls_hourly"
 REPUBLISH_SENSOR_NAME = "agent_metrics_republish_changed_days"
+REPUBLISH_INTERVAL_SEC = 300
 DATA_VERSION_TAG = "dagster/data_version"
 EMPTY_DAY_FINGERPRINT = "0:0"
 # Part modification times have second resolution and the engine's clock is not Dagster's.
@@ -90,7 +91,9 @@ def build_calls_source(
             op_tags={"dagster/concurrency_key": pool} if pool else None,
             description=(
                 f"Source call records in {source.database}.{source.table}. Each observation "
-                f"fingerprints the newest {window_days} days (count and hash of the counted calls)."
+                f"fingerprints the newest {window_days} days (count and hash of the counted "
+                "calls). It is observed, never materialized: its Partitions tab reads every day "
+                "as missing; each day's fingerprint is on the Events tab."
             ),
             metadata={"source_table": f"{source.database}.{source.table}"},
         )
@@ -259,6 +262,8 @@ def build_observation_automation(
             REPUBLISH_SENSOR_NAME,
             target=dg.AssetSelection.assets(ASSET_NAME),
             use_user_code_server=True,
+            # Sources change at the pace of the hourly observation, not of the daemon's loop.
+            minimum_interval_seconds=REPUBLISH_INTERVAL_SEC,
             default_status=dg.DefaultSensorStatus.RUNNING,
             description="Requests the published days whose source changed (stale days).",
         )
