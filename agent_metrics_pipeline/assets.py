@@ -2,7 +2,9 @@
 
 import dataclasses
 import datetime as dt
+import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -15,14 +17,16 @@ from agent_metrics_pipeline.checks import (
     describe_failures,
     evaluate_checks,
 )
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import DEFAULT_MAX_DAYS_PER_QUERY, Measurement
+from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, plan_chunks
+from agent_metrics_pipeline.clickhouse import ClickHouseMemoryLimitError, ClickHouseResource
+from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.metrics import (
     COLUMN_DESCRIPTIONS,
     METRICS_SCHEMA,
     UNMEASURABLE_COUNTS,
     SourceQuality,
+    StagedDays,
     calls_per_status,
     metrics_for_day,
     shape_metrics,
@@ -58,6 +62,7 @@ def day_metadata(
     statuses: pl.DataFrame,
     day: dt.date,
     days: Sequence[str],
+    agent_shards: int,
 ) -> dict[str, object]:
     """What one day's materialization shows, whether it ran alone or in a range."""
     rows = metrics_for_day(metrics, day)
@@ -68,6 +73,7 @@ def day_metadata(
         "unmeasurable_calls": int(unmeasurable.sum_horizontal().sum()),
         "statuses_seen": calls_per_status(statuses, day),
         "run_days": describe_days(days),
+        "agent_shards": agent_shards,
         "preview": dg.MetadataValue.md(to_markdown(rows.head(PREVIEW_ROWS))),
     }
 
@@ -82,16 +88,19 @@ def build_agent_metrics_asset(
     freshness_policy: dg.FreshnessPolicy | None = None,
     source: dg.SourceAsset | None = None,
     automation_condition: dg.AutomationCondition | None = None,
-    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY,
+    chunking: Chunking | None = None,
 ) -> dg.AssetsDefinition:
     """The asset over ``partitions_def``, measuring what ``measurement`` says.
 
-    A range of days runs as one run, querying up to ``max_days_per_query`` days at a time.
+    A range of days runs as one run, in queries of consecutive days and agent shards within the
+    limits of ``chunking``; each chunk is checked and staged on local disk before the next is
+    read, and nothing is published unless every day passed.
     ``pool`` serialises the steps that share a resource only one process may hold (the
     embedded engine's folder); ``retry_policy`` applies
     to transient faults only. With ``source``, the observed calls table, Dagster knows which
     source fingerprint each day was computed from; ``automation_condition`` acts on that.
     """
+    chunking = chunking or Chunking()
 
     @dg.asset(
         name=ASSET_NAME,
@@ -110,6 +119,7 @@ def build_agent_metrics_asset(
         metadata={
             "dagster/column_schema": published_schema(),
             **measurement.describe(),
+            **chunking.describe(),
         },
         description=(
             "Per agent and day: average and 90th-percentile call length (seconds, 2 decimals, "
@@ -135,55 +145,117 @@ def build_agent_metrics_asset(
             f"Aggregating {len(days)} day(s) [{window.start.isoformat()}, "
             f"{window.end.isoformat()}) on the {clickhouse.description}"
         )
-        raw_parts, status_parts, sample_parts = [], [], []
-        with no_retry_for_permanent_errors():
-            # A query holds the exact quantile state of every call it covers: chunks of days
-            # bound the engine's memory whatever the range.
-            for first in range(0, len(days), max_days_per_query):
-                chunk = days[first : first + max_days_per_query]
-                query_window = (
-                    measurement,
-                    partitions_def.time_window_for_partition_key(chunk[0]).start,
-                    partitions_def.time_window_for_partition_key(chunk[-1]).end,
-                    partitions_def.timezone,
+        verdicts: list[Verdict] = []
+        metadata_by_day: dict[str, dict[str, object]] = {}
+        with (
+            no_retry_for_permanent_errors(),
+            tempfile.TemporaryDirectory(prefix="agent_metrics-") as staging_folder,
+        ):
+            staged = StagedDays(Path(staging_folder))
+            # The census reads two columns of the range: it sizes the chunks, and it is the
+            # status_spellings check's evidence.
+            statuses = clickhouse.query_polars(
+                *build_status_query(measurement, window.start, window.end, partitions_def.timezone)
+            )
+            chunks = plan_chunks(days, counted_calls_per_day(statuses, measurement), chunking)
+            context.log.info(describe_plan(chunks))
+            for chunk in chunks:
+                metrics, quality, shards = _read_chunk(
+                    context, clickhouse, measurement, partitions_def, chunk
                 )
-                raw = clickhouse.query_polars(*build_metrics_query(*query_window))
-                status_parts.append(clickhouse.query_polars(*build_status_query(*query_window)))
-                if SourceQuality.counts_any(raw):
-                    sample_parts.append(
-                        clickhouse.query_polars(*build_samples_query(*query_window))
+                verdicts += evaluate_checks(
+                    Evidence(metrics, quality, statuses, chunk.days, measurement)
+                )
+                for key in chunk.days:
+                    metadata_by_day[key] = day_metadata(
+                        metrics, quality, statuses, dt.date.fromisoformat(key), days, shards
                     )
-                raw_parts.append(raw)
-        metrics, quality = shape_metrics(pl.concat(raw_parts, how="vertical_relaxed"))
-        statuses = pl.concat(status_parts, how="vertical_relaxed")
-        if sample_parts:
-            quality = quality.with_samples(pl.concat(sample_parts, how="vertical_relaxed"))
+                staged.stage(metrics, [dt.date.fromisoformat(key) for key in chunk.days])
 
-        verdicts = evaluate_checks(Evidence(metrics, quality, statuses, days, measurement))
-        # A failed blocking check must stop publication here: once the Output is yielded, Dagster
-        # hands it to the IO manager whatever the checks said.
-        blocking = [verdict for verdict in verdicts if verdict.blocks_publication]
-        if blocking:
-            yield from _day_evaluations(context, verdicts, published=False)
-            raise dg.Failure(
-                description=(
-                    f"Nothing published for {describe_days(days)}: failed checks "
-                    f"{describe_failures(blocking)}. Each day's check results hold counts and "
-                    "sample ids. Fix the source rows, or the knob the README lists for the check "
-                    "(AGENT_METRICS_INVALID_ROWS=exclude leaves unmeasurable calls out)."
-                ),
-                allow_retries=False,
-            )
-        for key in days:
-            context.add_asset_metadata(
-                day_metadata(metrics, quality, statuses, dt.date.fromisoformat(key), days),
-                partition_key=key,
-            )
-        yield dg.Output(metrics)
+            # A failed blocking check must stop publication here: once the Output is yielded,
+            # Dagster hands it to the IO manager whatever the checks said.
+            blocking = [verdict for verdict in verdicts if verdict.blocks_publication]
+            if blocking:
+                yield from _day_evaluations(context, verdicts, published=False)
+                raise dg.Failure(
+                    description=(
+                        f"Nothing published for {describe_days(days)}: failed checks "
+                        f"{describe_failures(blocking)}. Each day's check results hold counts "
+                        "and sample ids. Fix the source rows, or the knob the README lists for "
+                        "the check (AGENT_METRICS_INVALID_ROWS=exclude leaves unmeasurable calls "
+                        "out)."
+                    ),
+                    allow_retries=False,
+                )
+            for key, metadata in metadata_by_day.items():
+                context.add_asset_metadata(metadata, partition_key=key)
+            yield dg.Output(staged)
         # After the Output, each day's materialization is recorded: the evaluations judge it.
         yield from _day_evaluations(context, verdicts, published=True)
 
     return agent_metrics
+
+
+def counted_calls_per_day(statuses: pl.DataFrame, measurement: Measurement) -> dict[str, int]:
+    """The calls of each day the metrics query will read, from the census."""
+    counted = statuses.filter(pl.col("status").is_in(measurement.statuses))
+    per_day = counted.group_by("date").agg(pl.col("calls").sum())
+    return {str(day): int(calls) for day, calls in per_day.iter_rows()}
+
+
+def describe_plan(chunks: Sequence[Chunk]) -> str:
+    sharded = [chunk for chunk in chunks if chunk.shards > 1]
+    text = f"Reading in {len(chunks)} chunk(s) of consecutive days"
+    if sharded:
+        text += ", " + ", ".join(
+            f"{describe_days(chunk.days)} in {chunk.shards} agent shards" for chunk in sharded
+        )
+    return text
+
+
+def _read_chunk(
+    context: dg.AssetExecutionContext,
+    clickhouse: ClickHouseResource,
+    measurement: Measurement,
+    partitions_def: dg.DailyPartitionsDefinition,
+    chunk: Chunk,
+) -> tuple[pl.DataFrame, SourceQuality, int]:
+    """The metrics and source quality of the chunk's days, and the agent shards it took.
+
+    A server that stops a query at the user's per-query memory limit would stop it again: the
+    chunk is read again in twice as many shards, until the limit lets each through.
+    """
+    window = (
+        measurement,
+        partitions_def.time_window_for_partition_key(chunk.days[0]).start,
+        partitions_def.time_window_for_partition_key(chunk.days[-1]).end,
+        partitions_def.timezone,
+    )
+    while True:
+        try:
+            raw = pl.concat(
+                [
+                    clickhouse.query_polars(*build_metrics_query(*window, shard=shard))
+                    for shard in chunk.agent_shards()
+                ],
+                how="vertical_relaxed",
+            )
+            break
+        except ClickHouseMemoryLimitError as error:
+            if chunk.shards >= MAX_AGENT_SHARDS:
+                raise
+            finer = dataclasses.replace(chunk, shards=min(MAX_AGENT_SHARDS, chunk.shards * 2))
+            context.log.warning(
+                f"{describe_days(chunk.days)} in {chunk.shards} agent shard(s) exceeded the "
+                f"server's per-query memory limit; reading it in {finer.shards}. Setting "
+                f"AGENT_METRICS_AGENT_SHARDS={finer.shards} (or a lower "
+                f"AGENT_METRICS_MAX_CALLS_PER_QUERY) starts there. ({error})"
+            )
+            chunk = finer
+    metrics, quality = shape_metrics(raw)
+    if SourceQuality.counts_any(raw):
+        quality = quality.with_samples(clickhouse.query_polars(*build_samples_query(*window)))
+    return metrics, quality, chunk.shards
 
 
 def _day_evaluations(

@@ -42,7 +42,13 @@ READONLY_CODE = 164
 # as read-only for this user.
 CLIENT_READONLY_REFUSAL = re.compile(r"Cannot change readonly|Setting \S+ is readonly")
 # Codes that a later attempt may not hit: timeouts, overload, memory pressure, network trouble.
-TRANSIENT_ERROR_CODES = {3, 32, 159, 202, 209, 210, 241, 394, 999}
+TRANSIENT_ERROR_CODES = {3, 32, 159, 202, 209, 210, 394, 999}
+MEMORY_LIMIT_EXCEEDED_CODE = 241
+# A limit on one query (max_memory_usage) or on the user's queries (max_memory_usage_for_user)
+# stops the same query again; the server's total limit is memory pressure that passes.
+PER_QUERY_MEMORY_LIMIT = re.compile(
+    r"(query|user) memory limit exceeded|memory limit \(for (query|user)\) exceeded", re.I
+)
 
 
 class ClickHouseUnavailableError(TransientError):
@@ -51,6 +57,11 @@ class ClickHouseUnavailableError(TransientError):
 
 class ClickHouseQueryError(PermanentError):
     """ClickHouse refused the request (credentials, missing table, bad SQL); retrying won't help."""
+
+
+class ClickHouseMemoryLimitError(ClickHouseQueryError):
+    """The query exceeded this user's per-query memory limit: the same query fails again, a
+    smaller one (fewer agents or days) may not."""
 
 
 def _error_code(error: ClickHouseError) -> int | None:
@@ -218,6 +229,19 @@ class ClickHouseResource(dg.ConfigurableResource):
                 f"The {self.description} is in use by another process: {detail}. The embedded "
                 "engine's folder opens in one process at a time; wait for the other run (or "
                 "the demo) to finish."
+            )
+        if code == MEMORY_LIMIT_EXCEEDED_CODE and PER_QUERY_MEMORY_LIMIT.search(str(error)):
+            return ClickHouseMemoryLimitError(
+                f"The {self.description} stopped a query at this user's memory limit: {detail}. "
+                "Raise max_memory_usage in the user's settings profile, or make each query "
+                "smaller: AGENT_METRICS_AGENT_SHARDS splits every query by agent, and a lower "
+                "AGENT_METRICS_MAX_CALLS_PER_QUERY splits the large days."
+            )
+        if code == MEMORY_LIMIT_EXCEEDED_CODE:
+            return ClickHouseUnavailableError(
+                f"The {self.description} is short of memory overall (its total limit, shared by "
+                f"every query): {detail}. Retried; if it lasts, the server needs more memory or "
+                "fewer concurrent queries."
             )
         if code in TRANSIENT_ERROR_CODES:
             return ClickHouseUnavailableError(

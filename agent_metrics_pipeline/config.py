@@ -18,6 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunking
+
 IDENTIFIER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # The source columns the metrics read, in the order of the source table's DDL.
 SOURCE_COLUMN_ROLES = ("call_id", "agent_id", "started_at", "duration_sec", "status")
@@ -26,7 +28,6 @@ SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION
 
 DEFAULT_HOME = Path(".agent_metrics")
 DEFAULT_CLICKHOUSE_PORT = 8123
-DEFAULT_MAX_DAYS_PER_QUERY = 30
 DEFAULT_CONNECT_TIMEOUT_SEC = 10
 # A day of 10 M calls aggregates in about a second; two minutes leave room for far bigger days.
 DEFAULT_QUERY_TIMEOUT_SEC = 120
@@ -303,7 +304,7 @@ class Settings:
     # UTC, an hour after the daily schedule (02:00 UTC); never before it.
     freshness_deadline_hour: int = 3
     backfill_max_days_per_run: int | None = None
-    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY
+    chunking: Chunking = Chunking()
     schedule_lookback_days: int = 0
     observe_window_days: int = 30
     observe_cron: str = "5 * * * *"
@@ -348,11 +349,21 @@ class Settings:
                 min_calls_per_agent=env.number("AGENT_METRICS_MIN_CALLS_PER_AGENT", int, minimum=1),
             ),
         )
+        chunking = Chunking(
+            **_given(
+                max_days_per_query=env.number("AGENT_METRICS_MAX_DAYS_PER_QUERY", int, minimum=1),
+                max_calls_per_query=env.number("AGENT_METRICS_MAX_CALLS_PER_QUERY", int, minimum=1),
+                agent_shards=env.number(
+                    "AGENT_METRICS_AGENT_SHARDS", int, minimum=1, maximum=MAX_AGENT_SHARDS
+                ),
+            )
+        )
         home = env.text("AGENT_METRICS_HOME")
         timezone = env.text("AGENT_METRICS_TIMEZONE")
         ui_url = env.url("AGENT_METRICS_UI_URL")
         settings = cls(
             measurement=measurement,
+            chunking=chunking,
             clickhouse_password_set=env.text("CLICKHOUSE_PASSWORD") is not None,
             secrets=tuple(value for name in SECRET_VARIABLES if (value := env.text(name))),
             **_given(
@@ -383,7 +394,6 @@ class Settings:
                 backfill_max_days_per_run=env.number(
                     "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", int, minimum=1
                 ),
-                max_days_per_query=env.number("AGENT_METRICS_MAX_DAYS_PER_QUERY", int, minimum=1),
                 schedule_lookback_days=env.number(
                     "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", int, minimum=0
                 ),

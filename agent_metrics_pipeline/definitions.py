@@ -110,7 +110,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         freshness_policy=freshness_policy(settings.freshness_deadline_hour),
         source=calls,
         automation_condition=republish_changed_days(window_days),
-        max_days_per_query=settings.max_days_per_query,
+        chunking=settings.chunking,
     )
     job = build_agent_metrics_job(agent_metrics)
     observe_job, observe_schedule, republish_sensor = build_observation_automation(

@@ -4,9 +4,10 @@ Key layout, identical in S3 and in a local folder::
 
     PREFIX/YYYY-MM-DD/ASSET_YYYY-MM-DD.csv[.gz]
 
-A run over a range of days hands over one frame; it is split by its ``date`` column so every
-day gets the same object a single-day run would write (a day without rows gets a header-only
-file). Dagster's built-in object-store IO managers refuse multi-partition outputs.
+A run over a range of days hands over its days staged one file each (or one frame, split by
+its ``date`` column), so every day gets the same object a single-day run would write (a day
+without rows gets a header-only file). Dagster's built-in object-store IO managers refuse
+multi-partition outputs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import gzip
 import os
 import tempfile
 from abc import abstractmethod
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -28,7 +31,12 @@ from agent_metrics_pipeline.errors import (
     TransientError,
     no_retry_for_permanent_errors,
 )
-from agent_metrics_pipeline.metrics import from_csv_bytes, metrics_for_day, to_csv_bytes
+from agent_metrics_pipeline.metrics import (
+    StagedDays,
+    from_csv_bytes,
+    metrics_for_day,
+    to_csv_bytes,
+)
 
 
 class ObjectStoreUnavailableError(TransientError):
@@ -66,7 +74,7 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
     def _decode(self, data: bytes) -> pl.DataFrame:
         return from_csv_bytes(gzip.decompress(data) if self.gzip else data)
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | StagedDays) -> None:
         if not context.has_asset_partitions:
             raise dg.DagsterInvariantViolationError(
                 f"{type(self).__name__} stores daily-partitioned assets only; "
@@ -74,18 +82,13 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             )
         partition_keys = list(context.asset_partition_keys)
         days = {key: dt.date.fromisoformat(key) for key in partition_keys}
-        stray_days = set(obj.get_column("date").unique().to_list()) - set(days.values())
-        if stray_days:
-            raise dg.DagsterInvariantViolationError(
-                f"The frame holds rows for {sorted(map(str, stray_days))}, outside the run's "
-                f"partitions {partition_keys[0]}..{partition_keys[-1]}; refusing to drop them."
-            )
+        rows_of_day = _rows_by_day(obj, partition_keys)
         asset_name = context.asset_key.path[-1]
         uris: list[str] = []
         for key, day in days.items():
             object_key = self.object_key(asset_name, key)
             try:
-                self._write(object_key, self._encode(metrics_for_day(obj, day)))
+                self._write(object_key, self._encode(rows_of_day(day)))
             except (ObjectStoreError, ObjectStoreUnavailableError) as error:
                 # Transient faults were retried at the write already: a step retry would only
                 # run the query again.
@@ -115,6 +118,31 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         if len(frames) == 1:
             return next(iter(frames.values()))
         return frames
+
+
+def _rows_by_day(
+    obj: pl.DataFrame | StagedDays, partition_keys: list[str]
+) -> Callable[[dt.date], pl.DataFrame]:
+    """How to get one day's rows out of what the step handed over: a frame of every day, or
+    days staged one file each. Rows of a day outside the run's are refused, never dropped."""
+    run_days = {dt.date.fromisoformat(key) for key in partition_keys}
+    if isinstance(obj, StagedDays):
+        held_days = set(obj.days)
+        if not run_days <= held_days:
+            raise dg.DagsterInvariantViolationError(
+                f"No rows were staged for {sorted(map(str, run_days - held_days))}."
+            )
+        rows_of_day: Callable[[dt.date], pl.DataFrame] = obj.day
+    else:
+        held_days = set(obj.get_column("date").unique().to_list())
+        rows_of_day = partial(metrics_for_day, obj)
+    stray_days = held_days - run_days
+    if stray_days:
+        raise dg.DagsterInvariantViolationError(
+            f"The output holds rows for {sorted(map(str, stray_days))}, outside the run's "
+            f"partitions {partition_keys[0]}..{partition_keys[-1]}; refusing to drop them."
+        )
+    return rows_of_day
 
 
 def _partly_published(error: Exception, keys: list[str], written: int) -> str:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import polars as pl
 
@@ -107,6 +109,36 @@ def calls_per_status(statuses: pl.DataFrame, day: dt.date | None = None) -> dict
 
 def metrics_for_day(metrics: pl.DataFrame, day: dt.date) -> pl.DataFrame:
     return metrics.filter(pl.col("date") == day)
+
+
+class StagedDays:
+    """A run's publishable rows, one Parquet file per day in a local folder.
+
+    The step reads a chunk of days at a time and stages it here, so its memory follows the
+    chunk; the IO manager reads one day at a time once every day passed its checks.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.days: list[dt.date] = []
+
+    def _path(self, day: dt.date) -> Path:
+        return self.folder / f"{day.isoformat()}.parquet"
+
+    def stage(self, metrics: pl.DataFrame, days: Sequence[dt.date]) -> None:
+        """Each of ``days``'s rows of ``metrics``; a row of another day has no file to go to."""
+        stray = set(metrics.get_column("date").unique().to_list()) - set(days)
+        if stray:
+            raise ValueError(
+                f"Rows dated {sorted(map(str, stray))} are outside the days read "
+                f"{days[0]}..{days[-1]}; refusing to drop them."
+            )
+        for day in days:
+            metrics_for_day(metrics, day).write_parquet(self._path(day))
+            self.days.append(day)
+
+    def day(self, day: dt.date) -> pl.DataFrame:
+        return pl.read_parquet(self._path(day))
 
 
 def to_csv_bytes(frame: pl.DataFrame) -> bytes:

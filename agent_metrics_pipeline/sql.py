@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+from agent_metrics_pipeline.chunking import AgentShard
 from agent_metrics_pipeline.config import Measurement, SourceTable
 from agent_metrics_pipeline.metrics import SAMPLE_SIZE
 
@@ -39,8 +40,10 @@ def build_metrics_query(
     window_start: dt.datetime,
     window_end: dt.datetime,
     timezone: str,
+    shard: AgentShard | None = None,
 ) -> tuple[str, dict[str, object]]:
-    """Per (day, agent) metrics over ``[window_start, window_end)`` plus source-quality counts.
+    """Per (day, agent) metrics over ``[window_start, window_end)`` plus source-quality counts,
+    for the agents of ``shard`` only when one is given.
 
     A call belongs to the day its start falls in, in ``timezone``. The filter is a range
     predicate on the start column so ClickHouse can use the table's primary key.
@@ -78,11 +81,25 @@ SELECT
     countIf(negative) AS negative_duration_calls,
     countIf(non_finite) AS non_finite_duration_calls,
     countIf(overlong) AS overlong_calls
-{_window_filter(measurement)}
+{_window_filter(measurement)}{_shard_filter(measurement, shard)}
 GROUP BY date, agent_id
 ORDER BY date, agent_id
 """
-    return sql, _measurement_parameters(measurement, window_start, window_end, timezone)
+    parameters = _measurement_parameters(measurement, window_start, window_end, timezone)
+    if shard is not None:
+        parameters |= {"agent_shard": shard.index, "agent_shards": shard.count}
+    return sql, parameters
+
+
+def _shard_filter(measurement: Measurement, shard: AgentShard | None) -> str:
+    """The calls of one agent shard. A missing and an empty agent hash alike, so the calls
+    without an agent (one group of the metrics query) fall in one shard together."""
+    if shard is None:
+        return ""
+    agent = f"src.`{measurement.source.column('agent_id')}`"
+    agent_hash = f"cityHash64(ifNull(toString({agent}), ''))"
+    return f"""
+  AND {agent_hash} % {{agent_shards:UInt32}} = {{agent_shard:UInt32}}"""
 
 
 def build_samples_query(

@@ -41,11 +41,18 @@ S3_TEST_REGION = "us-east-1"
 # whose profile leaves Arrow strings as binary (the server default before 23.x).
 READER = "metrics_reader"
 READER_PASSWORD = "r3ader-Pa55"
+# A reader like it whose profile also caps each query's memory, as production profiles do.
+LIMITED_READER = "limited_reader"
+LIMITED_READER_MAX_MEMORY_USAGE = 20 * 2**20
 STAND_IN_USERS = {
     "default": {"password": "", "profile": {}},
     READER: {
         "password": READER_PASSWORD,
         "profile": {"readonly": "1", "output_format_arrow_string_as_string": "0"},
+    },
+    LIMITED_READER: {
+        "password": READER_PASSWORD,
+        "profile": {"readonly": "1", "max_memory_usage": str(LIMITED_READER_MAX_MEMORY_USAGE)},
     },
 }
 

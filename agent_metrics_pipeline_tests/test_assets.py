@@ -7,6 +7,7 @@ import gzip
 import os
 import uuid
 
+from agent_metrics_pipeline.chunking import Chunking
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
@@ -299,7 +300,7 @@ def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
     original = ClickHouseResource.query_polars
 
     def recording_query(self, sql, parameters=None):
-        windows.append((sql.split("SELECT")[1].split()[0], parameters["window_start"][:10]))
+        windows.append((parameters["window_start"][:10], parameters["window_end"][:10]))
         return original(self, sql, parameters)
 
     monkeypatch.setattr(ClickHouseResource, "query_polars", recording_query)
@@ -309,11 +310,14 @@ def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
         bucket.io_manager(),
         str(days[0]),
         str(days[-1]),
-        max_days_per_query=3,
+        chunking=Chunking(max_days_per_query=3),
     )
-    starts = sorted({start for _, start in windows})
-    assert starts == ["2026-11-10", "2026-11-13", "2026-11-16"]
-    assert len(windows) == 3 * 2 + 1, "metrics and statuses per chunk, samples where needed"
+    census, *metrics, samples = windows
+    assert census == ("2026-11-10", "2026-11-17"), "one census of the whole range"
+    assert metrics == [("2026-11-10", "2026-11-13"), ("2026-11-13", "2026-11-16")] + [
+        ("2026-11-16", "2026-11-17")
+    ]
+    assert samples == metrics[-1], "samples only for the chunk that counted a broken call"
     for day in days:
         assert bucket.get(key_for(day)) == whole[day]
         assert_csv_matches(whole[day], expected_metrics(calls)[day], day)

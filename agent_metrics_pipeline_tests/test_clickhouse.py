@@ -18,6 +18,7 @@ import uuid
 import pytest
 
 from agent_metrics_pipeline.clickhouse import (
+    ClickHouseMemoryLimitError,
     ClickHouseQueryError,
     ClickHouseResource,
     ClickHouseUnavailableError,
@@ -100,7 +101,28 @@ def failing_clickhouse_server(code: int, status: int, message: str) -> http.serv
         (60, 404, "Table default.calls does not exist.", ClickHouseQueryError, "SOURCE_TABLE"),
         (159, 500, "Timeout exceeded: elapsed 300 seconds.", ClickHouseUnavailableError, "now"),
         (202, 500, "Too many simultaneous queries.", ClickHouseUnavailableError, "now"),
-        (241, 500, "Memory limit exceeded.", ClickHouseUnavailableError, "now"),
+        (
+            241,
+            500,
+            "(total) memory limit exceeded: would use 11.20 GiB, maximum: 11.18 GiB.",
+            ClickHouseUnavailableError,
+            "Retried",
+        ),
+        (
+            241,
+            500,
+            "Query memory limit exceeded: would use 250.66 MiB (attempt to allocate chunk of "
+            "4.00 MiB), maximum: 238.42 MiB: While executing AggregatingTransform.",
+            ClickHouseMemoryLimitError,
+            "AGENT_METRICS_AGENT_SHARDS",
+        ),
+        (
+            241,
+            500,
+            "Memory limit (for user) exceeded: would use 9.31 GiB, maximum: 9.31 GiB.",
+            ClickHouseMemoryLimitError,
+            "max_memory_usage",
+        ),
     ],
 )
 def test_server_errors_are_classified_and_never_show_the_password(
