@@ -301,6 +301,7 @@ class Settings:
     # Retries at the write, with backoff: the step is not retried for S3 faults.
     s3_max_retries: int = 4
     gzip: bool = False
+    rows_per_file: int | None = None
     # UTC, an hour after the daily schedule (02:00 UTC); never before it.
     freshness_deadline_hour: int = 3
     backfill_max_days_per_run: int | None = None
@@ -388,6 +389,7 @@ class Settings:
                 s3_read_timeout_sec=env.number("S3_READ_TIMEOUT_SEC", int, minimum=1),
                 s3_max_retries=env.number("S3_MAX_RETRIES", int, minimum=0),
                 gzip=env.flag("AGENT_METRICS_GZIP"),
+                rows_per_file=env.number("AGENT_METRICS_ROWS_PER_FILE", int, minimum=1),
                 freshness_deadline_hour=env.number(
                     "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", int, minimum=3, maximum=23
                 ),

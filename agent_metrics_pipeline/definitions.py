@@ -59,7 +59,10 @@ def clickhouse_resource(settings: Settings) -> ClickHouseResource:
 def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
     if settings.s3_bucket is None:
         return LocalCsvIOManager(
-            base_dir=str(settings.local_output_dir), prefix=settings.s3_prefix, gzip=settings.gzip
+            base_dir=str(settings.local_output_dir),
+            prefix=settings.s3_prefix,
+            gzip=settings.gzip,
+            rows_per_file=settings.rows_per_file,
         )
     # Only a bucket needs dagster-aws, whose import costs seconds.
     from agent_metrics_pipeline.s3 import S3CsvIOManager, TimedS3Resource
@@ -75,6 +78,7 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
         bucket=settings.s3_bucket,
         prefix=settings.s3_prefix,
         gzip=settings.gzip,
+        rows_per_file=settings.rows_per_file,
     )
 
 

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import json
+import math
 import os
 import tempfile
 from abc import abstractmethod
 from collections.abc import Callable
 from functools import partial
+from hashlib import sha256
 from pathlib import Path
 
 import dagster as dg
@@ -38,6 +41,9 @@ from agent_metrics_pipeline.metrics import (
     to_csv_bytes,
 )
 
+MANIFEST_NAME = "manifest.json"
+PART_DIGEST_CHARS = 16
+
 
 class ObjectStoreUnavailableError(TransientError):
     """The object store could not be reached or timed out."""
@@ -52,19 +58,93 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
 
     prefix: str = Field(default=DEFAULT_S3_PREFIX, description="Key prefix before the day folder.")
     gzip: bool = Field(default=False, description="Write .csv.gz instead of .csv.")
+    rows_per_file: int | None = Field(
+        default=None,
+        description=(
+            "Unset: one file per day. N: each day as parts of at most N rows "
+            "(part-00000-<checksum>.csv, ...) and a manifest.json written last."
+        ),
+    )
 
     @abstractmethod
-    def _write(self, key: str, data: bytes) -> None: ...
+    def _write(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
 
     @abstractmethod
     def _read(self, key: str) -> bytes: ...
 
     @abstractmethod
+    def _list(self, folder: str) -> list[str]:
+        """The keys of the objects under ``folder`` (a key prefix without its final slash)."""
+
+    @abstractmethod
+    def _delete(self, keys: list[str]) -> None: ...
+
+    @abstractmethod
     def uri(self, key: str) -> str: ...
 
+    @property
+    def _suffix(self) -> str:
+        return ".csv.gz" if self.gzip else ".csv"
+
     def object_key(self, asset_name: str, partition_key: str) -> str:
-        suffix = ".csv.gz" if self.gzip else ".csv"
-        return f"{self.prefix}/{partition_key}/{asset_name}_{partition_key}{suffix}"
+        return f"{self.prefix}/{partition_key}/{asset_name}_{partition_key}{self._suffix}"
+
+    def part_key(self, partition_key: str, index: int, data: bytes) -> str:
+        """Named by position and content: a republication that changes a part writes a new
+        object, so the parts an earlier manifest lists stay intact until it is replaced."""
+        digest = sha256(data).hexdigest()[:PART_DIGEST_CHARS]
+        return f"{self.prefix}/{partition_key}/part-{index:05d}-{digest}{self._suffix}"
+
+    def manifest_key(self, partition_key: str) -> str:
+        return f"{self.prefix}/{partition_key}/{MANIFEST_NAME}"
+
+    def _publish_day(self, asset_name: str, partition_key: str, rows: pl.DataFrame) -> str:
+        """Writes one day; returns the key that stands for it (its file, or its manifest)."""
+        if self.rows_per_file is None:
+            object_key = self.object_key(asset_name, partition_key)
+            self._write(object_key, self._encode(rows))
+            return object_key
+        parts = []
+        for index in range(max(1, math.ceil(rows.height / self.rows_per_file))):
+            part = rows.slice(index * self.rows_per_file, self.rows_per_file)
+            data = self._encode(part)
+            key = self.part_key(partition_key, index, data)
+            self._write(key, data)
+            parts.append({"key": key, "rows": part.height, "sha256": sha256(data).hexdigest()})
+        manifest_key = self.manifest_key(partition_key)
+        manifest = {
+            "date": partition_key,
+            "rows": rows.height,
+            "part_count": len(parts),
+            "parts": parts,
+        }
+        # Written last: a reader that starts from the manifest never sees a half-written day.
+        self._write(
+            manifest_key,
+            json.dumps(manifest, indent=2).encode("utf-8"),
+            content_type="application/json",
+        )
+        published = {manifest_key, *(part["key"] for part in parts)}
+        stale = [
+            key for key in self._list(f"{self.prefix}/{partition_key}") if key not in published
+        ]
+        self._delete(stale)
+        return manifest_key
+
+    def _load_parts(self, partition_key: str) -> pl.DataFrame:
+        manifest_key = self.manifest_key(partition_key)
+        manifest = json.loads(self._read(manifest_key))
+        frames = []
+        for part in manifest["parts"]:
+            data = self._read(part["key"])
+            if sha256(data).hexdigest() != part["sha256"]:
+                raise ObjectStoreError(
+                    f"{self.uri(part['key'])} does not match the checksum in "
+                    f"{self.uri(manifest_key)}: the part was changed after it was published. "
+                    "Materialize the day again."
+                )
+            frames.append(self._decode(data))
+        return pl.concat(frames)
 
     def _encode(self, frame: pl.DataFrame) -> bytes:
         data = to_csv_bytes(frame)
@@ -86,9 +166,8 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         asset_name = context.asset_key.path[-1]
         uris: list[str] = []
         for key, day in days.items():
-            object_key = self.object_key(asset_name, key)
             try:
-                self._write(object_key, self._encode(rows_of_day(day)))
+                object_key = self._publish_day(asset_name, key, rows_of_day(day))
             except (ObjectStoreError, ObjectStoreUnavailableError) as error:
                 # Transient faults were retried at the write already: a step retry would only
                 # run the query again.
@@ -108,7 +187,10 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         )
 
     def load_day(self, asset_name: str, partition_key: str) -> pl.DataFrame:
-        """One published day, read back with the published column types."""
+        """One published day, read back with the published column types (its parts in order,
+        when days are written in parts)."""
+        if self.rows_per_file is not None:
+            return self._load_parts(partition_key)
         return self._decode(self._read(self.object_key(asset_name, partition_key)))
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
@@ -184,7 +266,7 @@ class LocalCsvIOManager(DailyCsvIOManager):
     def uri(self, key: str) -> str:
         return str(self._path(key))
 
-    def _write(self, key: str, data: bytes) -> None:
+    def _write(self, key: str, data: bytes, content_type: str | None = None) -> None:
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -215,3 +297,23 @@ class LocalCsvIOManager(DailyCsvIOManager):
             raise ObjectStoreError(
                 f"No file at {path}: materialize that partition before reading it."
             ) from None
+
+    def _list(self, folder: str) -> list[str]:
+        path = self._path(folder)
+        if not path.is_dir():
+            return []
+        # Another writer's temporary files are not objects yet.
+        return [
+            f"{folder}/{entry.name}"
+            for entry in path.iterdir()
+            if entry.is_file() and not entry.name.startswith(".tmp-")
+        ]
+
+    def _delete(self, keys: list[str]) -> None:
+        for key in keys:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except OSError as error:
+                raise ObjectStoreError(
+                    f"Cannot remove {self._path(key)}: {error.strerror}."
+                ) from None

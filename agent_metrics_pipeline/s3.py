@@ -156,8 +156,9 @@ class S3CsvIOManager(DailyCsvIOManager):
             self._s3_client = self.s3.get_client()
         return self._s3_client
 
-    def _write(self, key: str, data: bytes) -> None:
-        content_type = "application/gzip" if self.gzip else "text/csv; charset=utf-8"
+    def _write(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        if content_type is None:
+            content_type = "application/gzip" if self.gzip else "text/csv; charset=utf-8"
         try:
             self._client().put_object(
                 Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
@@ -171,3 +172,30 @@ class S3CsvIOManager(DailyCsvIOManager):
             return response["Body"].read()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._translate(error, key, "s3:GetObject") from None
+
+    def _list(self, folder: str) -> list[str]:
+        keys: list[str] = []
+        try:
+            pages = self._client().get_paginator("list_objects_v2")
+            for page in pages.paginate(Bucket=self.bucket, Prefix=f"{folder}/"):
+                keys.extend(item["Key"] for item in page.get("Contents", []))
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            raise self._translate(error, f"{folder}/", "s3:ListBucket") from None
+        return keys
+
+    def _delete(self, keys: list[str]) -> None:
+        # One request deletes at most a thousand objects.
+        for first in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[first : first + 1000]]
+            try:
+                response = self._client().delete_objects(
+                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
+                )
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+                raise self._translate(error, batch[0]["Key"], "s3:DeleteObject") from None
+            if errors := response.get("Errors"):
+                raise ObjectStoreError(
+                    f"The {self._where()} kept {self.uri(errors[0]['Key'])} "
+                    f"({errors[0].get('Code')}): grant s3:DeleteObject on "
+                    f"s3://{self.bucket}/{self.prefix}/* so stale parts can be removed."
+                )

@@ -8,6 +8,8 @@ sets ``max_memory_usage``, so the limit is the engine's own.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import json
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,7 +21,8 @@ import pytest
 from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, plan_chunks
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
-from agent_metrics_pipeline.metrics import from_csv_bytes
+from agent_metrics_pipeline.io_managers import LocalCsvIOManager
+from agent_metrics_pipeline.metrics import METRICS_SCHEMA, from_csv_bytes
 from agent_metrics_pipeline_tests.helpers import (
     LIMITED_READER,
     READER_PASSWORD,
@@ -190,3 +193,85 @@ def test_a_day_over_the_per_query_memory_limit_is_sharded_until_it_fits(
     for column, exact in (("avg_call_length_sec", "avg"), ("p90_call_length_sec", "p90")):
         error = np.abs(frame.get_column(column).to_numpy() - oracle.get_column(exact).to_numpy())
         assert error.max() <= 0.005 + 1e-9, column
+
+
+def day_keys(bucket, prefix: str, day: dt.date) -> list[str]:
+    return [key for key in bucket.keys() if key.startswith(f"{prefix}/{day}/")]
+
+
+def test_a_day_in_parts_reads_back_equal_and_republishing_removes_stale_parts(
+    clickhouse, calls_table, bucket
+):
+    # 31 agents: 25 plus the awkward ids.
+    insert_calls(clickhouse, calls_table, random_calls(FIRST, days=1, calls_per_day=400, seed=5))
+    settings = measuring(calls_table)
+    materialize(clickhouse, settings, bucket.io_manager(), str(FIRST))
+    single = bucket.get(key_for(FIRST))
+    rows = from_csv_bytes(single).height
+
+    in_tens = bucket.io_manager(rows_per_file=10)
+    materialize(clickhouse, settings, in_tens, str(FIRST))
+
+    manifest_key = f"agent_metrics/{FIRST}/manifest.json"
+    manifest = json.loads(bucket.get(manifest_key))
+    parts = manifest["parts"]
+    assert manifest["rows"] == rows and manifest["part_count"] == len(parts) == 4
+    assert [part["rows"] for part in parts] == [10, 10, 10, rows - 30]
+    assert day_keys(bucket, "agent_metrics", FIRST) == sorted(
+        [manifest_key] + [p["key"] for p in parts]
+    ), "the single file of the earlier layout is removed"
+    for part in parts:
+        assert hashlib.sha256(bucket.get(part["key"])).hexdigest() == part["sha256"]
+    assert in_tens.load_day("agent_metrics", str(FIRST)).equals(from_csv_bytes(single))
+
+    in_twenties = bucket.io_manager(rows_per_file=20)
+    materialize(clickhouse, settings, in_twenties, str(FIRST))
+
+    manifest = json.loads(bucket.get(manifest_key))
+    assert manifest["part_count"] == 2
+    assert day_keys(bucket, "agent_metrics", FIRST) == sorted(
+        [manifest_key] + [part["key"] for part in manifest["parts"]]
+    )
+    assert in_twenties.load_day("agent_metrics", str(FIRST)).equals(from_csv_bytes(single))
+
+
+WRITTEN: list[str] = []
+
+
+class RecordingLocalIOManager(LocalCsvIOManager):
+    """The local IO manager, noting the order in which it writes objects."""
+
+    def _write(self, key: str, data: bytes, content_type: str | None = None) -> None:
+        super()._write(key, data, content_type)
+        WRITTEN.append(key)
+
+
+def test_the_manifest_is_written_after_every_part_and_a_glob_reads_the_single_file(
+    clickhouse, calls_table, tmp_path
+):
+    insert_calls(clickhouse, calls_table, random_calls(FIRST, days=2, calls_per_day=300, seed=8))
+    settings = measuring(calls_table)
+    last = str(FIRST + dt.timedelta(days=1))
+    single = LocalCsvIOManager(base_dir=str(tmp_path / "single"))
+    materialize(clickhouse, settings, single, str(FIRST), last)
+    WRITTEN.clear()
+
+    materialize(
+        clickhouse,
+        settings,
+        RecordingLocalIOManager(base_dir=str(tmp_path / "parts"), rows_per_file=7),
+        str(FIRST),
+        last,
+    )
+
+    for day in (str(FIRST), last):
+        written = [key for key in WRITTEN if f"/{day}/" in key]
+        assert written[-1].endswith("manifest.json")
+        assert all("/part-" in key for key in written[:-1]) and len(written) > 2
+        glob = pl.read_csv(
+            tmp_path / "parts" / "agent_metrics" / day / "part-*.csv", schema=METRICS_SCHEMA
+        )
+        whole = pl.read_csv(
+            single.uri(single.object_key("agent_metrics", day)), schema=METRICS_SCHEMA
+        )
+        assert glob.equals(whole)

@@ -35,13 +35,6 @@ def clickhouse_of(defs: dg.Definitions) -> ClickHouseResource:
     return clickhouse.process_config_and_initialize()
 
 
-def max_days_per_query(settings: Settings) -> str:
-    """The range-splitting setting in force, for the report: 'one query' when the package has none
-    or it is unset."""
-    value = getattr(settings, "max_days_per_query", None)
-    return "one query" if value is None else str(value)
-
-
 def materialize(defs: dg.Definitions, first_day: dt.date, days: int = 1) -> float:
     """Seconds for one in-process run of ``agent_metrics`` over ``days`` days from ``first_day``,
     as ``dg.materialize`` runs it: in-step checks, the IO manager's write, an ephemeral instance.

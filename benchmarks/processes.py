@@ -27,9 +27,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PYTHON_BIN = Path(sys.executable).parent
 # The project's configuration lives in these variables; workers get exactly the ones a goal sets.
 PROJECT_PREFIXES = ("AGENT_METRICS_", "CLICKHOUSE_", "S3_", "DAGSTER_", "AWS_")
-# How many days a range run queries at a time: a value set by the caller is passed on (the
-# range-memory goal reports the value in force).
-PASSED_THROUGH = ("AGENT_METRICS_MAX_DAYS_PER_QUERY",)
+# The query limits: a value set by the caller is passed on (the range-memory goal reports the
+# values in force).
+PASSED_THROUGH = (
+    "AGENT_METRICS_MAX_DAYS_PER_QUERY",
+    "AGENT_METRICS_MAX_CALLS_PER_QUERY",
+    "AGENT_METRICS_AGENT_SHARDS",
+)
 
 
 class WorkerError(RuntimeError):
