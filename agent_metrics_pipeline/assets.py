@@ -17,7 +17,7 @@ from agent_metrics_pipeline.checks import (
     describe_failures,
     evaluate_checks,
 )
-from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, plan_chunks
+from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, next_chunk
 from agent_metrics_pipeline.clickhouse import ClickHouseMemoryLimitError, ClickHouseResource
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
@@ -152,17 +152,23 @@ def build_agent_metrics_asset(
             tempfile.TemporaryDirectory(prefix="agent_metrics-") as staging_folder,
         ):
             staged = StagedDays(Path(staging_folder))
-            # The census reads two columns of the range: it sizes the chunks, and it is the
-            # status_spellings check's evidence.
+            # The census reads two columns of the range: its calls per day size the chunks, and
+            # it is the status_spellings check's evidence.
             statuses = clickhouse.query_polars(
                 *build_status_query(measurement, window.start, window.end, partitions_def.timezone)
             )
-            chunks = plan_chunks(days, counted_calls_per_day(statuses, measurement), chunking)
-            context.log.info(describe_plan(chunks))
-            for chunk in chunks:
-                metrics, quality, shards = _read_chunk(
+            calls_per_day = counted_calls_per_day(statuses, measurement)
+            rows_per_call: float | None = None
+            remaining = list(days)
+            while remaining:
+                chunk = next_chunk(remaining, calls_per_day, chunking, rows_per_call)
+                remaining = remaining[len(chunk.days) :]
+                metrics, quality, shards, rows = _read_chunk(
                     context, clickhouse, measurement, partitions_def, chunk
                 )
+                calls = sum(calls_per_day.get(key, 0) for key in chunk.days)
+                if calls:
+                    rows_per_call = max(rows_per_call or 0.0, rows / calls)
                 verdicts += evaluate_checks(
                     Evidence(metrics, quality, statuses, chunk.days, measurement)
                 )
@@ -203,24 +209,15 @@ def counted_calls_per_day(statuses: pl.DataFrame, measurement: Measurement) -> d
     return {str(day): int(calls) for day, calls in per_day.iter_rows()}
 
 
-def describe_plan(chunks: Sequence[Chunk]) -> str:
-    sharded = [chunk for chunk in chunks if chunk.shards > 1]
-    text = f"Reading in {len(chunks)} chunk(s) of consecutive days"
-    if sharded:
-        text += ", " + ", ".join(
-            f"{describe_days(chunk.days)} in {chunk.shards} agent shards" for chunk in sharded
-        )
-    return text
-
-
 def _read_chunk(
     context: dg.AssetExecutionContext,
     clickhouse: ClickHouseResource,
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
     chunk: Chunk,
-) -> tuple[pl.DataFrame, SourceQuality, int]:
-    """The metrics and source quality of the chunk's days, and the agent shards it took.
+) -> tuple[pl.DataFrame, SourceQuality, int, int]:
+    """The metrics and source quality of the chunk's days, the agent shards it took and the
+    rows the queries returned.
 
     A server that stops a query at the user's per-query memory limit would stop it again: the
     chunk is read again in twice as many shards, until the limit lets each through.
@@ -252,10 +249,13 @@ def _read_chunk(
                 f"AGENT_METRICS_MAX_CALLS_PER_QUERY) starts there. ({error})"
             )
             chunk = finer
+    context.log.debug(
+        f"Read {describe_days(chunk.days)} in {chunk.shards} agent shard(s): {raw.height} rows"
+    )
     metrics, quality = shape_metrics(raw)
     if SourceQuality.counts_any(raw):
         quality = quality.with_samples(clickhouse.query_polars(*build_samples_query(*window)))
-    return metrics, quality, chunk.shards
+    return metrics, quality, chunk.shards, raw.height
 
 
 def _day_evaluations(

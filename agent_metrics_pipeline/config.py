@@ -354,6 +354,7 @@ class Settings:
             **_given(
                 max_days_per_query=env.number("AGENT_METRICS_MAX_DAYS_PER_QUERY", int, minimum=1),
                 max_calls_per_query=env.number("AGENT_METRICS_MAX_CALLS_PER_QUERY", int, minimum=1),
+                max_rows_per_query=env.number("AGENT_METRICS_MAX_ROWS_PER_QUERY", int, minimum=1),
                 agent_shards=env.number(
                     "AGENT_METRICS_AGENT_SHARDS", int, minimum=1, maximum=MAX_AGENT_SHARDS
                 ),

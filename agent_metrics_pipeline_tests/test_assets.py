@@ -195,9 +195,12 @@ def test_range_run_writes_the_bytes_of_single_day_runs(
 
     monkeypatch.setattr(ClickHouseResource, "query_polars", counting_query)
     result = materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
-    # The metrics and the status counts: one query each for the whole range, not one per day.
-    assert [(q["window_start"], q["window_end"]) for q in queries] == 2 * [
-        ("2026-11-10 00:00:00.000", "2026-11-17 00:00:00.000")
+    # The status census of the range, the first day alone (which tells how many rows a call
+    # makes), then the rest of the range in one query: not one query per day.
+    assert [(q["window_start"][:10], q["window_end"][:10]) for q in queries] == [
+        ("2026-11-10", "2026-11-17"),
+        ("2026-11-10", "2026-11-11"),
+        ("2026-11-11", "2026-11-17"),
     ]
     assert bucket.keys() == [key_for(day) for day in days]
     range_bytes = {day: bucket.get(key_for(day)) for day in days}
@@ -314,8 +317,11 @@ def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
     )
     census, *metrics, samples = windows
     assert census == ("2026-11-10", "2026-11-17"), "one census of the whole range"
-    assert metrics == [("2026-11-10", "2026-11-13"), ("2026-11-13", "2026-11-16")] + [
-        ("2026-11-16", "2026-11-17")
+    # The first day alone tells how many rows a call makes; then three days at a time.
+    assert metrics == [
+        ("2026-11-10", "2026-11-11"),
+        ("2026-11-11", "2026-11-14"),
+        ("2026-11-14", "2026-11-17"),
     ]
     assert samples == metrics[-1], "samples only for the chunk that counted a broken call"
     for day in days:

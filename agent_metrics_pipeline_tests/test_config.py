@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_metrics_pipeline.chunking import Chunking
 from agent_metrics_pipeline.config import ConfigError, InvalidRowsPolicy, Settings
 
 
@@ -37,6 +38,11 @@ def test_every_variable_is_read():
             "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR": "6",
             "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS": "2",
             "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN": "4",
+            "AGENT_METRICS_MAX_DAYS_PER_QUERY": "7",
+            "AGENT_METRICS_MAX_CALLS_PER_QUERY": "2000000",
+            "AGENT_METRICS_MAX_ROWS_PER_QUERY": "100000",
+            "AGENT_METRICS_AGENT_SHARDS": "16",
+            "AGENT_METRICS_ROWS_PER_FILE": "1000000",
             "AGENT_METRICS_MAX_RETRIES": "5",
             "AGENT_METRICS_RETRY_DELAY_SEC": "7",
             "AGENT_METRICS_ALERT_WEBHOOK_URL": "https://hooks.example/T0KEN",
@@ -71,6 +77,13 @@ def test_every_variable_is_read():
     assert settings.freshness_deadline_hour == 6
     assert settings.schedule_lookback_days == 2
     assert settings.backfill_max_days_per_run == 4
+    assert settings.chunking == Chunking(
+        max_days_per_query=7,
+        max_calls_per_query=2_000_000,
+        max_rows_per_query=100_000,
+        agent_shards=16,
+    )
+    assert settings.rows_per_file == 1_000_000
     assert (settings.max_retries, settings.retry_delay_sec) == (5, 7)
     assert settings.alert_webhook_url == "https://hooks.example/T0KEN"
     assert settings.ui_url == "https://dagster.example"
@@ -115,6 +128,9 @@ def test_every_variable_is_read():
         ("AGENT_METRICS_OWNERS", "team:"),
         ("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", "-1"),
         ("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", "0"),
+        ("AGENT_METRICS_MAX_CALLS_PER_QUERY", "0"),
+        ("AGENT_METRICS_AGENT_SHARDS", "2048"),
+        ("AGENT_METRICS_ROWS_PER_FILE", "some"),
         ("AGENT_METRICS_MAX_RETRIES", "many"),
         ("AGENT_METRICS_RETRY_DELAY_SEC", "-5"),
         ("AGENT_METRICS_ALERT_WEBHOOK_URL", "hooks.example/T0KEN"),

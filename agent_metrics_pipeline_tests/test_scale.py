@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, plan_chunks
+from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, next_chunk
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
@@ -44,11 +44,26 @@ def days_from(first: dt.date, count: int) -> list[str]:
     return [str(first + dt.timedelta(days=i)) for i in range(count)]
 
 
-def test_days_group_while_their_calls_fit_and_a_large_day_is_sharded():
+def plan(days, calls_per_day, chunking, rows_per_call):
+    """Every chunk of ``days``, were ``rows_per_call`` known from the start."""
+    chunks, start = [], 0
+    while start < len(days):
+        chunks.append(next_chunk(days[start:], calls_per_day, chunking, rows_per_call))
+        start += len(chunks[-1].days)
+    return chunks
+
+
+def test_the_first_chunk_is_one_day_while_rows_per_call_are_unknown():
+    days = days_from(FIRST, 3)
+    chunk = next_chunk(days, dict.fromkeys(days, 10), Chunking(), rows_per_call=None)
+    assert chunk == Chunk((days[0],), 1)
+
+
+def test_days_group_while_their_calls_fit_and_a_day_with_too_many_calls_is_sharded():
     days = days_from(FIRST, 6)
     calls = dict(zip(days, [40, 50, 20, 250, 0, 90], strict=True))
 
-    chunks = plan_chunks(days, calls, Chunking(max_calls_per_query=100))
+    chunks = plan(days, calls, Chunking(max_calls_per_query=100), rows_per_call=0.1)
 
     assert (
         chunks
@@ -61,11 +76,24 @@ def test_days_group_while_their_calls_fit_and_a_large_day_is_sharded():
     )
 
 
+def test_days_group_while_their_rows_fit_and_a_day_with_too_many_rows_is_sharded():
+    days = days_from(FIRST, 4)
+    calls = dict(zip(days, [100, 100, 1000, 100], strict=True))
+
+    # Half a row per call: 50 rows on a quiet day, 500 on the busy one.
+    chunks = plan(days, calls, Chunking(max_rows_per_query=100), rows_per_call=0.5)
+
+    assert chunks == [Chunk(tuple(days[0:2]), 1), Chunk((days[2],), 5), Chunk((days[3],), 1)]
+
+
 def test_the_day_limit_and_the_shard_setting_apply_to_every_chunk():
     days = days_from(FIRST, 5)
 
-    chunks = plan_chunks(
-        days, {}, Chunking(max_days_per_query=2, max_calls_per_query=10, agent_shards=4)
+    chunks = plan(
+        days,
+        {},
+        Chunking(max_days_per_query=2, max_calls_per_query=10, agent_shards=4),
+        rows_per_call=1.0,
     )
 
     assert chunks == [
@@ -76,7 +104,8 @@ def test_the_day_limit_and_the_shard_setting_apply_to_every_chunk():
 
 
 def test_shards_never_exceed_the_cap():
-    (chunk,) = plan_chunks([str(FIRST)], {str(FIRST): 10**9}, Chunking(max_calls_per_query=1))
+    day = str(FIRST)
+    chunk = next_chunk([day], {day: 10**9}, Chunking(max_calls_per_query=1), rows_per_call=None)
     assert chunk.shards == MAX_AGENT_SHARDS
 
 

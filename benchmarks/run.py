@@ -15,6 +15,9 @@ Goals (each row of the table says how it is measured; ``benchmarks/goals/`` has 
    seeds a year of 300 k agents a day; ``--only range-memory``).
 5. imports: ``import agent_metrics_pipeline.definitions`` ≤ 1.3× ``import dagster``.
 6. s3: a day at 5 M calls end to end to S3 ≤ 2× ClickHouse writing the same aggregate to S3.
+7. memory-limit: a 40 M-call day read by a user whose profile caps each query at 250 MB
+   publishes the same bytes as an unlimited user (not in the default run: ``--only
+   memory-limit``).
 
 Plus ``profile``: py-spy over a one-day materialize at 10 M calls.
 
@@ -54,8 +57,9 @@ GOALS = {
     "server-memory": ("2", "benchmarks.goals.server_memory"),
     "backfills": ("3", "benchmarks.goals.backfills"),
     "range-memory": ("4", "benchmarks.goals.range_memory"),
+    "memory-limit": ("7", "benchmarks.goals.memory_limit"),
 }
-NOT_IN_DEFAULT_RUN = {"range-memory"}
+NOT_IN_DEFAULT_RUN = {"range-memory", "memory-limit"}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,8 +80,10 @@ class StandIn:
 
 
 @contextmanager
-def clickhouse_stand_in(folder: Path) -> Iterator[StandIn]:
-    server = start_server(folder / "data", STAND_IN_USERS, folder / "stand-in.log")
+def clickhouse_stand_in(
+    folder: Path, users: Mapping[str, Mapping[str, object]] = STAND_IN_USERS
+) -> Iterator[StandIn]:
+    server = start_server(folder / "data", users, folder / "stand-in.log")
     try:
         yield StandIn(server.host, server.port)
     finally:
