@@ -169,14 +169,18 @@ def build_agent_metrics_asset(
                 calls = sum(calls_per_day.get(key, 0) for key in chunk.days)
                 if calls:
                     rows_per_call = max(rows_per_call or 0.0, rows / calls)
-                verdicts += evaluate_checks(
+                chunk_verdicts = evaluate_checks(
                     Evidence(metrics, quality, statuses, chunk.days, measurement)
                 )
+                verdicts += chunk_verdicts
                 for key in chunk.days:
                     metadata_by_day[key] = day_metadata(
                         metrics, quality, statuses, dt.date.fromisoformat(key), days, shards
                     )
-                staged.stage(metrics, [dt.date.fromisoformat(key) for key in chunk.days])
+                # A chunk that fails a blocking check is never published: its rows (some maybe
+                # dated outside it) need no staging, and the failure below names them.
+                if not any(verdict.blocks_publication for verdict in chunk_verdicts):
+                    staged.stage(metrics, [dt.date.fromisoformat(key) for key in chunk.days])
 
             # A failed blocking check must stop publication here: once the Output is yielded,
             # Dagster hands it to the IO manager whatever the checks said.

@@ -90,8 +90,18 @@ def next_chunk(
         math.ceil(rows(first) / chunking.max_rows_per_query),
         chunking.agent_shards,
     )
-    if needed > chunking.agent_shards or rows_per_call is None:
+    if needed > chunking.agent_shards:
         return Chunk((first,), min(MAX_AGENT_SHARDS, needed))
+    if rows_per_call is None:
+        # Days without counted calls make no rows whatever the ratio: they go along together.
+        quiet = 1
+        while (
+            quiet < min(len(days), chunking.max_days_per_query)
+            and not calls_per_day.get(days[quiet - 1], 0)
+            and not calls_per_day.get(days[quiet], 0)
+        ):
+            quiet += 1
+        return Chunk(tuple(days[:quiet]), chunking.agent_shards)
     taken, calls, rows_taken = 1, calls_per_day.get(first, 0), rows(first)
     for day in days[1 : chunking.max_days_per_query]:
         calls += calls_per_day.get(day, 0)

@@ -17,6 +17,7 @@ import gzip
 import json
 import math
 import os
+import re
 import tempfile
 from abc import abstractmethod
 from collections.abc import Callable
@@ -43,6 +44,7 @@ from agent_metrics_pipeline.metrics import (
 
 MANIFEST_NAME = "manifest.json"
 PART_DIGEST_CHARS = 16
+PART_NAME = re.compile(rf"part-\d{{5}}-[0-9a-f]{{{PART_DIGEST_CHARS}}}\.csv(\.gz)?")
 
 
 class ObjectStoreUnavailableError(TransientError):
@@ -124,9 +126,16 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             json.dumps(manifest, indent=2).encode("utf-8"),
             content_type="application/json",
         )
+        # Only parts and the one-file layout's file are removed: anything else under the day's
+        # folder is not this IO manager's.
         published = {manifest_key, *(part["key"] for part in parts)}
+        day_folder = f"{self.prefix}/{partition_key}"
+        one_file = self.object_key(asset_name, partition_key)
         stale = [
-            key for key in self._list(f"{self.prefix}/{partition_key}") if key not in published
+            key
+            for key in self._list(day_folder)
+            if key not in published
+            and (key == one_file or PART_NAME.fullmatch(key.removeprefix(f"{day_folder}/")))
         ]
         self._delete(stale)
         return manifest_key

@@ -133,10 +133,15 @@ class S3CsvIOManager(DailyCsvIOManager):
                     "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)."
                 )
             if code in PERMISSION_ERROR_CODES:
+                # s3:ListBucket is granted on the bucket itself, the others on its objects.
+                resource = (
+                    f"arn:aws:s3:::{self.bucket}"
+                    if action == "s3:ListBucket"
+                    else f"s3://{self.bucket}/{self.prefix}/*"
+                )
                 return ObjectStoreError(
                     f"The credentials lack the permission {action} on {self.uri(key)} "
-                    f"({code}): grant {action} on s3://{self.bucket}/{self.prefix}/* to them "
-                    "(IAM or bucket policy)."
+                    f"({code}): grant {action} on {resource} to them (IAM or bucket policy)."
                 )
             if code in MISSING_OBJECT_ERROR_CODES:
                 return ObjectStoreError(
@@ -197,5 +202,5 @@ class S3CsvIOManager(DailyCsvIOManager):
                 raise ObjectStoreError(
                     f"The {self._where()} kept {self.uri(errors[0]['Key'])} "
                     f"({errors[0].get('Code')}): grant s3:DeleteObject on "
-                    f"s3://{self.bucket}/{self.prefix}/* so stale parts can be removed."
+                    f"arn:aws:s3:::{self.bucket}/{self.prefix}/* so stale parts can be removed."
                 )

@@ -52,7 +52,12 @@ STAND_IN_USERS = {
     },
     LIMITED_READER: {
         "password": READER_PASSWORD,
-        "profile": {"readonly": "1", "max_memory_usage": str(LIMITED_READER_MAX_MEMORY_USAGE)},
+        # Two threads whatever the machine: query memory grows with them.
+        "profile": {
+            "readonly": "1",
+            "max_memory_usage": str(LIMITED_READER_MAX_MEMORY_USAGE),
+            "max_threads": "2",
+        },
     },
 }
 

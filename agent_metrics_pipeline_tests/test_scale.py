@@ -59,6 +59,13 @@ def test_the_first_chunk_is_one_day_while_rows_per_call_are_unknown():
     assert chunk == Chunk((days[0],), 1)
 
 
+def test_leading_days_without_calls_share_one_query():
+    days = days_from(FIRST, 5)
+    calls = dict(zip(days, [0, 0, 0, 10, 0], strict=True))
+    chunk = next_chunk(days, calls, Chunking(), rows_per_call=None)
+    assert chunk == Chunk(tuple(days[:3]), 1)
+
+
 def test_days_group_while_their_calls_fit_and_a_day_with_too_many_calls_is_sharded():
     days = days_from(FIRST, 6)
     calls = dict(zip(days, [40, 50, 20, 250, 0, 90], strict=True))
