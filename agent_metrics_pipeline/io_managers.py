@@ -91,10 +91,11 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
     def object_key(self, asset_name: str, partition_key: str) -> str:
         return f"{self.prefix}/{partition_key}/{asset_name}_{partition_key}{self._suffix}"
 
-    def part_key(self, partition_key: str, index: int, data: bytes) -> str:
-        """Named by position and content: a republication that changes a part writes a new
-        object, so the parts an earlier manifest lists stay intact until it is replaced."""
-        digest = sha256(data).hexdigest()[:PART_DIGEST_CHARS]
+    def part_key(self, partition_key: str, index: int, checksum: str) -> str:
+        """Named by position and content (``checksum``, the part's SHA-256): a republication
+        that changes a part writes a new object, so the parts an earlier manifest lists stay
+        intact until it is replaced."""
+        digest = checksum[:PART_DIGEST_CHARS]
         return f"{self.prefix}/{partition_key}/part-{index:05d}-{digest}{self._suffix}"
 
     def manifest_key(self, partition_key: str) -> str:
@@ -110,9 +111,10 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         for index in range(max(1, math.ceil(rows.height / self.rows_per_file))):
             part = rows.slice(index * self.rows_per_file, self.rows_per_file)
             data = self._encode(part)
-            key = self.part_key(partition_key, index, data)
+            checksum = sha256(data).hexdigest()
+            key = self.part_key(partition_key, index, checksum)
             self._write(key, data)
-            parts.append({"key": key, "rows": part.height, "sha256": sha256(data).hexdigest()})
+            parts.append({"key": key, "rows": part.height, "sha256": checksum})
         manifest_key = self.manifest_key(partition_key)
         manifest = {
             "date": partition_key,

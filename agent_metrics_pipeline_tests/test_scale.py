@@ -26,6 +26,7 @@ from agent_metrics_pipeline.metrics import METRICS_SCHEMA, from_csv_bytes
 from agent_metrics_pipeline_tests.helpers import (
     LIMITED_READER,
     READER_PASSWORD,
+    UTC,
     create_calls_table,
     insert_calls,
     key_for,
@@ -37,7 +38,6 @@ from agent_metrics_pipeline_tests.helpers import (
 from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
 
 FIRST = dt.date(2026, 11, 2)
-UTC = dt.UTC
 
 
 def days_from(first: dt.date, count: int) -> list[str]:

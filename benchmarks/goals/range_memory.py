@@ -90,32 +90,26 @@ def measure(context: Context) -> Section:
     return Section(
         rows=[
             Row(GOAL, f"peak RSS, one day ({size})", _peaks(runs["day"]), "MB"),
-            Row(
-                GOAL,
+            _peak_row(
                 f"peak RSS, {params.range_days}-day range as one run",
-                _peaks(runs["range"]),
-                "MB",
-                ratio=range_ / day,
-                target=f"≤ {RANGE_TARGET}× one day",
-                met=range_ / day <= RANGE_TARGET,
+                runs["range"],
+                range_ / day,
+                RANGE_TARGET,
+                "one day",
             ),
-            Row(
-                GOAL,
+            _peak_row(
                 f"peak RSS, {params.long_days}-day range as one run",
-                _peaks(runs["year"]),
-                "MB",
-                ratio=year / range_,
-                target=f"≤ {YEAR_TARGET}× the {params.range_days}-day range",
-                met=year / range_ <= YEAR_TARGET,
+                runs["year"],
+                year / range_,
+                YEAR_TARGET,
+                f"the {params.range_days}-day range",
             ),
-            Row(
-                GOAL,
+            _peak_row(
                 f"peak RSS, one day in {SHARDS} agent shards",
-                _peaks(runs["sharded"]),
-                "MB",
-                ratio=sharded / day,
-                target=f"≤ {SHARDED_TARGET}× one query",
-                met=sharded / day <= SHARDED_TARGET,
+                runs["sharded"],
+                sharded / day,
+                SHARDED_TARGET,
+                "one query",
             ),
             Row(
                 GOAL,
@@ -134,6 +128,21 @@ def measure(context: Context) -> Section:
             f"fresh process; limits {limits}. Queries: {range_queries} for the "
             f"{params.range_days}-day range as one run, {per_day_queries} as one run per day.",
         ],
+    )
+
+
+def _peak_row(
+    measurement: str, runs: list[WorkerResult], ratio: float, target: float, baseline: str
+) -> Row:
+    """A peak RSS held to at most ``target`` times its baseline's."""
+    return Row(
+        GOAL,
+        measurement,
+        _peaks(runs),
+        "MB",
+        ratio=ratio,
+        target=f"≤ {target}× {baseline}",
+        met=ratio <= target,
     )
 
 
