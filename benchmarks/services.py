@@ -81,9 +81,13 @@ class StandIn:
 
 @contextmanager
 def clickhouse_stand_in(
-    folder: Path, users: Mapping[str, Mapping[str, object]] = STAND_IN_USERS
+    folder: Path,
+    users: Mapping[str, Mapping[str, object]] = STAND_IN_USERS,
+    data: Path | None = None,
 ) -> Iterator[StandIn]:
-    server = start_server(folder / "data", users, folder / "stand-in.log")
+    """The stand-in on a free loopback port, serving ``data`` (by default a new folder in
+    ``folder``): an embedded engine's folder, when no process has it open, serves as it is."""
+    server = start_server(data or folder / "data", users, folder / "stand-in.log")
     try:
         yield StandIn(server.host, server.port)
     finally:

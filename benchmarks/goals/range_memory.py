@@ -12,22 +12,35 @@ shape where the rows a run holds, not the calls, dominate), seeded as one day co
 range. The query limits in force (``AGENT_METRICS_MAX_CALLS_PER_QUERY`` and friends, passed on
 when set) are reported. The query timeout is raised for these runs: what is measured is memory.
 
+The embedded engine keeps some memory of every query it ran (a few MB each at this size, not
+counted by its own memory tracker), so a long range in one process grows with its queries
+whatever the pipeline holds. Two measurements tell the pipeline's part from the engine's:
+
+- the engine alone: one worker runs the range's metrics queries one day at a time and nothing
+  else, its peak RSS read after the first query, the range's and the year's;
+- the server path: the same one day, range and year with the engine behind the ClickHouse HTTP
+  stand-in (its own process, serving the same data folder, not counted), so the worker holds
+  only what the pipeline holds.
+
 The year takes minutes to seed and to run, so this goal is not part of the default run:
 ``--only range-memory``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 from dataclasses import dataclass
 
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.sql import build_metrics_query
 from benchmarks import pipeline
 from benchmarks.context import Context
-from benchmarks.processes import WorkerResult, run_worker
+from benchmarks.processes import WorkerResult, peak_rss_bytes, run_worker
 from benchmarks.report import Row, Section
-from benchmarks.seeding import FIRST_DAY, seed_calls, table_for
+from benchmarks.seeding import FIRST_DAY, day_window, seed_calls, table_for
+from benchmarks.services import clickhouse_stand_in
 
 GOAL = "4"
 RANGE_TARGET = 1.5
@@ -62,6 +75,7 @@ def measure(context: Context) -> Section:
         timeout=QUERY_TIMEOUT_SEC,
     )
     runs: dict[str, list[WorkerResult]] = {"day": [], "sharded": [], "range": [], "year": []}
+    runs |= {"server day": [], "server range": [], "server year": []}
 
     def run(kind: str, days: int, worker_env: dict[str, str]) -> None:
         runs[kind].append(
@@ -80,7 +94,26 @@ def measure(context: Context) -> Section:
         run("range", params.range_days, env)
         if round_number == 0:
             run("year", params.long_days, env)
-    day, sharded, range_, year = (_median_peak(runs[kind]) for kind in runs)
+    engine = run_worker(
+        "benchmarks.goals.range_memory:engine_queries",
+        {"days": params.long_days, "marks": [1, params.range_days, params.long_days]},
+        env,
+        timeout=QUERY_TIMEOUT_SEC,
+    ).value
+    # The stand-in serves the embedded runs' folder, which no worker holds open any more.
+    with clickhouse_stand_in(
+        context.subfolder("range-memory-server"), data=context.home / "clickhouse"
+    ) as stand_in:
+        server_env = {**env, **stand_in.reader_env()}
+        run("server day", 1, server_env)
+        run("server range", params.range_days, server_env)
+        run("server year", params.long_days, server_env)
+    day, sharded, range_, year, server_day, server_range, server_year = (
+        _median_peak(runs[kind]) for kind in runs
+    )
+    engine_first, engine_range, engine_year = (
+        engine[str(mark)] for mark in (1, params.range_days, params.long_days)
+    )
     range_seconds = statistics.median(_seconds(runs["range"]))
     per_day_seconds = statistics.median(_seconds(runs["day"])) * params.range_days
     range_queries = runs["range"][0].value["queries"]
@@ -121,6 +154,44 @@ def measure(context: Context) -> Section:
             Row(GOAL, "materialize, one day", _seconds(runs["day"])),
             Row(GOAL, f"materialize, one day in {SHARDS} shards", _seconds(runs["sharded"])),
             Row(GOAL, f"materialize, {params.long_days}-day range", _seconds(runs["year"])),
+            Row(GOAL, "server path: peak RSS, one day", _peaks(runs["server day"]), "MB"),
+            _peak_row(
+                f"server path: peak RSS, {params.range_days}-day range as one run",
+                runs["server range"],
+                server_range / server_day,
+                RANGE_TARGET,
+                "one day",
+            ),
+            _peak_row(
+                f"server path: peak RSS, {params.long_days}-day range as one run",
+                runs["server year"],
+                server_year / server_range,
+                YEAR_TARGET,
+                f"the {params.range_days}-day range",
+            ),
+            Row(GOAL, "engine alone: peak RSS after one query", [engine_first], "MB"),
+            Row(
+                GOAL,
+                f"engine alone: peak RSS after {params.range_days} one-day queries",
+                [engine_range],
+                "MB",
+                ratio=engine_range / engine_first,
+                target="vs one query",
+            ),
+            Row(
+                GOAL,
+                f"engine alone: peak RSS after {params.long_days} one-day queries",
+                [engine_year],
+                "MB",
+                ratio=engine_year / engine_range,
+                target=f"vs {params.range_days} queries",
+            ),
+            Row(GOAL, "server path: materialize, one day", _seconds(runs["server day"])),
+            Row(
+                GOAL,
+                f"server path: materialize, {params.long_days}-day range",
+                _seconds(runs["server year"]),
+            ),
             Row(GOAL, f"seeding {params.long_days} days", [seeding.value]),
         ],
         notes=[
@@ -161,6 +232,20 @@ def _seconds(runs: list[WorkerResult]) -> list[float]:
 def seed(calls_per_day: int, days: int, agents: int) -> float:
     clickhouse = pipeline.clickhouse_of(pipeline.definitions())
     return seed_calls(clickhouse, calls_per_day, days, agents)[1]
+
+
+def engine_queries(days: int, marks: list[int]) -> dict[str, int]:
+    """The peak RSS after each of ``marks`` queries, running one day's metrics query per day
+    from FIRST_DAY on the embedded engine, and nothing else."""
+    clickhouse = pipeline.clickhouse_of(pipeline.definitions())
+    measurement = Settings.from_env().measurement
+    peaks = {}
+    for number in range(1, days + 1):
+        start, end = day_window(FIRST_DAY + dt.timedelta(days=number - 1))
+        clickhouse.query_polars(*build_metrics_query(measurement, start, end, "UTC"))
+        if number in marks:
+            peaks[str(number)] = peak_rss_bytes()
+    return peaks
 
 
 def run_range(days: int) -> dict:
