@@ -19,6 +19,7 @@ from dagster_shared.error import SerializableErrorInfo
 
 from agent_metrics_pipeline.assets import ASSET_NAME
 from agent_metrics_pipeline.automation import expected_day, targets_agent_metrics
+from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 
 FAILURE_SENSOR_NAME = "agent_metrics_failure_alert"
 LATE_DAY_SENSOR_NAME = "agent_metrics_late_day_alert"
@@ -130,7 +131,8 @@ def deliver(
 def build_failure_alert_sensor(
     webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
 ) -> dg.SensorDefinition:
-    """Logs a summary of every failed run of ``agent_metrics``, and POSTs it to a webhook.
+    """Logs a summary of every failed run of ``agent_metrics`` or of the source's observation
+    (a failing observation stops late days from being republished), and POSTs it to a webhook.
 
     ``secrets`` are values that must never leave the process (passwords, keys); they are
     masked in case an error message quoted one, as are the webhook URL and its password. Logs
@@ -145,11 +147,12 @@ def build_failure_alert_sensor(
         name=FAILURE_SENSOR_NAME,
         default_status=dg.DefaultSensorStatus.RUNNING,
         monitor_all_code_locations=True,
-        description="Logs failed runs of agent_metrics, however launched, and POSTs them to "
-        "AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
+        description="Logs failed runs of agent_metrics (however launched) and of the calls "
+        "observation, and POSTs them to AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
     )
     def agent_metrics_failure_alert(context: dg.RunFailureSensorContext) -> None:
-        if not targets_agent_metrics(context.instance, context.dagster_run):
+        run = context.dagster_run
+        if run.job_name != OBSERVE_JOB_NAME and not targets_agent_metrics(context.instance, run):
             return
         step_errors = [
             _error_chain(event.step_failure_data.error)

@@ -23,16 +23,20 @@ from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.metrics import (
     COLUMN_DESCRIPTIONS,
+    DUPLICATE_COUNT,
     METRICS_SCHEMA,
     UNMEASURABLE_COUNTS,
     SourceQuality,
     StagedDays,
     calls_per_status,
+    escape_formula_agent_ids,
     metrics_for_day,
     shape_metrics,
     to_markdown,
 )
+from agent_metrics_pipeline.source_relation import describe_source
 from agent_metrics_pipeline.sql import (
+    build_duplicate_samples_query,
     build_metrics_query,
     build_samples_query,
     build_status_query,
@@ -107,7 +111,7 @@ def build_agent_metrics_asset(
         partitions_def=partitions_def,
         backfill_policy=backfill_policy or dg.BackfillPolicy.single_run(),
         io_manager_key=CSV_IO_MANAGER_KEY,
-        check_specs=check_specs(ASSET_NAME, partitions_def),
+        check_specs=check_specs(ASSET_NAME, partitions_def, measurement),
         retry_policy=retry_policy,
         pool=pool,
         kinds={"clickhouse", "polars", "s3"},
@@ -145,6 +149,14 @@ def build_agent_metrics_asset(
             f"Aggregating {len(days)} day(s) [{window.start.isoformat()}, "
             f"{window.end.isoformat()}) on the {clickhouse.description}"
         )
+        with no_retry_for_permanent_errors():
+            relation = describe_source(clickhouse, measurement.source)
+        final = relation.reads_final(measurement.read_final)
+        if final:
+            context.log.info(
+                f"{measurement.source.database}.{measurement.source.table} is a "
+                f"{relation.engine or 'relation'}: reading each row's latest version (FINAL)"
+            )
         verdicts: list[Verdict] = []
         metadata_by_day: dict[str, dict[str, object]] = {}
         with (
@@ -155,7 +167,9 @@ def build_agent_metrics_asset(
             # The census reads two columns of the range: its calls per day size the chunks, and
             # it is the status_spellings check's evidence.
             statuses = clickhouse.query_polars(
-                *build_status_query(measurement, window.start, window.end, partitions_def.timezone)
+                *build_status_query(
+                    measurement, window.start, window.end, partitions_def.timezone, final=final
+                )
             )
             calls_per_day = counted_calls_per_day(statuses, measurement)
             rows_per_call: float | None = None
@@ -164,7 +178,7 @@ def build_agent_metrics_asset(
                 chunk = next_chunk(remaining, calls_per_day, chunking, rows_per_call)
                 remaining = remaining[len(chunk.days) :]
                 metrics, quality, shards, rows = _read_chunk(
-                    context, clickhouse, measurement, partitions_def, chunk
+                    context, clickhouse, measurement, partitions_def, chunk, final
                 )
                 calls = sum(calls_per_day.get(key, 0) for key in chunk.days)
                 if calls:
@@ -174,9 +188,12 @@ def build_agent_metrics_asset(
                 )
                 verdicts += chunk_verdicts
                 for key in chunk.days:
-                    metadata_by_day[key] = day_metadata(
-                        metrics, quality, statuses, dt.date.fromisoformat(key), days, shards
-                    )
+                    metadata_by_day[key] = {
+                        **day_metadata(
+                            metrics, quality, statuses, dt.date.fromisoformat(key), days, shards
+                        ),
+                        **relation.describe(measurement.read_final),
+                    }
                 # A chunk that fails a blocking check is never published: its rows (some maybe
                 # dated outside it) need no staging, and the failure below names them.
                 if not any(verdict.blocks_publication for verdict in chunk_verdicts):
@@ -219,6 +236,7 @@ def _read_chunk(
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
     chunk: Chunk,
+    final: bool,
 ) -> tuple[pl.DataFrame, SourceQuality, int, int]:
     """The metrics and source quality of the chunk's days, the agent shards it took and the
     rows the queries returned.
@@ -236,7 +254,7 @@ def _read_chunk(
         try:
             raw = pl.concat(
                 [
-                    clickhouse.query_polars(*build_metrics_query(*window, shard=shard))
+                    clickhouse.query_polars(*build_metrics_query(*window, shard=shard, final=final))
                     for shard in chunk.agent_shards()
                 ],
                 how="vertical_relaxed",
@@ -257,8 +275,16 @@ def _read_chunk(
         f"Read {describe_days(chunk.days)} in {chunk.shards} agent shard(s): {raw.height} rows"
     )
     metrics, quality = shape_metrics(raw)
+    if measurement.escapes_formulas:
+        metrics = escape_formula_agent_ids(metrics)
     if SourceQuality.counts_any(raw):
-        quality = quality.with_samples(clickhouse.query_polars(*build_samples_query(*window)))
+        quality = quality.with_samples(
+            clickhouse.query_polars(*build_samples_query(*window, final=final))
+        )
+    if SourceQuality.counts_any(raw, [DUPLICATE_COUNT]):
+        quality = quality.with_samples(
+            clickhouse.query_polars(*build_duplicate_samples_query(*window, final=final))
+        )
     return metrics, quality, chunk.shards, raw.height
 
 

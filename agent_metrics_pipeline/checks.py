@@ -10,6 +10,7 @@ the IO manager. WARN checks publish but flag.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import warnings
 from collections.abc import Callable, Sequence
@@ -24,12 +25,15 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
 
-from agent_metrics_pipeline.config import Measurement
+from agent_metrics_pipeline.config import DuplicateCallsPolicy, Measurement
 from agent_metrics_pipeline.metrics import (
+    DUPLICATE_COUNT,
+    FORMULA_ESCAPE,
     METRIC_COLUMNS,
     SAMPLE_SIZE,
     SourceQuality,
     calls_per_status,
+    formula_like,
 )
 
 NO_NULLS = "no_nulls"
@@ -41,6 +45,8 @@ CALLS_PRESENT = "calls_present"
 EXCLUDED_SOURCE_ROWS = "excluded_source_rows"
 MIN_CALLS_PER_AGENT = "min_calls_per_agent"
 STATUS_SPELLINGS = "status_spellings"
+NO_DUPLICATE_CALL_IDS = "no_duplicate_call_ids"
+SPREADSHEET_SAFE_AGENT_IDS = "spreadsheet_safe_agent_ids"
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
@@ -293,6 +299,38 @@ def status_spellings(evidence: Evidence) -> Finding:
     )
 
 
+def no_duplicate_call_ids(evidence: Evidence) -> Finding:
+    """Rows of a counted status repeating a call id: a duplicated insert, or a row version a
+    table has not merged away. Counted once, they are reported but fail nothing."""
+    measurement = evidence.measurement
+    calls, days = _source_counts(evidence.quality, [DUPLICATE_COUNT])
+    return Finding(
+        failing_days=[] if measurement.counts_each_call_once else days,
+        metadata={
+            "duplicate_calls_policy": measurement.duplicate_calls.value,
+            "repeated_rows": calls,
+            "repeated_rows_counted": 0 if measurement.counts_each_call_once else calls,
+            "offending_days": days,
+            "sample_call_ids": evidence.quality.sample_ids("duplicate_call_ids"),
+        },
+    )
+
+
+def spreadsheet_safe_agent_ids(evidence: Evidence) -> Finding:
+    """Agent ids a spreadsheet would run as a formula (CSV injection), unless escaped."""
+    agent_id = pl.col("agent_id")
+    risky = evidence.metrics.filter(formula_like(agent_id))
+    escaped = evidence.metrics.filter(
+        agent_id.str.starts_with(FORMULA_ESCAPE)
+        & formula_like(agent_id.str.strip_prefix(FORMULA_ESCAPE))
+    )
+    return _offending_rows(
+        risky,
+        spreadsheet_safety=evidence.measurement.spreadsheet_safety.value,
+        escaped_agent_ids=escaped.height,
+    )
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -383,28 +421,56 @@ CHECKS = (
         "spaces ('answered', 'Answered '): such calls are not counted.",
         status_spellings,
     ),
+    Check(
+        NO_DUPLICATE_CALL_IDS,
+        WARN,
+        "No counted call id repeated within an agent's day (with AGENT_METRICS_DUPLICATE_CALLS="
+        "count_once: within the day, and each call counted once). An ERROR check under "
+        "AGENT_METRICS_DUPLICATE_CALLS=fail.",
+        no_duplicate_call_ids,
+    ),
+    Check(
+        SPREADSHEET_SAFE_AGENT_IDS,
+        WARN,
+        "No published agent id starts with =, +, -, @, a tab or a carriage return, which a "
+        "spreadsheet would run as a formula (AGENT_METRICS_SPREADSHEET_SAFETY=escape publishes "
+        "them with a leading apostrophe).",
+        spreadsheet_safe_agent_ids,
+    ),
 )
 CHECK_DESCRIPTIONS = {check.name: check.description for check in CHECKS}
+# Blocking by default; AGENT_METRICS_DUPLICATE_CALLS=fail adds no_duplicate_call_ids.
 BLOCKING_CHECKS = tuple(check.name for check in CHECKS if check.severity == ERROR)
 
 
+def checks_for(measurement: Measurement) -> tuple[Check, ...]:
+    """The checks, at the severities ``measurement`` asks for."""
+    if measurement.duplicate_calls is not DuplicateCallsPolicy.FAIL:
+        return CHECKS
+    return tuple(
+        dataclasses.replace(check, severity=ERROR) if check.name == NO_DUPLICATE_CALL_IDS else check
+        for check in CHECKS
+    )
+
+
 def check_specs(
-    asset_name: str, partitions_def: dg.PartitionsDefinition
+    asset_name: str, partitions_def: dg.PartitionsDefinition, measurement: Measurement
 ) -> list[dg.AssetCheckSpec]:
     """One spec per check, per day: each day's status shows on its own in the UI."""
     with warnings.catch_warnings():
         # Per-partition checks are a preview in 1.13 (pinned); the check tests pin their
         # behaviour.
         warnings.simplefilter("ignore", dg.PreviewWarning)
-        return [check.spec(asset_name, partitions_def) for check in CHECKS]
+        return [check.spec(asset_name, partitions_def) for check in checks_for(measurement)]
 
 
 def evaluate_checks(evidence: Evidence) -> list[Verdict]:
     """Every check on every day of the run, day by day, in the order of ``CHECKS``."""
+    checks = checks_for(evidence.measurement)
     verdicts = []
     for key in evidence.partition_keys:
         day_evidence = evidence.for_day(key)
-        verdicts.extend(check.evaluate(day_evidence) for check in CHECKS)
+        verdicts.extend(check.evaluate(day_evidence) for check in checks)
     return verdicts
 
 

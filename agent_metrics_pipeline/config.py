@@ -43,6 +43,7 @@ def embedded_engine_path(home: Path) -> Path:
 
 
 N = TypeVar("N", int, float)
+E = TypeVar("E", bound=StrEnum)
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,29 @@ class InvalidRowsPolicy(StrEnum):
 
     FAIL = "fail"
     EXCLUDE = "exclude"
+
+
+class DuplicateCallsPolicy(StrEnum):
+    """What to do with counted rows that repeat a call id of the same day."""
+
+    WARN = "warn"  # count every row; the duplicate_calls check warns
+    FAIL = "fail"  # the check fails the day: nothing is published
+    COUNT_ONCE = "count_once"  # one row per call id counts; the check reports the rest
+
+
+class ReadFinalPolicy(StrEnum):
+    """When to read the source with FINAL (each row's latest version only)."""
+
+    AUTO = "auto"  # when the server says the table keeps row versions (Replacing, Collapsing...)
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class SpreadsheetSafety(StrEnum):
+    """What to do with agent ids a spreadsheet would read as a formula."""
+
+    WARN = "warn"  # published as they are; the spreadsheet_safe_agent_ids check warns
+    ESCAPE = "escape"  # published with a leading apostrophe, as spreadsheets expect
 
 
 def validate_identifier(value: str, what: str) -> str:
@@ -136,6 +160,9 @@ class Measurement:
     invalid_rows: InvalidRowsPolicy = InvalidRowsPolicy.FAIL
     max_call_length_sec: float = 86_400.0
     min_calls_per_agent: int = 1
+    duplicate_calls: DuplicateCallsPolicy = DuplicateCallsPolicy.WARN
+    read_final: ReadFinalPolicy = ReadFinalPolicy.AUTO
+    spreadsheet_safety: SpreadsheetSafety = SpreadsheetSafety.WARN
 
     def __post_init__(self) -> None:
         if not self.statuses:
@@ -144,6 +171,14 @@ class Measurement:
     @property
     def fails_on_invalid_rows(self) -> bool:
         return self.invalid_rows is InvalidRowsPolicy.FAIL
+
+    @property
+    def escapes_formulas(self) -> bool:
+        return self.spreadsheet_safety is SpreadsheetSafety.ESCAPE
+
+    @property
+    def counts_each_call_once(self) -> bool:
+        return self.duplicate_calls is DuplicateCallsPolicy.COUNT_ONCE
 
     def describe(self) -> dict[str, str]:
         """Plain-text facts for the asset's definition metadata in the UI."""
@@ -155,6 +190,9 @@ class Measurement:
             "invalid_rows_policy": self.invalid_rows.value,
             "max_call_length_sec": f"{self.max_call_length_sec:g}",
             "min_calls_per_agent": str(self.min_calls_per_agent),
+            "duplicate_calls_policy": self.duplicate_calls.value,
+            "read_final": self.read_final.value,
+            "spreadsheet_safety": self.spreadsheet_safety.value,
         }
 
 
@@ -244,14 +282,16 @@ class _Environment:
                 )
         return owners
 
-    def invalid_rows_policy(self, name: str) -> InvalidRowsPolicy | None:
+    def choice(self, name: str, choices: type[E]) -> E | None:
         value = self.text(name)
         if value is None:
             return None
         try:
-            return InvalidRowsPolicy(value.lower())
+            return choices(value.lower())
         except ValueError:
-            raise ConfigError(f"{name}={value.lower()!r} must be 'fail' or 'exclude'") from None
+            names = [repr(choice.value) for choice in choices]
+            allowed = " or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}"
+            raise ConfigError(f"{name}={value.lower()!r} must be {allowed}") from None
 
     def s3_prefix(self, name: str) -> str | None:
         """A relative key prefix: surrounding slashes dropped, never climbing out of its root."""
@@ -343,11 +383,16 @@ class Settings:
             source=source,
             **_given(
                 statuses=env.items("AGENT_METRICS_STATUSES"),
-                invalid_rows=env.invalid_rows_policy("AGENT_METRICS_INVALID_ROWS"),
+                invalid_rows=env.choice("AGENT_METRICS_INVALID_ROWS", InvalidRowsPolicy),
                 max_call_length_sec=env.number(
                     "AGENT_METRICS_MAX_CALL_LENGTH_SEC", float, minimum=0.0
                 ),
                 min_calls_per_agent=env.number("AGENT_METRICS_MIN_CALLS_PER_AGENT", int, minimum=1),
+                duplicate_calls=env.choice("AGENT_METRICS_DUPLICATE_CALLS", DuplicateCallsPolicy),
+                read_final=env.choice("AGENT_METRICS_READ_FINAL", ReadFinalPolicy),
+                spreadsheet_safety=env.choice(
+                    "AGENT_METRICS_SPREADSHEET_SAFETY", SpreadsheetSafety
+                ),
             ),
         )
         chunking = Chunking(

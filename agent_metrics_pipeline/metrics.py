@@ -34,8 +34,17 @@ UNMEASURABLE_COUNTS = (
     "negative_duration_calls",
     "non_finite_duration_calls",
 )
-QUALITY_COUNTS = (*UNMEASURABLE_COUNTS, "overlong_calls")
-SAMPLE_IDS = ("null_call_ids", "negative_call_ids", "non_finite_call_ids", "overlong_call_ids")
+# Counted by the metrics query; the call ids behind them come from the samples query.
+SAMPLED_COUNTS = (*UNMEASURABLE_COUNTS, "overlong_calls")
+DUPLICATE_COUNT = "duplicate_calls"
+QUALITY_COUNTS = (*SAMPLED_COUNTS, DUPLICATE_COUNT)
+SAMPLE_IDS = (
+    "null_call_ids",
+    "negative_call_ids",
+    "non_finite_call_ids",
+    "overlong_call_ids",
+    "duplicate_call_ids",
+)
 SAMPLE_SIZE = 5
 SAMPLES_SCHEMA = pl.Schema({"date": pl.Date, **{name: pl.List(pl.String) for name in SAMPLE_IDS}})
 
@@ -46,7 +55,8 @@ class SourceQuality:
 
     ``per_day`` has a ``date`` column and one column per name in ``QUALITY_COUNTS``;
     ``samples`` has a ``date`` column and one list of a few call ids per name in ``SAMPLE_IDS``,
-    for the days that have any, once fetched.
+    for the days that have any, once fetched (by the samples query, the duplicate samples
+    query, or both).
     """
 
     per_day: pl.DataFrame
@@ -57,14 +67,19 @@ class SourceQuality:
         return int(self.per_day.select(pl.sum_horizontal(UNMEASURABLE_COUNTS).sum()).item())
 
     @staticmethod
-    def counts_any(raw: pl.DataFrame) -> bool:
-        """Whether the metrics query counted an unmeasurable or overlong call, whose ids are
-        then worth fetching."""
-        return bool(raw.select(pl.sum_horizontal(QUALITY_COUNTS).sum()).item())
+    def counts_any(raw: pl.DataFrame, names: Sequence[str] = SAMPLED_COUNTS) -> bool:
+        """Whether the metrics query counted any call of ``names`` (by default unmeasurable or
+        overlong calls), whose ids are then worth fetching."""
+        return bool(raw.select(pl.sum_horizontal(names).sum()).item())
 
     def with_samples(self, samples: pl.DataFrame) -> SourceQuality:
-        """These counts with the call ids of the samples query (one row per day)."""
-        return replace(self, samples=samples.cast(SAMPLES_SCHEMA).select(SAMPLES_SCHEMA.names()))
+        """These counts with the call ids of a samples query (one row per day, some of the
+        ``SAMPLE_IDS`` columns), added to those already fetched."""
+        fetched = pl.concat([self.samples, samples], how="diagonal_relaxed")
+        merged = fetched.group_by("date").agg(
+            pl.col(name).drop_nulls().first() for name in SAMPLE_IDS
+        )
+        return replace(self, samples=merged.cast(SAMPLES_SCHEMA).sort("date"))
 
     def for_day(self, day: dt.date) -> SourceQuality:
         """The counts and samples of one day."""
@@ -97,6 +112,27 @@ def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
         .sort("date")
     )
     return metrics, SourceQuality(per_day=per_day)
+
+
+# A cell starting with one of these is a formula to a spreadsheet (CSV injection).
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_ESCAPE = "'"
+
+
+def formula_like(agent_ids: pl.Expr) -> pl.Expr:
+    return pl.any_horizontal(agent_ids.str.starts_with(prefix) for prefix in FORMULA_PREFIXES)
+
+
+def escape_formula_agent_ids(metrics: pl.DataFrame) -> pl.DataFrame:
+    """Agent ids a spreadsheet would run as a formula, prefixed with an apostrophe (shown as
+    text, hidden by the spreadsheet), in the contract's order again."""
+    agent_id = pl.col("agent_id")
+    return metrics.with_columns(
+        pl.when(formula_like(agent_id))
+        .then(FORMULA_ESCAPE + agent_id)
+        .otherwise(agent_id)
+        .alias("agent_id")
+    ).sort("date", "agent_id")
 
 
 def calls_per_status(statuses: pl.DataFrame, day: dt.date | None = None) -> dict[str, int]:

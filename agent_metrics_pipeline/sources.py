@@ -20,6 +20,7 @@ from agent_metrics_pipeline.assets import ASSET_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
+from agent_metrics_pipeline.source_relation import SourceRelation, describe_source
 from agent_metrics_pipeline.sql import build_fingerprint_query, build_recently_written_days_query
 
 CALLS_ASSET_NAME = "calls"
@@ -44,15 +45,18 @@ def fingerprints(
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
     days: Sequence[str],
+    relation: SourceRelation,
 ) -> dict[str, tuple[int, str]]:
-    """Calls counted and fingerprint of each day, from one query."""
+    """Calls counted and fingerprint of each day, from one query, of the rows as the metrics
+    read them (the latest versions only, when they read FINAL)."""
     bounds = []
     for day in days:
         window = partitions_def.time_window_for_partition_key(day)
         bounds.append((window.start, window.end))
+    final = relation.reads_final(measurement.read_final)
     with no_retry_for_permanent_errors():
         rows = clickhouse.query_polars(
-            *build_fingerprint_query(measurement, bounds, partitions_def.timezone)
+            *build_fingerprint_query(measurement, bounds, partitions_def.timezone, final=final)
         )
     found = {
         date.isoformat(): (calls, f"{calls}:{row_hash}")
@@ -101,8 +105,10 @@ def build_calls_source(
             context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
         ) -> dg.DataVersionsByPartition:
             days = observed_days(partitions_def, window_days)
+            with no_retry_for_permanent_errors():
+                relation = describe_source(clickhouse, measurement.source)
             for day, (count, fingerprint) in fingerprints(
-                clickhouse, measurement, partitions_def, days
+                clickhouse, measurement, partitions_def, days, relation
             ).items():
                 context.log_event(_observe(day, count, fingerprint))
             context.log.info(f"Fingerprinted {len(days)} day(s), {days[0]}...{days[-1]}")
@@ -158,6 +164,22 @@ def build_late_calls_check(
             return dg.AssetCheckResult(
                 passed=True, metadata={"note": "first run: later runs look at what arrives"}
             )
+        with no_retry_for_permanent_errors():
+            relation = describe_source(clickhouse, measurement.source)
+        if not relation.has_parts:
+            return dg.AssetCheckResult(
+                passed=True,
+                metadata={
+                    "source_engine": relation.engine or "unknown",
+                    "note": (
+                        f"Not looked at: the source is a {relation.engine or 'relation'} "
+                        "without storage parts of its own, so what was written since the last "
+                        "run cannot be told apart. Days older than the observation window are "
+                        "not republished by themselves: materialize a day whose calls changed, "
+                        "or widen AGENT_METRICS_OBSERVE_WINDOW_DAYS."
+                    ),
+                },
+            )
         since = dt.datetime.fromtimestamp(previous[0].create_timestamp, dt.UTC)
         with no_retry_for_permanent_errors():
             written = clickhouse.query_polars(
@@ -173,7 +195,7 @@ def build_late_calls_check(
         ]
         changed = []
         if candidates:
-            current = fingerprints(clickhouse, measurement, partitions_def, candidates)
+            current = fingerprints(clickhouse, measurement, partitions_def, candidates, relation)
             for day in candidates:
                 count, fingerprint = current[day]
                 # A merge rewrites parts without changing rows: the fingerprint tells.

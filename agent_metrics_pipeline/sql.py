@@ -10,12 +10,15 @@ every value (window, timezone, statuses) is bound as a query parameter.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 from agent_metrics_pipeline.chunking import AgentShard
-from agent_metrics_pipeline.config import Measurement, SourceTable
+from agent_metrics_pipeline.config import DuplicateCallsPolicy, Measurement, SourceTable
 from agent_metrics_pipeline.metrics import SAMPLE_SIZE
 
 CLICKHOUSE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+# The rows of a counted status behind each call, when each call counts once.
+COPIES = "counted_rows_of_call"
 
 
 def _utc_literal(moment: dt.datetime) -> str:
@@ -41,9 +44,11 @@ def build_metrics_query(
     window_end: dt.datetime,
     timezone: str,
     shard: AgentShard | None = None,
+    final: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """Per (day, agent) metrics over ``[window_start, window_end)`` plus source-quality counts,
-    for the agents of ``shard`` only when one is given.
+    for the agents of ``shard`` only when one is given, reading the latest row versions only
+    when ``final``.
 
     A call belongs to the day its start falls in, in ``timezone``. The filter is a range
     predicate on the start column so ClickHouse can use the table's primary key.
@@ -59,6 +64,9 @@ def build_metrics_query(
     integers: exact, so it does not depend on how ClickHouse splits the work between threads,
     and re-running a day yields identical bytes. Adding 0 to the rounded p90 turns the -0.0
     of calls stored with a length of -0.0 into 0.0.
+
+    ``duplicate_calls`` counts the agent's rows that repeat a call id: counted as they are, or
+    left out when the measurement counts each call once (see :func:`_calls_counted_once`).
     """
     source = measurement.source
     started_at, duration = (
@@ -80,8 +88,9 @@ SELECT
     countIf(call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
     countIf(negative) AS negative_duration_calls,
     countIf(non_finite) AS non_finite_duration_calls,
-    countIf(overlong) AS overlong_calls
-{_window_filter(measurement)}{_shard_filter(measurement, shard)}
+    countIf(overlong) AS overlong_calls,
+    {_duplicate_count(measurement)} AS duplicate_calls
+{_window_filter(measurement, final)}{_shard_filter(measurement, shard)}
 GROUP BY date, agent_id
 ORDER BY date, agent_id
 """
@@ -89,6 +98,12 @@ ORDER BY date, agent_id
     if shard is not None:
         parameters |= {"agent_shard": shard.index, "agent_shards": shard.count}
     return sql, parameters
+
+
+def _duplicate_count(measurement: Measurement) -> str:
+    if measurement.counts_each_call_once:
+        return f"toUInt64(sum(src.{COPIES}) - count())"
+    return f"count() - uniqExact(src.`{measurement.source.column('call_id')}`)"
 
 
 def _shard_filter(measurement: Measurement, shard: AgentShard | None) -> str:
@@ -107,6 +122,7 @@ def build_samples_query(
     window_start: dt.datetime,
     window_end: dt.datetime,
     timezone: str,
+    final: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """A few call ids of each kind of unmeasurable or overlong call, one row per day that has any.
 
@@ -126,7 +142,7 @@ SELECT
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), non_finite) AS non_finite_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
-{_window_filter(measurement)}
+{_window_filter(measurement, final)}
   AND NOT (measurable AND NOT overlong)
 GROUP BY date
 ORDER BY date
@@ -148,13 +164,82 @@ def _classified_calls(measurement: Measurement) -> str:
     measurable AND call_length > {{max_call_length_sec:Float64}} AS overlong"""
 
 
-def _window_filter(measurement: Measurement) -> str:
+def build_duplicate_samples_query(
+    measurement: Measurement,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    timezone: str,
+    final: bool = False,
+) -> tuple[str, dict[str, object]]:
+    """The first few call ids (in sort order) that counted rows of a day repeat, one row per
+    day that has any: repeated for the same agent, as the metrics query counts them, or for any
+    agent when each call counts once. Run only when the metrics query counted such rows."""
+    source = measurement.source
+    call_id, agent, started_at = (
+        f"src.`{source.column(role)}`" for role in ("call_id", "agent_id", "started_at")
+    )
+    per_agent = "" if measurement.counts_each_call_once else f", {agent}"
+    as_stored = replace(measurement, duplicate_calls=DuplicateCallsPolicy.WARN)
+    sql = f"""
+SELECT date, groupArraySorted({SAMPLE_SIZE})(repeated_id) AS duplicate_call_ids
+FROM (
+    SELECT toDate({started_at}, {{timezone:String}}) AS date, toString({call_id}) AS repeated_id
+    {_window_filter(as_stored, final)}
+    GROUP BY date, repeated_id{per_agent}
+    HAVING count() > 1
+)
+GROUP BY date
+ORDER BY date
+"""
+    return sql, _measurement_parameters(measurement, window_start, window_end, timezone)
+
+
+def _window_filter(measurement: Measurement, final: bool) -> str:
+    """The source's calls of the window with a counted status, as ``src``."""
     source = measurement.source
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
-    return f"""FROM {source.qualified_name} AS src
+    relation = (
+        f"{_calls_counted_once(measurement, final)} AS src"
+        if measurement.counts_each_call_once
+        else f"{source.qualified_name} AS src{' FINAL' if final else ''}"
+    )
+    return f"""FROM {relation}
 WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
   AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
   AND {status} IN {{statuses:Array(String)}}"""
+
+
+def _calls_counted_once(measurement: Measurement, final: bool) -> str:
+    """One row per call id of the window, with the number of its rows of a counted status.
+
+    Of rows sharing a call id, the one with the smallest hash of its other columns stands for
+    the call: the same choice whatever order the rows come in, so a re-run publishes the same
+    bytes. A call whose rows start on different sides of the window's bounds is counted in each
+    window it has a row in.
+    """
+    source = measurement.source
+    call_id = f"`{source.column('call_id')}`"
+    others = [f"`{source.column(role)}`" for role in ("agent_id", "started_at", "duration_sec")]
+    status = f"`{source.column('status')}`"
+    fields = ", ".join([*others, status])
+    unpacked = ", ".join(
+        f"tupleElement(picked_row, {position}) AS {column}"
+        for position, column in enumerate([*others, status], start=1)
+    )
+    started_at = others[1]
+    return f"""(
+    SELECT {call_id}, {unpacked}, {COPIES}
+    FROM (
+        SELECT
+            {call_id},
+            argMin(tuple({fields}), cityHash64(tuple({fields}))) AS picked_row,
+            countIf({status} IN {{statuses:Array(String)}}) AS {COPIES}
+        FROM {source.qualified_name}{" FINAL" if final else ""}
+        WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
+          AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
+        GROUP BY {call_id}
+    )
+)"""
 
 
 def _measurement_parameters(
@@ -172,10 +257,12 @@ def build_status_query(
     window_start: dt.datetime,
     window_end: dt.datetime,
     timezone: str,
+    final: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """Calls per day and status over the window, whatever the status: it shows which statuses
     the source holds, so one spelled unlike the counted ones (``answered``) is not lost in
-    silence. It reads only the start and status columns."""
+    silence. It reads only the start and status columns (rows as stored, repeated call ids
+    included: it sizes the work)."""
     source = measurement.source
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
     sql = f"""
@@ -183,7 +270,7 @@ SELECT
     toDate({started_at}, {{timezone:String}}) AS date,
     toString({status}) AS status,
     count() AS calls
-FROM {source.qualified_name} AS src
+FROM {source.qualified_name} AS src{" FINAL" if final else ""}
 WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
   AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
 GROUP BY date, status
@@ -192,14 +279,15 @@ ORDER BY date, status
     return sql, _window_parameters(window_start, window_end, timezone)
 
 
-def _fingerprint_select(measurement: Measurement) -> str:
+def _fingerprint_select(measurement: Measurement, final: bool) -> str:
     """Per day, the number of counted calls and an order-independent hash of them.
 
     It covers exactly the rows the metrics read (counted statuses, day in the partitions'
     timezone) and every column that feeds them, so any insert, delete or update that could
     change a day's metrics changes its fingerprint. Call ids feed no metric and are the widest
     column, so they stay out (a quarter of the scan). Summing the row hashes (wrapping) keeps
-    duplicate rows from cancelling out, as XOR would.
+    duplicate rows from cancelling out, as XOR would; hashing the row as one tuple lets a row
+    with a NULL column count in the hash too.
     """
     source = measurement.source
     agent, started_at, duration, status = (
@@ -210,9 +298,9 @@ def _fingerprint_select(measurement: Measurement) -> str:
 SELECT
     toDate({started_at}, {{timezone:String}}) AS date,
     count() AS calls,
-    lower(hex(sumWithOverflow(cityHash64({agent}, {started_at}, {duration}))))
+    lower(hex(sumWithOverflow(cityHash64(tuple({agent}, {started_at}, {duration})))))
         AS row_hash
-FROM {source.qualified_name} AS src
+FROM {source.qualified_name} AS src{" FINAL" if final else ""}
 WHERE ({{day_ranges}})
   AND {status} IN {{statuses:Array(String)}}
 GROUP BY date
@@ -221,7 +309,10 @@ ORDER BY date
 
 
 def build_fingerprint_query(
-    measurement: Measurement, days: list[tuple[dt.datetime, dt.datetime]], timezone: str
+    measurement: Measurement,
+    days: list[tuple[dt.datetime, dt.datetime]],
+    timezone: str,
+    final: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """Fingerprints of the days whose ``[start, end)`` bounds are given, in one scan.
 
@@ -247,7 +338,7 @@ def build_fingerprint_query(
     for i, (start, end) in enumerate(ranges):
         parameters[f"start_{i}"] = _utc_literal(start)
         parameters[f"end_{i}"] = _utc_literal(end)
-    sql = _fingerprint_select(measurement).replace("{day_ranges}", predicate or "0")
+    sql = _fingerprint_select(measurement, final).replace("{day_ranges}", predicate or "0")
     return sql, parameters
 
 

@@ -30,6 +30,7 @@ from agent_metrics_pipeline.config import Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
+from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     build_asset,
@@ -116,6 +117,42 @@ def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
     assert result.run_id[:8] in payload["text"]
     assert SECRET.encode() not in body
     assert b"T0KEN" not in body
+
+
+def test_a_failed_observation_of_the_source_is_alerted(webhook, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    dead = ClickHouseResource(host="127.0.0.1", port=free_port(), password=SECRET)
+    built = build_definitions(Settings(start_date=str(DAY - dt.timedelta(days=3))))
+    defs = dg.Definitions(
+        assets=built.assets,
+        asset_checks=built.asset_checks,
+        jobs=built.jobs,
+        resources={
+            "clickhouse": dead,
+            CSV_IO_MANAGER_KEY: LocalCsvIOManager(base_dir=str(tmp_path)),
+        },
+    )
+    result = defs.resolve_job_def(OBSERVE_JOB_NAME).execute_in_process(
+        instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    failure_event = next(
+        e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE
+    )
+    context = dg.build_run_status_sensor_context(
+        sensor_name=FAILURE_SENSOR_NAME,
+        dagster_instance=instance,
+        dagster_run=instance.get_run_by_id(result.run_id),
+        dagster_event=failure_event,
+    ).for_run_failure()
+
+    build_failure_alert_sensor(webhook.url, "http://dagster.example:3000")(context)
+
+    (body,) = webhook.bodies
+    payload = json.loads(body)
+    assert payload["job"] == OBSERVE_JOB_NAME
+    assert "Could not reach the ClickHouse server http://127.0.0.1" in payload["error"]
+    assert SECRET.encode() not in body
 
 
 def test_credentials_in_the_webhook_url_go_as_basic_auth_and_never_into_logs(

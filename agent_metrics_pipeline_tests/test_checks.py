@@ -431,6 +431,7 @@ def _clean_quality() -> SourceQuality:
             "negative_duration_calls": [0],
             "non_finite_duration_calls": [0],
             "overlong_calls": [0],
+            "duplicate_calls": [0],
         }
     )
     return SourceQuality(per_day=per_day)

@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from agent_metrics_pipeline.chunking import Chunking
-from agent_metrics_pipeline.config import ConfigError, InvalidRowsPolicy, Settings
+from agent_metrics_pipeline.config import (
+    ConfigError,
+    DuplicateCallsPolicy,
+    InvalidRowsPolicy,
+    ReadFinalPolicy,
+    Settings,
+    SpreadsheetSafety,
+)
 
 
 def test_defaults_are_the_embedded_engine_and_a_local_folder():
@@ -32,6 +39,9 @@ def test_every_variable_is_read():
             "AGENT_METRICS_SOURCE_TABLE": "cdr",
             "AGENT_METRICS_SOURCE_COLUMNS": "agent_id=agent, duration_sec=talk_time",
             "AGENT_METRICS_INVALID_ROWS": "EXCLUDE",
+            "AGENT_METRICS_DUPLICATE_CALLS": "Count_Once",
+            "AGENT_METRICS_READ_FINAL": "always",
+            "AGENT_METRICS_SPREADSHEET_SAFETY": "escape",
             "AGENT_METRICS_MAX_CALL_LENGTH_SEC": "7200",
             "AGENT_METRICS_MIN_CALLS_PER_AGENT": "3",
             "AGENT_METRICS_GZIP": "true",
@@ -71,6 +81,9 @@ def test_every_variable_is_read():
     assert settings.measurement.source.column("duration_sec") == "talk_time"
     assert settings.measurement.source.column("status") == "status"
     assert settings.measurement.invalid_rows is InvalidRowsPolicy.EXCLUDE
+    assert settings.measurement.duplicate_calls is DuplicateCallsPolicy.COUNT_ONCE
+    assert settings.measurement.read_final is ReadFinalPolicy.ALWAYS
+    assert settings.measurement.spreadsheet_safety is SpreadsheetSafety.ESCAPE
     assert settings.measurement.max_call_length_sec == 7200.0
     assert settings.measurement.min_calls_per_agent == 3
     assert settings.gzip is True
@@ -109,6 +122,9 @@ def test_every_variable_is_read():
         ("AGENT_METRICS_SOURCE_COLUMNS", "agent_id=agent`x"),
         ("AGENT_METRICS_SOURCE_COLUMNS", "caller=agent"),
         ("AGENT_METRICS_INVALID_ROWS", "ignore"),
+        ("AGENT_METRICS_DUPLICATE_CALLS", "drop"),
+        ("AGENT_METRICS_READ_FINAL", "sometimes"),
+        ("AGENT_METRICS_SPREADSHEET_SAFETY", "strip"),
         ("AGENT_METRICS_MAX_CALL_LENGTH_SEC", "-1"),
         ("AGENT_METRICS_MAX_CALL_LENGTH_SEC", "nan"),
         ("AGENT_METRICS_MAX_CALL_LENGTH_SEC", "inf"),

@@ -1,0 +1,56 @@
+"""The source relation as the server describes it, and so how the pipeline reads it.
+
+A source may be any relation a user can read: a MergeTree table, a table keeping row versions
+(Replacing, Collapsing), a view, a ``Merge`` or ``Distributed`` table. Two things depend on
+which: whether rows are read with ``FINAL`` (latest versions only), and whether the server keeps
+the table in parts the late-calls check can look at (``_part``, ``system.parts``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.config import ReadFinalPolicy, SourceTable
+
+# Engines whose unmerged parts may hold older versions of a row (or cancelled pairs of rows).
+VERSIONED_ENGINES = ("ReplacingMergeTree", "CollapsingMergeTree", "VersionedCollapsingMergeTree")
+ENGINE_QUERY = """
+SELECT engine
+FROM system.tables
+WHERE database = {database:String} AND name = {table:String}
+"""
+
+
+@dataclass(frozen=True)
+class SourceRelation:
+    """The source's engine as ``system.tables`` names it ('' when the server does not list it)."""
+
+    engine: str
+
+    @property
+    def has_parts(self) -> bool:
+        """Whether the server keeps its rows in parts of its own (the MergeTree family)."""
+        return self.engine.endswith("MergeTree")
+
+    @property
+    def keeps_row_versions(self) -> bool:
+        return self.engine.removeprefix("Shared").removeprefix("Replicated") in VERSIONED_ENGINES
+
+    def reads_final(self, policy: ReadFinalPolicy) -> bool:
+        if policy is ReadFinalPolicy.AUTO:
+            return self.keeps_row_versions
+        return policy is ReadFinalPolicy.ALWAYS
+
+    def describe(self, policy: ReadFinalPolicy) -> dict[str, object]:
+        """What a run's metadata says of how it read the source."""
+        return {"source_engine": self.engine or "unknown", "read_final": self.reads_final(policy)}
+
+
+def describe_source(clickhouse: ClickHouseResource, source: SourceTable) -> SourceRelation:
+    """The source's engine, from the server's own table metadata."""
+    rows = clickhouse.query_polars(
+        ENGINE_QUERY, {"database": source.database, "table": source.table}
+    )
+    # A source the server does not list fails in the first query that reads it, with its fix.
+    return SourceRelation(rows.item(0, "engine") if rows.height else "")
