@@ -34,13 +34,18 @@ class SourceRelation:
         return self.engine.endswith("MergeTree")
 
     @property
+    def _base_engine(self) -> str:
+        return self.engine.removeprefix("Shared").removeprefix("Replicated")
+
+    @property
     def keeps_row_versions(self) -> bool:
-        return self.engine.removeprefix("Shared").removeprefix("Replicated") in VERSIONED_ENGINES
+        return self._base_engine in VERSIONED_ENGINES
 
     def reads_final(self, policy: ReadFinalPolicy) -> bool:
+        """Whether to read with FINAL: a plain MergeTree has no versions, and refuses it."""
         if policy is ReadFinalPolicy.AUTO:
             return self.keeps_row_versions
-        return policy is ReadFinalPolicy.ALWAYS
+        return policy is ReadFinalPolicy.ALWAYS and self._base_engine != "MergeTree"
 
     def describe(self, policy: ReadFinalPolicy) -> dict[str, object]:
         """What a run's metadata says of how it read the source."""

@@ -101,6 +101,8 @@ ORDER BY date, agent_id
 
 
 def _duplicate_count(measurement: Measurement) -> str:
+    if measurement.duplicate_calls is DuplicateCallsPolicy.IGNORE:
+        return "toUInt64(0)"
     if measurement.counts_each_call_once:
         return f"toUInt64(sum(src.{COPIES}) - count())"
     return f"count() - uniqExact(src.`{measurement.source.column('call_id')}`)"

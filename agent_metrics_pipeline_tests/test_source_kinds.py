@@ -12,7 +12,12 @@ import dagster as dg
 import pytest
 
 from agent_metrics_pipeline.checks import NO_DUPLICATE_CALL_IDS, SPREADSHEET_SAFE_AGENT_IDS
-from agent_metrics_pipeline.config import DuplicateCallsPolicy, SourceTable, SpreadsheetSafety
+from agent_metrics_pipeline.config import (
+    DuplicateCallsPolicy,
+    ReadFinalPolicy,
+    SourceTable,
+    SpreadsheetSafety,
+)
 from agent_metrics_pipeline.sources import LATE_CALLS_CHECK
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
@@ -107,7 +112,12 @@ def test_repeated_call_ids_are_reported_and_counted_once_on_request(
     insert_calls(clickhouse, calls_table, again)
     counted_again = [c for c in again if c.status == "Answered"]
 
-    as_stored = materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
+    unchecked = materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
+    assert evaluation(unchecked, NO_DUPLICATE_CALL_IDS).passed, "not looked for by default"
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls + again)[DAY], DAY)
+
+    warning = dataclasses.replace(measuring(calls_table), duplicate_calls=DuplicateCallsPolicy.WARN)
+    as_stored = materialize(clickhouse, warning, bucket.io_manager(), str(DAY))
     warned = evaluation(as_stored, NO_DUPLICATE_CALL_IDS)
     assert not warned.passed and warned.severity == dg.AssetCheckSeverity.WARN
     assert warned.metadata["repeated_rows"].value == len(counted_again)
@@ -171,6 +181,16 @@ def test_a_replacing_table_is_read_as_its_latest_versions(clickhouse, bucket):
 
 # A carriage return is flagged as well; the oracle's CSV reader takes no bare \r, so it is left
 # to the check's own test.
+def test_final_always_leaves_a_plain_table_alone(clickhouse, calls_table, bucket):
+    calls = random_calls(DAY, days=1, calls_per_day=200, seed=64)
+    insert_calls(clickhouse, calls_table, calls)
+    always = dataclasses.replace(measuring(calls_table), read_final=ReadFinalPolicy.ALWAYS)
+    result = materialize(clickhouse, always, bucket.io_manager(), str(DAY))
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)
+    metadata = result.asset_materializations_for_node("agent_metrics")[0].metadata
+    assert metadata["read_final"].value is False, "a MergeTree refuses FINAL: nothing to merge"
+
+
 FORMULAS = ["=cmd|' /C calc'!A0", "+1+1", "-2+3", "@SUM(A1)", "\tTAB"]
 
 
