@@ -2,9 +2,7 @@
 
 import dataclasses
 import datetime as dt
-import tempfile
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -34,6 +32,7 @@ from agent_metrics_pipeline.metrics import (
     shape_metrics,
     to_markdown,
 )
+from agent_metrics_pipeline.orphaned_steps import scratch_folder, stop_with_run_process
 from agent_metrics_pipeline.source_relation import describe_source
 from agent_metrics_pipeline.sql import (
     build_duplicate_samples_query,
@@ -134,6 +133,7 @@ def build_agent_metrics_asset(
     def agent_metrics(
         context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
     ) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
+        stop_with_run_process(context.log)
         days = context.partition_keys
         if not days:
             key_range = context.partition_key_range
@@ -161,9 +161,9 @@ def build_agent_metrics_asset(
         metadata_by_day: dict[str, dict[str, object]] = {}
         with (
             no_retry_for_permanent_errors(),
-            tempfile.TemporaryDirectory(prefix="agent_metrics-") as staging_folder,
+            scratch_folder(prefix="agent_metrics-") as staging_folder,
         ):
-            staged = StagedDays(Path(staging_folder))
+            staged = StagedDays(staging_folder)
             # The census reads two columns of the range: its calls per day size the chunks, and
             # it is the status_spellings check's evidence.
             statuses = clickhouse.query_polars(

@@ -41,6 +41,7 @@ from agent_metrics_pipeline.metrics import (
     metrics_for_day,
     to_csv_bytes,
 )
+from agent_metrics_pipeline.orphaned_steps import publishing
 
 MANIFEST_NAME = "manifest.json"
 PART_DIGEST_CHARS = 16
@@ -178,7 +179,8 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         uris: list[str] = []
         for key, day in days.items():
             try:
-                object_key = self._publish_day(asset_name, key, rows_of_day(day))
+                with publishing():
+                    object_key = self._publish_day(asset_name, key, rows_of_day(day))
             except (ObjectStoreError, ObjectStoreUnavailableError) as error:
                 # Transient faults were retried at the write already: a step retry would only
                 # run the query again.

@@ -20,6 +20,7 @@ from agent_metrics_pipeline.assets import ASSET_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
+from agent_metrics_pipeline.orphaned_steps import stop_with_run_process
 from agent_metrics_pipeline.source_relation import SourceRelation, describe_source
 from agent_metrics_pipeline.sql import build_fingerprint_query, build_recently_written_days_query
 
@@ -148,6 +149,7 @@ def build_late_calls_check(
     def no_late_calls_outside_window(
         context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
+        stop_with_run_process(context.log)
         instance = context.instance
         window_start = partitions_def.time_window_for_partition_key(
             observed_days(partitions_def, window_days)[0]

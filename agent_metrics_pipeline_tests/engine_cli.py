@@ -7,6 +7,7 @@ session's folder; subprocess tests (CLI, demo) use this to reach their own folde
     python -m agent_metrics_pipeline_tests.engine_cli dump ENGINE_DIR CALLS.parquet
     python -m agent_metrics_pipeline_tests.engine_cli hold ENGINE_DIR    # until terminated
     python -m agent_metrics_pipeline_tests.engine_cli probe ENGINE_DIR   # prints the error, if any
+    python -m agent_metrics_pipeline_tests.engine_cli command ENGINE_DIR STATEMENT
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from agent_metrics_pipeline_tests.oracle import Call
 
 
 def main(command: str, engine_dir: str, path: str = "") -> None:
+    """``path`` is the Parquet file of ``load`` and ``dump``, the SQL of ``command``."""
     clickhouse = ClickHouseResource(embedded_path=engine_dir)
     source = SourceTable()
     if command == "load":
@@ -44,6 +46,9 @@ def main(command: str, engine_dir: str, path: str = "") -> None:
             print("ok")
         except Exception as error:
             print(f"{type(error).__name__}: {error}")
+    elif command == "command":
+        with clickhouse.get_client() as client:
+            client.command(path)
     else:
         raise SystemExit(f"unknown command {command!r}")
 

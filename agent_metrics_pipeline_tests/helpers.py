@@ -280,6 +280,17 @@ def load_into_engine(engine_dir: Path, calls_parquet: Path) -> None:
     )
 
 
+def run_in_engine(engine_dir: Path, statement: str) -> None:
+    """Run one statement in an embedded engine folder from another process."""
+    run_ok(
+        [
+            *(sys.executable, "-m", "agent_metrics_pipeline_tests.engine_cli"),
+            *("command", str(engine_dir), statement),
+        ],
+        env=None,
+    )
+
+
 UI_STARTUP_TIMEOUT_SEC = 120
 UI_SHUTDOWN_TIMEOUT_SEC = 90
 
