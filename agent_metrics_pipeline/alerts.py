@@ -26,6 +26,9 @@ LATE_DAY_SENSOR_NAME = "agent_metrics_late_day_alert"
 LATE_DAY_INTERVAL_SEC = 300
 WEBHOOK_TIMEOUT_SEC = 10
 MAX_ERROR_CHARS = 2000
+# On a run whose failure was alerted where it was decided (the dead-run watchdog does so: a
+# run it fails before this sensor's first tick on a new instance would go unseen here).
+ALERTED_TAG = "agent_metrics/failure_alerted"
 
 
 def _partitions_of(run: dg.DagsterRun) -> str:
@@ -128,6 +131,13 @@ def deliver(
         context.log.info(f"Alert delivered to the webhook at {host}")
 
 
+def alert_secrets(webhook_url: str | None, secrets: Sequence[str]) -> tuple[str, ...]:
+    """What an alert must never carry: ``secrets``, and the webhook URL and its password."""
+    if webhook_url is None:
+        return tuple(secrets)
+    return (*secrets, webhook_url, *_credentials(webhook_url))
+
+
 def build_failure_alert_sensor(
     webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
 ) -> dg.SensorDefinition:
@@ -138,8 +148,7 @@ def build_failure_alert_sensor(
     masked in case an error message quoted one, as are the webhook URL and its password. Logs
     name the webhook by its host only.
     """
-    if webhook_url is not None:
-        secrets = (*secrets, webhook_url, *_credentials(webhook_url))
+    secrets = alert_secrets(webhook_url, secrets)
 
     # Runs of `dagster asset materialize` belong to no code location: only a sensor that
     # watches them all sees them fail.
@@ -153,6 +162,8 @@ def build_failure_alert_sensor(
     def agent_metrics_failure_alert(context: dg.RunFailureSensorContext) -> None:
         run = context.dagster_run
         if run.job_name != OBSERVE_JOB_NAME and not targets_agent_metrics(context.instance, run):
+            return
+        if run.tags.get(ALERTED_TAG) == "true":
             return
         step_errors = [
             _error_chain(event.step_failure_data.error)
@@ -191,7 +202,8 @@ def build_late_day_alert_sensor(
     ``deadline_hour`` UTC, however the day was to be materialized.
 
     It reads the instance only: no run, no step, and nothing in the log unless it alerts. Its
-    cursor is the last day settled, on time or reported.
+    cursor is the last day settled, on time or reported; on its first tick, the day already due
+    is settled without an alert.
     """
 
     @dg.sensor(
@@ -208,6 +220,14 @@ def build_late_day_alert_sensor(
         day, deadline = due
         if context.cursor == day:
             return dg.SkipReason(f"{day} is settled; the next deadline is not due yet.")
+        if context.cursor is None:
+            # The sensor's first tick on this instance: the day already due was never this
+            # deployment's to publish. Deadlines count from the next one.
+            context.update_cursor(day)
+            return dg.SkipReason(
+                f"Started: days due from the deadline after {deadline:%Y-%m-%d %H:%M} UTC are "
+                f"watched; {day}, due before this sensor ran, is not alerted."
+            )
         records = context.instance.fetch_materializations(
             dg.AssetRecordsFilter(asset_key=dg.AssetKey(ASSET_NAME), asset_partitions=[day]),
             limit=1,

@@ -145,7 +145,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_failure_alert_sensor(
                 settings.alert_webhook_url, settings.ui_url, settings.secrets
             ),
-            build_dead_run_watchdog(),
+            build_dead_run_watchdog(settings.alert_webhook_url, settings.ui_url, settings.secrets),
         ],
         resources={
             "clickhouse": clickhouse_resource(settings),

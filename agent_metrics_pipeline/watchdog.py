@@ -5,8 +5,8 @@ process is killed, nothing gives it back: the run stays "started" forever (a run
 ``dagster asset materialize`` has no launcher to notice), and every later run that needs the
 pool, the daily schedule's included, waits for it. Every minute this sensor
 
-- marks failed each started run of ``agent_metrics`` whose run process is gone, so the failure
-  alert fires for it, and
+- marks failed each started run of ``agent_metrics`` whose run process is gone, and alerts
+  for it, and
 - gives back the pool slots still held by finished runs of ``agent_metrics``, once none of their
   step processes is alive: a step orphaned by its killed run never overlaps the next one.
 
@@ -18,11 +18,12 @@ else (Kubernetes, say) it does nothing, and the instance's run monitoring is the
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
 
+from agent_metrics_pipeline.alerts import ALERTED_TAG, alert_secrets, deliver, failure_alert
 from agent_metrics_pipeline.automation import targets_agent_metrics
 
 WATCHDOG_NAME = "agent_metrics_dead_run_watchdog"
@@ -76,7 +77,7 @@ def _processes(
     return runs, steps
 
 
-def _fail_dead_runs(instance: dg.DagsterInstance) -> Iterator[str]:
+def _fail_dead_runs(instance: dg.DagsterInstance) -> Iterator[tuple[dg.DagsterRun, str]]:
     started = instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED]))
     for record in started:
         run = record.dagster_run
@@ -88,12 +89,13 @@ def _fail_dead_runs(instance: dg.DagsterInstance) -> Iterator[str]:
         pid, recorded_at = run_processes[-1]  # a resumed run has had several
         if _alive(pid, recorded_at):
             continue
-        instance.report_run_failed(
-            run,
+        message = (
             f"The run's process (pid {pid}) is gone: killed, or out of memory. Marked failed by "
-            f"{WATCHDOG_NAME}, which gives its pool slot back once no step process of it runs.",
+            f"{WATCHDOG_NAME}, which gives its pool slot back once no step process of it runs."
         )
-        yield f"marked run {run.run_id} failed: its process {pid} is gone"
+        instance.add_run_tags(run.run_id, {ALERTED_TAG: "true"})
+        instance.report_run_failed(run, message)
+        yield run, message
 
 
 def _free_slots_of_finished_runs(instance: dg.DagsterInstance) -> Iterator[str]:
@@ -113,7 +115,13 @@ def _free_slots_of_finished_runs(instance: dg.DagsterInstance) -> Iterator[str]:
         yield f"gave back the pool slots of finished run {run.run_id}"
 
 
-def build_dead_run_watchdog() -> dg.SensorDefinition:
+def build_dead_run_watchdog(
+    webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
+) -> dg.SensorDefinition:
+    """The watchdog; it alerts for the runs it fails itself, like the failure alert sensor
+    would (which may not see them: on a new instance, they can precede its first tick)."""
+    secrets = alert_secrets(webhook_url, secrets)
+
     @dg.sensor(
         name=WATCHDOG_NAME,
         minimum_interval_seconds=WATCHDOG_INTERVAL_SEC,
@@ -127,7 +135,11 @@ def build_dead_run_watchdog() -> dg.SensorDefinition:
         instance = context.instance
         if not isinstance(instance.run_launcher, dg.DefaultRunLauncher) or not PROC.is_dir():
             return dg.SkipReason("Runs are not processes of this machine: nothing to watch.")
-        actions = [*_fail_dead_runs(instance), *_free_slots_of_finished_runs(instance)]
+        actions = []
+        for run, message in _fail_dead_runs(instance):
+            deliver(context, failure_alert(run, [], message, ui_url, secrets), webhook_url)
+            actions.append(f"marked run {run.run_id} failed: its process is gone")
+        actions += _free_slots_of_finished_runs(instance)
         for action in actions:
             context.log.warning(action)
         return dg.SkipReason("; ".join(actions) or "No dead run.")

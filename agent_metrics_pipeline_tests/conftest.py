@@ -13,6 +13,7 @@ of its own.
 
 from __future__ import annotations
 
+import http.server
 import os
 import shutil
 import socket
@@ -152,3 +153,32 @@ def hung_server() -> Iterator[HungServer]:
     listener.close()
     for connection in server.connections:
         connection.close()
+
+
+@dataclass
+class Webhook:
+    url: str
+    bodies: list[bytes] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+
+
+@pytest.fixture
+def webhook() -> Iterator[Webhook]:
+    """A webhook receiver on 127.0.0.1 that keeps what alerts POST to it."""
+    hook = Webhook(url="")
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            hook.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+            hook.authorizations.append(self.headers.get("Authorization"))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN"
+    yield hook
+    server.shutdown()

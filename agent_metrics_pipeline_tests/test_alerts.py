@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import http.server
 import json
 import subprocess
-import threading
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from urllib.parse import quote
 
 import dagster as dg
@@ -18,6 +14,7 @@ from dagster._core.instance.ref import InstanceRef
 from dagster._core.test_utils import freeze_time
 
 from agent_metrics_pipeline.alerts import (
+    ALERTED_TAG,
     FAILURE_SENSOR_NAME,
     build_failure_alert_sensor,
     build_late_day_alert_sensor,
@@ -44,36 +41,8 @@ DAY = dt.date(2026, 11, 20)
 SECRET = "Sup3r-s3cret-pw"
 
 
-@dataclass
-class Webhook:
-    url: str
-    bodies: list[bytes] = field(default_factory=list)
-    authorizations: list[str | None] = field(default_factory=list)
-
-
-@pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook(url="")
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            hook.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-            hook.authorizations.append(self.headers.get("Authorization"))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    hook.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN"
-    yield hook
-    server.shutdown()
-
-
 def failed_run(
-    instance: dg.DagsterInstance, tmp_path
+    instance: dg.DagsterInstance, tmp_path, tags: dict[str, str] | None = None
 ) -> tuple[dg.ExecuteInProcessResult, dg.RunFailureSensorContext]:
     """A run that failed for real (its ClickHouse server is down), and its sensor context."""
     dead = ClickHouseResource(host="127.0.0.1", port=free_port(), password=SECRET)
@@ -86,6 +55,7 @@ def failed_run(
             CSV_IO_MANAGER_KEY: LocalCsvIOManager(base_dir=str(tmp_path)),
         },
         raise_on_error=False,
+        tags=tags,
     )
     assert not result.success
     failure_event = next(
@@ -117,6 +87,14 @@ def test_failed_run_posts_an_alert_without_secrets(webhook, tmp_path):
     assert result.run_id[:8] in payload["text"]
     assert SECRET.encode() not in body
     assert b"T0KEN" not in body
+
+
+def test_a_run_alerted_where_it_failed_is_not_alerted_again(webhook, tmp_path):
+    _, context = failed_run(dg.DagsterInstance.ephemeral(), tmp_path, {ALERTED_TAG: "true"})
+
+    build_failure_alert_sensor(webhook.url, "http://dagster.example:3000")(context)
+
+    assert webhook.bodies == []
 
 
 def test_a_failed_observation_of_the_source_is_alerted(webhook, tmp_path):
@@ -253,12 +231,13 @@ def test_a_day_missing_at_its_deadline_is_alerted_once_whatever_else_ran(
     project = build_definitions(settings)
     schedule_tick = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
     after_deadline = schedule_tick + dt.timedelta(hours=1, minutes=30)
+    now = [schedule_tick - dt.timedelta(hours=1)]
     sensor = build_late_day_alert_sensor(
         daily_partitions(settings),
         settings.freshness_deadline_hour,
         webhook.url,
         settings.ui_url,
-        clock=lambda: after_deadline,
+        clock=lambda: now[0],
     )
     defs = dg.Definitions(
         assets=project.assets,
@@ -289,9 +268,11 @@ def test_a_day_missing_at_its_deadline_is_alerted_once_whatever_else_ran(
 
     # An older day published after the schedule's hour does not stand in for the due day.
     older_day = (dt.date.fromisoformat(request.partition_key) - dt.timedelta(days=1)).isoformat()
+    armed = late_day_tick()
     with freeze_time(schedule_tick + dt.timedelta(minutes=5)):
         job.execute_in_process(partition_key=older_day, instance=instance)
-    missed = late_day_tick()
+    now[0] = after_deadline
+    missed = late_day_tick(armed.cursor)
     (body,) = webhook.bodies
     alert = json.loads(body)
     assert alert["partitions"] == request.partition_key
@@ -303,7 +284,37 @@ def test_a_day_missing_at_its_deadline_is_alerted_once_whatever_else_ran(
 
     with freeze_time(schedule_tick + dt.timedelta(minutes=10)):
         job.execute_in_process(partition_key=request.partition_key, instance=instance)
-    on_time = late_day_tick()
+    on_time = late_day_tick(armed.cursor)
     assert len(webhook.bodies) == 1
     assert on_time.cursor == request.partition_key
     assert "published on time" in on_time.skip_message
+
+
+def test_the_late_day_alert_starts_with_the_first_deadline_it_sees(webhook):
+    """A new deployment is not alerted about a day due before it ran: only a day whose deadline
+    passes while the sensor runs, unpublished, is late; and each one once."""
+    settings = Settings(start_date="2026-01-01")
+    first_tick = dt.datetime.combine(DAY, dt.time(12), tzinfo=UTC)
+    now = [first_tick]
+    sensor = build_late_day_alert_sensor(
+        daily_partitions(settings),
+        settings.freshness_deadline_hour,
+        webhook.url,
+        settings.ui_url,
+        clock=lambda: now[0],
+    )
+    instance = dg.DagsterInstance.ephemeral()
+
+    def tick(cursor: str | None):
+        return sensor.evaluate_tick(dg.build_sensor_context(instance=instance, cursor=cursor))
+
+    started = tick(None)
+    assert webhook.bodies == [] and "is not alerted" in started.skip_message
+    before_next_deadline = tick(started.cursor)
+    now[0] = first_tick + dt.timedelta(days=1)
+    next_day_missed = tick(before_next_deadline.cursor)
+    tick(next_day_missed.cursor)
+
+    (body,) = webhook.bodies
+    assert json.loads(body)["partitions"] == str(DAY)
+    assert next_day_missed.cursor == str(DAY)

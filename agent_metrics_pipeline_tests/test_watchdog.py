@@ -5,6 +5,7 @@ or its run process alone."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import signal
@@ -16,6 +17,7 @@ import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
+from agent_metrics_pipeline.alerts import FAILURE_SENSOR_NAME
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.watchdog import WATCHDOG_NAME
@@ -44,7 +46,9 @@ def _wait_for(condition, what: str) -> None:
         time.sleep(0.2)
 
 
-def test_a_run_killed_mid_step_never_blocks_the_next_one(project_env, tmp_path, hung_server):
+def test_a_run_killed_mid_step_never_blocks_the_next_one(
+    project_env, tmp_path, hung_server, webhook
+):
     dagster_home = Path(project_env["DAGSTER_HOME"])
     shutil.copy(DEV_INSTANCE_SETTINGS, dagster_home / "dagster.yaml")
     calls = random_calls(DAY, days=1, calls_per_day=300, seed=71)
@@ -84,9 +88,17 @@ def test_a_run_killed_mid_step_never_blocks_the_next_one(project_env, tmp_path, 
         time.sleep(5)
         assert second.poll() is None, "run B must wait for the pool while A holds it"
         instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
-        defs = build_definitions(Settings.from_env(project_env))
-        watchdog = defs.get_sensor_def(WATCHDOG_NAME)
-        tick = watchdog(dg.build_sensor_context(instance=instance))
+        alerting = {**project_env, "AGENT_METRICS_ALERT_WEBHOOK_URL": webhook.url}
+        defs = build_definitions(Settings.from_env(alerting))
+        in_repository = {"instance": instance, "repository_name": defs.get_repository_def().name}
+        failure_alert = defs.get_sensor_def(FAILURE_SENSOR_NAME)
+        # The daemon's first tick on this instance: the watchdog fails the run before the
+        # failure sensor's first tick, which only notes where the event log stands.
+        tick = defs.get_sensor_def(WATCHDOG_NAME)(dg.build_sensor_context(instance=instance))
+        first_alert_tick = failure_alert.evaluate_tick(dg.build_sensor_context(**in_repository))
+        failure_alert.evaluate_tick(
+            dg.build_sensor_context(**in_repository, cursor=first_alert_tick.cursor)
+        )
         output, _ = second.communicate(timeout=WAIT_SEC)
     finally:
         second.kill()
@@ -100,6 +112,8 @@ def test_a_run_killed_mid_step_never_blocks_the_next_one(project_env, tmp_path, 
     )
     failure = instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     assert "is gone" in failure[-1].message
+    (alert,) = webhook.bodies  # from the watchdog, once
+    assert json.loads(alert)["run_id"] == killed.run_id
     published = home / "output" / key_for(DAY)
     assert_csv_matches(published.read_bytes(), expected_metrics(calls)[DAY], DAY)
 
