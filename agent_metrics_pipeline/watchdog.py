@@ -56,7 +56,7 @@ def _alive(pid: int, recorded_at: float) -> bool:
     return started <= recorded_at + PID_REUSE_MARGIN_SEC
 
 
-def _processes(
+def recorded_processes(
     instance: dg.DagsterInstance, run_id: str
 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
     """The (pid, recorded at) of the run's own processes and of its step processes."""
@@ -83,7 +83,7 @@ def _fail_dead_runs(instance: dg.DagsterInstance) -> Iterator[tuple[dg.DagsterRu
         run = record.dagster_run
         if not targets_agent_metrics(instance, run):
             continue
-        run_processes, _ = _processes(instance, run.run_id)
+        run_processes, _ = recorded_processes(instance, run.run_id)
         if not run_processes:
             continue
         pid, recorded_at = run_processes[-1]  # a resumed run has had several
@@ -108,7 +108,7 @@ def _free_slots_of_finished_runs(instance: dg.DagsterInstance) -> Iterator[str]:
         run = record.dagster_run
         if not targets_agent_metrics(instance, run):
             continue
-        _, step_processes = _processes(instance, run.run_id)
+        _, step_processes = recorded_processes(instance, run.run_id)
         if any(_alive(pid, recorded_at) for pid, recorded_at in step_processes):
             continue
         storage.free_concurrency_slots_for_run(run.run_id)

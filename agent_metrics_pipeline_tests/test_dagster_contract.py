@@ -1,0 +1,131 @@
+"""What the pipeline relies on in Dagster beyond its documented API, pinned.
+
+Dagster has no public API for these: the watchdog reads the pids the run and step processes
+record and frees pool slots through the event log storage; the republish condition asks
+Dagster's stale-status resolver why a day is stale; the checks name the materialization they
+judge; a step leaves when its run process dies. An upgrade that changes any of them fails here,
+saying what changed and which part of the pipeline to adapt, instead of the watchdog or the
+automation silently doing nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import multiprocessing
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from agent_metrics_pipeline.watchdog import RUN_PROCESS_EVENT_PREFIX, recorded_processes
+
+UPGRADE_HINT = f"(Dagster {dg.__version__}: adapt the pipeline to it, or pin the earlier Dagster)"
+
+
+@pytest.mark.parametrize(
+    ("module", "name", "user"),
+    [
+        ("dagster._core.definitions.data_version", "CachingStaleStatusResolver", "sources.py"),
+        ("dagster._core.definitions.data_version", "StaleCauseCategory", "sources.py"),
+        (
+            "dagster._core.definitions.asset_checks.asset_check_evaluation",
+            "AssetCheckEvaluationTargetMaterializationData",
+            "checks.py",
+        ),
+        (
+            "dagster._core.definitions.partitions.context",
+            "PartitionLoadingContext",
+            "partitions.py",
+        ),
+        ("dagster._core.workspace.context", "WorkspaceProcessContext", "demo.py"),
+        ("dagster._core.workspace.load_target", "ModuleTarget", "demo.py"),
+    ],
+)
+def test_the_private_names_the_pipeline_imports_exist(module, name, user):
+    assert hasattr(importlib.import_module(module), name), (
+        f"{module}.{name} is gone; agent_metrics_pipeline/{user} imports it {UPGRADE_HINT}"
+    )
+
+
+def test_the_stale_status_resolver_answers_the_republish_condition_s_question():
+    from dagster._core.definitions.data_version import (
+        CachingStaleStatusResolver,
+        StaleCauseCategory,
+    )
+
+    init = list(inspect.signature(CachingStaleStatusResolver.__init__).parameters)[1:4]
+    causes = list(inspect.signature(CachingStaleStatusResolver.get_stale_causes).parameters)
+    assert init == ["instance", "asset_graph", "loading_context"], (
+        f"CachingStaleStatusResolver takes {init} now; sources.py builds it from (instance, "
+        f"asset graph, asset graph view) {UPGRADE_HINT}"
+    )
+    assert causes[1:3] == ["key", "partition_key"], (
+        f"get_stale_causes takes {causes} now; sources.py asks it per (asset key, day) "
+        f"{UPGRADE_HINT}"
+    )
+    assert StaleCauseCategory.DATA, f"StaleCauseCategory lost DATA {UPGRADE_HINT}"
+
+
+def test_the_checks_name_the_materialization_they_judge():
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+        AssetCheckEvaluationTargetMaterializationData,
+    )
+
+    target = AssetCheckEvaluationTargetMaterializationData(run_id="r", storage_id=1, timestamp=2.0)
+    assert (target.run_id, target.storage_id, target.timestamp) == ("r", 1, 2.0), (
+        f"AssetCheckEvaluationTargetMaterializationData changed; checks.py builds it {UPGRADE_HINT}"
+    )
+
+
+def test_pool_slots_of_a_run_can_be_listed_and_freed():
+    with dg.instance_for_test() as instance:
+        storage = instance.event_log_storage
+        storage.set_concurrency_slots("embedded_clickhouse", 1)
+        storage.claim_concurrency_slot("embedded_clickhouse", "run-1", "agent_metrics")
+        holding = storage.get_concurrency_run_ids()
+        storage.free_concurrency_slots_for_run("run-1")
+        freed = storage.get_concurrency_run_ids()
+    assert holding == {"run-1"} and freed == set(), (
+        "The event log storage no longer lists or frees the pool slots of a run as the "
+        f"watchdog does (watchdog.py, _free_slots_of_finished_runs) {UPGRADE_HINT}"
+    )
+
+
+@dg.op
+def record_parent_pid(context) -> None:
+    parent = multiprocessing.parent_process()
+    Path(context.op_config["path"]).write_text(str(parent.pid if parent else None))
+
+
+@dg.job(executor_def=dg.multiprocess_executor)
+def one_step_in_a_process_of_its_own():
+    record_parent_pid()
+
+
+def test_run_and_step_processes_are_recorded_as_the_watchdog_reads_them(tmp_path):
+    from dagster._core.definitions.reconstruct import reconstructable
+
+    written = tmp_path / "parent.pid"
+    with dg.instance_for_test() as instance:
+        result = dg.execute_job(
+            reconstructable(one_step_in_a_process_of_its_own),
+            instance=instance,
+            run_config={"ops": {"record_parent_pid": {"config": {"path": str(written)}}}},
+        )
+        assert result.success
+        run_processes, step_processes = recorded_processes(instance, result.run_id)
+
+    assert [pid for pid, _ in run_processes] == [os.getpid()], (
+        f"The run process no longer announces its pid in an engine event starting "
+        f"{RUN_PROCESS_EVENT_PREFIX!r} (watchdog.py reads it) {UPGRADE_HINT}"
+    )
+    assert len(step_processes) == 1 and step_processes[0][0] != os.getpid(), (
+        f"The step process no longer records its pid in STEP_WORKER_STARTED (watchdog.py reads "
+        f"it) {UPGRADE_HINT}"
+    )
+    assert written.read_text() == str(os.getpid()), (
+        "A step process is no longer a multiprocessing child of the run process; "
+        f"orphaned_steps.py waits on that parent to notice the run process die {UPGRADE_HINT}"
+    )
