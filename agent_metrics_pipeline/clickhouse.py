@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,12 +34,17 @@ if TYPE_CHECKING:
 
 # The client outwaits the server's own time limit by this much, so the server's reason arrives.
 QUERY_TIMEOUT_GRACE_SEC = 5
+# How long stopping a query the client gave up on may take: it must not hold the run up.
+KILL_QUERY_TIMEOUT_SEC = 5
+
+logger = dg.get_dagster_logger(__name__)
 
 # ClickHouse server error codes whose fix is a change of configuration or schema.
 CREDENTIAL_ERROR_CODES = {192, 193, 194, 497, 516}  # unknown user, wrong/required password, ...
 MISSING_OBJECT_ERROR_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 UNKNOWN_IDENTIFIER_CODE = 47
 READONLY_CODE = 164
+ACCESS_DENIED_CODE = 497
 # clickhouse-connect's own refusals, before sending, to change a setting the server reports
 # as read-only for this user.
 CLIENT_READONLY_REFUSAL = re.compile(r"Cannot change readonly|Setting \S+ is readonly")
@@ -74,6 +81,20 @@ def _error_code(error: ClickHouseError) -> int | None:
         if digits.isdigit():
             return int(digits)
     return None
+
+
+# What was said once per process about a server and user: facts of its configuration that hold
+# for every query, so they are told once, not per query or per client.
+_TOLD: set[tuple[object, ...]] = set()
+_TOLD_LOCK = threading.Lock()
+
+
+def _first_time(*key: object) -> bool:
+    with _TOLD_LOCK:
+        if key in _TOLD:
+            return False
+        _TOLD.add(key)
+        return True
 
 
 def _writable(client: Client, name: str) -> bool:
@@ -158,6 +179,86 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     def _scrub(self, text: str) -> str:
         return text.replace(self.password, "***") if self.password else text
+
+    @property
+    def _server_key(self) -> tuple[object, ...]:
+        return (self.host, self.port, self.secure, self.username, self.query_timeout_sec)
+
+    def _check_time_limit(self, client: Client) -> None:
+        """Warn, once per process for this server, user and timeout, when the server may go on
+        with a query the pipeline gave up on: the user may not set ``max_execution_time`` (a
+        ``readonly=1`` profile) and the profile's own is unlimited or longer than the wait."""
+        setting = client.server_settings.get("max_execution_time")
+        if not self.host or setting is None or not setting.readonly:
+            return  # embedded, unknown, or sent with every query
+        if not _first_time(self._server_key, "time limit"):
+            return
+        try:
+            limit = float(setting.value)
+        except ValueError:
+            return
+        timeout = self.query_timeout_sec
+        fix = (
+            f"Set max_execution_time = {timeout} (CLICKHOUSE_QUERY_TIMEOUT_SEC, the pipeline's "
+            "query timeout) in the user's settings profile"
+        )
+        if limit == 0:
+            logger.warning(
+                f"The {self.description} sets no time limit on this user's queries "
+                "(max_execution_time = 0), and the user may not set one (readonly = 1): a query "
+                "the pipeline gives up on keeps running on the server unless the pipeline's KILL "
+                f"QUERY gets through. {fix}, so the server stops it itself."
+            )
+        elif limit > timeout + QUERY_TIMEOUT_GRACE_SEC:
+            logger.warning(
+                f"The {self.description} lets this user's queries run {limit:g} s "
+                f"(max_execution_time), longer than the pipeline waits ({timeout} s, plus "
+                f"{QUERY_TIMEOUT_GRACE_SEC} s): a query the pipeline gives up on keeps running "
+                f"unless the pipeline's KILL QUERY gets through. {fix}, or raise "
+                "CLICKHOUSE_QUERY_TIMEOUT_SEC."
+            )
+
+    def _kill_query(self, query_id: str) -> None:
+        """Best effort: stop on the server a query the client stopped waiting for, from a
+        short-lived client of its own. Never raises: the time-out is the error to report."""
+        import clickhouse_connect
+        from clickhouse_connect.driver.exceptions import ClickHouseError
+
+        try:
+            client = clickhouse_connect.get_client(
+                host=self.host,
+                port=self.port,
+                username=self.username,
+                password=self.password,
+                database=self.database,
+                secure=self.secure,
+                connect_timeout=min(self.connect_timeout_sec, KILL_QUERY_TIMEOUT_SEC),
+                send_receive_timeout=KILL_QUERY_TIMEOUT_SEC,
+                query_retries=0,
+            )
+            try:
+                client.command(f"KILL QUERY WHERE query_id = '{query_id}' ASYNC")
+            finally:
+                client.close()
+        except Exception as error:  # whatever goes wrong, the time-out stays the error
+            detail = (self._scrub(str(error)).strip().splitlines() or [type(error).__name__])[0]
+            code = _error_code(error) if isinstance(error, ClickHouseError) else None
+            if code not in (ACCESS_DENIED_CODE, READONLY_CODE):
+                logger.warning(
+                    f"Could not stop query {query_id} on the {self.description} after the "
+                    f"client's timeout: {detail[:300]}. It may keep running there until it ends."
+                )
+            elif _first_time(self._server_key, "kill refused"):
+                logger.warning(
+                    f"The {self.description} does not let this user stop its queries (KILL "
+                    f"QUERY): {detail[:300]}. A query the pipeline gives up on may keep running "
+                    "there until it ends. Set max_execution_time = "
+                    f"{self.query_timeout_sec} (CLICKHOUSE_QUERY_TIMEOUT_SEC) in the user's "
+                    "settings profile, so the server stops it itself, or GRANT KILL QUERY to "
+                    "the user."
+                )
+            return
+        logger.info(f"Stopped query {query_id} on the {self.description} after the timeout.")
 
     def _open(self) -> Client:
         import clickhouse_connect
@@ -290,12 +391,24 @@ class ClickHouseResource(dg.ConfigurableResource):
         It needs no setting that a ``readonly=1`` user cannot change, and it runs read-only
         even for a user who could write.
         """
+        from clickhouse_connect.driver.exceptions import OperationalError
+        from urllib3.exceptions import ReadTimeoutError
+
         with self.get_client() as client:
-            table = client.query_arrow(
-                sql,
-                parameters=dict(parameters or {}),
-                settings=_query_settings(client, self.query_timeout_sec),
-            )
+            settings: dict[str, str] = _query_settings(client, self.query_timeout_sec)
+            # Named, so that a query the client stops waiting for can be stopped by name.
+            query_id = str(uuid.uuid4())
+            if self.host:
+                self._check_time_limit(client)
+                settings["query_id"] = query_id
+            try:
+                table = client.query_arrow(
+                    sql, parameters=dict(parameters or {}), settings=settings
+                )
+            except OperationalError as error:
+                if self.host and isinstance(error.__cause__, ReadTimeoutError):
+                    self._kill_query(query_id)
+                raise
         frame = pl.from_arrow(_binary_as_text(table))
         assert isinstance(frame, pl.DataFrame)
         return frame

@@ -29,10 +29,10 @@ What it does as a server does:
 - Query text in the body, in the ``query`` URL parameter, or both (parameter, a line break,
   then the body, as for INSERT data); multipart/form-data fields; ``param_*`` query
   parameters bound by the engine's own ``{name:Type}`` substitution; ``database``,
-  ``default_format`` and their ``X-ClickHouse-*`` headers; ``query_id``; ``session_id``
-  (with ``session_timeout``, ``session_check``, ``close_session``); every other URL parameter
-  is a setting, as on a server. One statement per request; INTO OUTFILE and FROM INFILE are
-  refused as a server refuses them.
+  ``default_format`` and their ``X-ClickHouse-*`` headers; ``query_id`` (refused while a
+  query of that id runs); ``session_id`` (with ``session_timeout``, ``session_check``,
+  ``close_session``); every other URL parameter is a setting, as on a server. One statement
+  per request; INTO OUTFILE and FROM INFILE are refused as a server refuses them.
 - Users and passwords from HTTP Basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` or the
   ``user``/``password`` parameters, with the server's failure codes, texts and statuses.
 - Each request starts from a fresh engine connection: the user's profile, then the session's
@@ -43,6 +43,10 @@ What it does as a server does:
   any Content-Encoding the server decodes (lz4, zstd, gzip, deflate, xz, bz2). Responses are
   compressed as the server chooses from Accept-Encoding when ``enable_http_compression`` is
   on; chunked transfer both ways.
+- ``KILL QUERY WHERE ... [SYNC|ASYNC|TEST]`` from another request, over the query ids clients
+  sent (or were given) and the HTTP users: the request's own query is left out, a user in
+  readonly mode (no KILL QUERY privilege) may stop only their own queries, and the engine
+  cancels the rest; the cancelled query's request gets QUERY_WAS_CANCELLED.
 - Headers X-ClickHouse-Query-Id, -Format, -Timezone, -Summary, -Server-Display-Name,
   -Exception-Code and -Exception-Tag; the server's HTTP status for each exception code.
 - ``wait_end_of_query=1`` buffers the whole result, so errors get their status; otherwise
@@ -58,10 +62,11 @@ What it cannot show (check these against a real server):
   ``default``, whatever the HTTP user (``currentUser()`` says so; user names in its readonly
   errors are rewritten to the HTTP user's).
 - TLS and certificate authentication, Kerberos and bearer tokens, clusters and Distributed or
-  Replicated tables, ZooKeeper/Keeper, system.query_log entries matching the query ids it
-  returns (the engine assigns its own ``queryID()``), progress headers
-  (``send_progress_in_http_headers``), KILL QUERY from another request, cancelling a
-  buffered query when the client goes away, HEAD and OPTIONS requests, the Play UI.
+  Replicated tables, ZooKeeper/Keeper, system.processes and system.query_log entries
+  matching the query ids it returns (the engine assigns its own ``queryID()``; only KILL
+  QUERY maps them), KILL QUERY ON CLUSTER, progress headers
+  (``send_progress_in_http_headers``), cancelling a buffered query when the client goes
+  away, HEAD and OPTIONS requests, the Play UI.
 - The native ``client_protocol_version`` (block headers, DateTime time zones in Native
   output): the stand-in ignores it, as a proxy that drops the parameter would, and
   clickhouse-connect then falls back to protocol 0.
@@ -426,16 +431,25 @@ class _InlineData:
 
 
 @dataclass(frozen=True)
+class _KillQuery:
+    """``KILL QUERY WHERE condition [SYNC|ASYNC|TEST]``, as ParserKillQueryQuery reads it."""
+
+    condition: str
+    mode: str
+
+
+@dataclass(frozen=True)
 class _Shape:
     """What the HTTP layer needs to know of a statement beyond the engine's classification:
-    its first keyword, its FORMAT clause or inline data, and the clauses a server refuses
-    over HTTP."""
+    its first keyword, its FORMAT clause or inline data, the clauses a server refuses over
+    HTTP, and a KILL QUERY's parts."""
 
     first_word: str
     output_format: str | None
     into_outfile: bool
     from_infile: bool
     inline: _InlineData | None
+    kill_query: _KillQuery | None = None
 
 
 def statement_shape(sql: bytes) -> _Shape:
@@ -478,7 +492,26 @@ def statement_shape(sql: bytes) -> _Shape:
         into_outfile=("INTO", "OUTFILE") in pairs,
         from_infile=words[:1] == ["INSERT"] and ("FROM", "INFILE") in pairs,
         inline=inline,
+        kill_query=_kill_query_parts(sql, top),
     )
+
+
+def _kill_query_parts(sql: bytes, top: list[tuple[str, str, re.Match[bytes]]]) -> _KillQuery | None:
+    """The condition and mode of ``KILL QUERY WHERE ...`` (not ON CLUSTER: no cluster here)."""
+    if [token for _, token, _ in top[:3]] != ["KILL", "QUERY", "WHERE"]:
+        return None
+    end = len(top)
+    if top[end - 1][1] == ";":
+        end -= 1
+    if end > 5 and top[end - 2][:2] == ("word", "FORMAT"):
+        end -= 2
+    mode = "ASYNC"
+    if end > 4 and top[end - 1][1] in ("SYNC", "ASYNC", "TEST"):
+        mode = top[end - 1][1]
+        end -= 1
+    stop = top[end][2].start() if end < len(top) else len(sql)
+    condition = sql[top[2][2].end() : stop].decode(errors="replace").strip()
+    return _KillQuery(condition, mode)
 
 
 def _data_start(sql: bytes, position: int) -> int:
@@ -1006,7 +1039,13 @@ class _Handler(BaseHTTPRequestHandler):
                     self.headers.get("Accept-Encoding", "")
                 )
                 reply.compression_level = int(state["http_zlib_compression_level"])
-            self._execute(connection, call, reply, session, state)
+            query_id = (
+                call.first("query_id")
+                or self.headers.get("X-ClickHouse-Query-Id")
+                or str(uuid.uuid4())
+            )
+            with self.server.running(query_id, call.user.name):
+                self._execute(connection, call, reply, session, state, query_id)
         except RuntimeError as error:
             raise self._server_error(error, call) from None
         finally:
@@ -1094,6 +1133,7 @@ class _Handler(BaseHTTPRequestHandler):
         reply: _Reply,
         session: _Session | None,
         state: dict[str, str],
+        query_id: str,
     ) -> None:
         engine = self.server.engine
         shape = statement_shape(call.sql)
@@ -1117,9 +1157,6 @@ class _Handler(BaseHTTPRequestHandler):
         for key, value in call.params:
             if key.startswith("param_"):
                 parameters.setdefault(key[len("param_") :], value)
-        query_id = (
-            call.first("query_id") or self.headers.get("X-ClickHouse-Query-Id") or str(uuid.uuid4())
-        )
         headers = [("X-ClickHouse-Query-Id", query_id)]
         if kind == "READ_ONLY":
             headers += [
@@ -1150,6 +1187,10 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             if shape.inline and not (parameters and b"{" in statement):
                 result = self._insert(connection, call.sql, shape.inline)
+            elif shape.kill_query:
+                result = self._kill_query(
+                    connection, call, shape.kill_query, query_id, output_format, parameters
+                )
             else:
                 result = connection.query(call.sql, default_format, params=parameters)
             body = result.get_memview().view()
@@ -1188,6 +1229,82 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(RuntimeError):
                 connection.insert_cancel(handle)
             raise
+
+    def _kill_query(
+        self,
+        connection: Any,
+        call: _Call,
+        kill: _KillQuery,
+        query_id: str,
+        output_format: str,
+        parameters: dict[str, str],
+    ) -> Any:
+        """KILL QUERY as InterpreterKillQueryQuery runs it, over the query ids and users that
+        clients know. The engine gives each query an id of its own and runs them all as
+        ``default``; the stand-in knows its requests' engine queries by the thread that runs
+        them. So the condition sees system.processes with the ids and users a server shows,
+        the request's own query is left out, a user without the KILL QUERY privilege (here:
+        in readonly mode) may stop only their own queries, and the engine cancels the rest
+        (waiting for them to end with SYNC)."""
+        owners = {
+            running.thread: (running_id, running.user)
+            for running_id, running in self.server.running_queries().items()
+        }
+        engine_ids, ids, users = [], [], []
+        for engine_id, threads in _json_rows(
+            connection, "SELECT query_id, thread_ids FROM system.processes"
+        ):
+            owner = next((owners[int(t)] for t in threads if int(t) in owners), None)
+            if owner:
+                engine_ids.append(engine_id)
+                ids.append(owner[0])
+                users.append(owner[1])
+        mapped = (
+            "transform(engine_query_id, {kill_engine_ids:Array(String)}, "
+            "{kill_%s:Array(String)}, %s)"
+        )
+        matched = _json_rows(
+            connection,
+            "SELECT engine_query_id, query_id, user, query FROM (SELECT * REPLACE ("
+            f"{mapped % ('ids', 'engine_query_id')} AS query_id, {mapped % ('users', 'user')} "
+            "AS user) FROM (SELECT *, query_id AS engine_query_id FROM system.processes "
+            f"WHERE engine_query_id IN {{kill_engine_ids:Array(String)}})) WHERE {kill.condition}",
+            {
+                **parameters,
+                "kill_engine_ids": _array_parameter(engine_ids),
+                "kill_ids": _array_parameter(ids),
+                "kill_users": _array_parameter(users),
+            },
+        )
+        readonly = connection.query("SELECT getSetting('readonly')", "TabSeparated")
+        may_kill_others = readonly.bytes().strip() == b"0"
+        targets, denied = {}, ""
+        for engine_id, running_id, user, text in matched:
+            if (running_id, user) == (query_id, call.user.name):
+                continue
+            if user != call.user.name and not may_kill_others:
+                denied = user
+                continue
+            targets[engine_id] = (running_id, user, text)
+        if not targets and denied:
+            raise self.server.engine.error(
+                "ACCESS_DENIED", f"User {call.user.name} attempts to kill query created by {denied}"
+            )
+        rows = []
+        if targets:
+            statement = "KILL QUERY WHERE query_id IN ({}) {}".format(
+                ", ".join(map(quote_string, targets)), kill.mode
+            )
+            for status, engine_id, *_ in _json_rows(connection, statement):
+                rows.append([status, *targets[engine_id]])
+        # Not the format() table function: a readonly=1 user may not use table functions.
+        return connection.query(
+            "SELECT row.1 AS kill_status, row.2 AS query_id, row.3 AS user, row.4 AS query "
+            "FROM system.one ARRAY JOIN {kill_rows:Array(Tuple(String, String, String, String))} "
+            "AS row",
+            output_format,
+            params={"kill_rows": _array_parameter(rows)},
+        )
 
     @staticmethod
     def _classify(connection: Any, text: str) -> str:
@@ -1307,6 +1424,23 @@ class _Handler(BaseHTTPRequestHandler):
         return ServerError(parsed.code, parsed.name, message)
 
 
+def _json_rows(connection: Any, sql: str, parameters: dict[str, str] | None = None) -> list:
+    result = connection.query(sql, "JSONCompact", params=parameters or {})
+    return json.loads(result.bytes())["data"] if result.bytes() else []
+
+
+def _array_parameter(values: list[str] | list[list[str]]) -> str:
+    """An Array(String) (or Array of tuples of strings) query parameter: the engine reads
+    these in their quoted text form, without the escaping of String parameters."""
+
+    def literal(value: str | list[str]) -> str:
+        return (
+            quote_string(value) if isinstance(value, str) else f"({', '.join(map(literal, value))})"
+        )
+
+    return "[" + ", ".join(map(literal, values)) + "]"
+
+
 def _summary(
     read: tuple[int, int], written: tuple[int, int], result: tuple[int, int], elapsed: float
 ) -> str:
@@ -1324,6 +1458,14 @@ def _summary(
     return json.dumps({key: str(value) for key, value in values.items()}, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class _Running:
+    """A query in flight: its user, and the native id of the thread the engine runs it on."""
+
+    user: str
+    thread: int
+
+
 class StandInServer(ThreadingHTTPServer):
     """The threading HTTP server; requests run in parallel, each on its own engine
     connection (the engine serves concurrent connections)."""
@@ -1338,6 +1480,30 @@ class StandInServer(ThreadingHTTPServer):
         self.display_name = socket.getfqdn()
         self._active = 0
         self._idle = threading.Condition()
+        self._running: dict[str, _Running] = {}
+        self._running_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def running(self, query_id: str, user: str) -> Iterator[None]:
+        """A query under its id for its duration, as in the server's process list, which
+        refuses an id that is running already (ProcessList::insert)."""
+        with self._running_lock:
+            if other := self._running.get(query_id):
+                by = "" if other.user == user else f" by user {other.user}"
+                raise self.engine.error(
+                    "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING",
+                    f"Query with id = {query_id} is already running{by}.",
+                )
+            self._running[query_id] = _Running(user, threading.get_native_id())
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                del self._running[query_id]
+
+    def running_queries(self) -> dict[str, _Running]:
+        with self._running_lock:
+            return dict(self._running)
 
     @contextlib.contextmanager
     def tracking(self) -> Iterator[None]:

@@ -44,6 +44,9 @@ READER_PASSWORD = "r3ader-Pa55"
 # A reader like it whose profile also caps each query's memory, as production profiles do.
 LIMITED_READER = "limited_reader"
 LIMITED_READER_MAX_MEMORY_USAGE = 20 * 2**20
+# A reader whose profile sets the server's own time limit, as the README asks of read-only users.
+TIMED_READER = "timed_reader"
+TIMED_READER_MAX_EXECUTION_TIME = 60
 STAND_IN_USERS = {
     "default": {"password": "", "profile": {}},
     READER: {
@@ -58,6 +61,10 @@ STAND_IN_USERS = {
             "max_memory_usage": str(LIMITED_READER_MAX_MEMORY_USAGE),
             "max_threads": "2",
         },
+    },
+    TIMED_READER: {
+        "password": READER_PASSWORD,
+        "profile": {"readonly": "1", "max_execution_time": str(TIMED_READER_MAX_EXECUTION_TIME)},
     },
 }
 

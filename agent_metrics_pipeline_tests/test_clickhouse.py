@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
+import logging
 import os
 import subprocess
 import sys
@@ -27,7 +28,10 @@ from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings, SourceTab
 from agent_metrics_pipeline.definitions import clickhouse_resource
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
+    READER,
     READER_PASSWORD,
+    TIMED_READER,
+    TIMED_READER_MAX_EXECUTION_TIME,
     create_calls_table,
     failure_message,
     free_port,
@@ -344,3 +348,74 @@ def test_the_query_timeout_is_sent_to_the_server_which_stops_the_query(clickhous
     with pytest.raises(ClickHouseUnavailableError, match="TIMEOUT_EXCEEDED"):
         writable.query_polars(slow)
     assert time.monotonic() - started < 8
+
+
+def _time_limit_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.levelno >= logging.WARNING and "max_execution_time" in record.getMessage()
+    ]
+
+
+# The warning is given once per process for a server, user and timeout: each case has a timeout
+# of its own, so that no other test of the session has been warned already.
+@pytest.mark.parametrize(
+    ("user", "timeout", "expected"),
+    [
+        (READER, 97, "sets no time limit on this user's queries (max_execution_time = 0)"),
+        (TIMED_READER, TIMED_READER_MAX_EXECUTION_TIME, None),
+        (TIMED_READER, 7, f"run {TIMED_READER_MAX_EXECUTION_TIME} s (max_execution_time)"),
+    ],
+)
+def test_a_read_only_user_without_a_server_time_limit_is_warned_once_with_the_fix(
+    read_only_server, caplog, user, timeout, expected
+):
+    resource = ClickHouseResource(
+        host=read_only_server.host,
+        port=read_only_server.port,
+        username=user,
+        password=READER_PASSWORD,
+        query_timeout_sec=timeout,
+    )
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert resource.query_polars("SELECT 1 AS one").item() == 1
+        resource.model_copy().query_polars("SELECT 1")  # another object, the same configuration
+    warnings = _time_limit_warnings(caplog)
+    if expected is None:
+        assert warnings == []
+        return
+    (warning,) = warnings
+    assert expected in warning
+    assert f"Set max_execution_time = {timeout} (CLICKHOUSE_QUERY_TIMEOUT_SEC" in warning
+    assert "settings profile" in warning and READER_PASSWORD not in warning
+
+
+def test_a_query_the_client_gives_up_on_is_stopped_on_the_server(read_only_server):
+    marker = f"slow-{uuid.uuid4().hex}"
+    # Thirty seconds in half-second steps, one after another whatever the number of cores, and
+    # no setting, which this readonly=1 user could not send; its profile sets no time limit.
+    slow = (
+        "WITH RECURSIVE steps AS (SELECT 1 AS n UNION ALL SELECT n + 1 + sleep(0.5) FROM steps "
+        f"WHERE n < 60) SELECT count() AS steps, '{marker}' AS marker FROM steps"
+    )
+    impatient = read_only_server.model_copy(update={"query_timeout_sec": 1})
+
+    def still_running() -> bool:
+        with writer(read_only_server).get_client() as client:
+            rows = client.query(
+                "SELECT count() FROM system.processes "
+                "WHERE position(query, {marker:String}) > 0 AND query_id != queryID()",
+                parameters={"marker": marker},
+            ).result_rows
+        return rows[0][0] > 0
+
+    started = time.monotonic()
+    with pytest.raises(ClickHouseUnavailableError):
+        impatient.query_polars(slow)
+    assert time.monotonic() - started < 20, "the client waits its timeout, not the query"
+    deadline = time.monotonic() + 10
+    while still_running():
+        assert time.monotonic() < deadline, "the server still runs the query the client gave up on"
+        time.sleep(0.2)
