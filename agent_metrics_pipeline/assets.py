@@ -16,7 +16,11 @@ from agent_metrics_pipeline.checks import (
     evaluate_checks,
 )
 from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, next_chunk
-from agent_metrics_pipeline.clickhouse import ClickHouseMemoryLimitError, ClickHouseResource
+from agent_metrics_pipeline.clickhouse import (
+    ClickHouseMemoryLimitError,
+    ClickHouseResource,
+    ClickHouseSession,
+)
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.metrics import (
@@ -149,14 +153,6 @@ def build_agent_metrics_asset(
             f"Aggregating {len(days)} day(s) [{window.start.isoformat()}, "
             f"{window.end.isoformat()}) on the {clickhouse.description}"
         )
-        with no_retry_for_permanent_errors():
-            relation = describe_source(clickhouse, measurement.source)
-        final = relation.reads_final(measurement.read_final)
-        if final:
-            context.log.info(
-                f"{measurement.source.database}.{measurement.source.table} is a "
-                f"{relation.engine or 'relation'}: reading each row's latest version (FINAL)"
-            )
         verdicts: list[Verdict] = []
         metadata_by_day: dict[str, dict[str, object]] = {}
         with (
@@ -164,40 +160,49 @@ def build_agent_metrics_asset(
             scratch_folder(prefix="agent_metrics-") as staging_folder,
         ):
             staged = StagedDays(staging_folder)
-            # The census reads two columns of the range: its calls per day size the chunks, and
-            # it is the status_spellings check's evidence.
-            statuses = clickhouse.query_polars(
-                *build_status_query(
-                    measurement, window.start, window.end, partitions_def.timezone, final=final
+            with clickhouse.session() as source:
+                relation = describe_source(source, measurement.source)
+                final = relation.reads_final(measurement.read_final)
+                if final:
+                    context.log.info(
+                        f"{measurement.source.database}.{measurement.source.table} is a "
+                        f"{relation.engine or 'relation'}: reading each row's latest version "
+                        "(FINAL)"
+                    )
+                # The census reads two columns of the range: its calls per day size the
+                # chunks, and it is the status_spellings check's evidence.
+                statuses = source.query_polars(
+                    *build_status_query(
+                        measurement, window.start, window.end, partitions_def.timezone, final=final
+                    )
                 )
-            )
-            calls_per_day = counted_calls_per_day(statuses, measurement)
-            rows_per_call: float | None = None
-            remaining = list(days)
-            while remaining:
-                chunk = next_chunk(remaining, calls_per_day, chunking, rows_per_call)
-                remaining = remaining[len(chunk.days) :]
-                metrics, quality, shards, rows = _read_chunk(
-                    context, clickhouse, measurement, partitions_def, chunk, final
-                )
-                calls = sum(calls_per_day.get(key, 0) for key in chunk.days)
-                if calls:
-                    rows_per_call = max(rows_per_call or 0.0, rows / calls)
-                chunk_verdicts = evaluate_checks(
-                    Evidence(metrics, quality, statuses, chunk.days, measurement)
-                )
-                verdicts += chunk_verdicts
-                for key in chunk.days:
-                    metadata_by_day[key] = {
-                        **day_metadata(
-                            metrics, quality, statuses, dt.date.fromisoformat(key), days, shards
-                        ),
-                        **relation.describe(measurement.read_final),
-                    }
-                # A chunk that fails a blocking check is never published: its rows (some maybe
-                # dated outside it) need no staging, and the failure below names them.
-                if not any(verdict.blocks_publication for verdict in chunk_verdicts):
-                    staged.stage(metrics, [dt.date.fromisoformat(key) for key in chunk.days])
+                calls_per_day = counted_calls_per_day(statuses, measurement)
+                rows_per_call: float | None = None
+                remaining = list(days)
+                while remaining:
+                    chunk = next_chunk(remaining, calls_per_day, chunking, rows_per_call)
+                    remaining = remaining[len(chunk.days) :]
+                    metrics, quality, shards, rows = _read_chunk(
+                        context, source, measurement, partitions_def, chunk, final
+                    )
+                    calls = sum(calls_per_day.get(key, 0) for key in chunk.days)
+                    if calls:
+                        rows_per_call = max(rows_per_call or 0.0, rows / calls)
+                    chunk_verdicts = evaluate_checks(
+                        Evidence(metrics, quality, statuses, chunk.days, measurement)
+                    )
+                    verdicts += chunk_verdicts
+                    for key in chunk.days:
+                        metadata_by_day[key] = {
+                            **day_metadata(
+                                metrics, quality, statuses, dt.date.fromisoformat(key), days, shards
+                            ),
+                            **relation.describe(measurement.read_final),
+                        }
+                    # A chunk that fails a blocking check is never published: its rows (some
+                    # maybe dated outside it) need no staging, and the failure below names them.
+                    if not any(verdict.blocks_publication for verdict in chunk_verdicts):
+                        staged.stage(metrics, [dt.date.fromisoformat(key) for key in chunk.days])
 
             # A failed blocking check must stop publication here: once the Output is yielded,
             # Dagster hands it to the IO manager whatever the checks said.
@@ -232,7 +237,7 @@ def counted_calls_per_day(statuses: pl.DataFrame, measurement: Measurement) -> d
 
 def _read_chunk(
     context: dg.AssetExecutionContext,
-    clickhouse: ClickHouseResource,
+    clickhouse: ClickHouseSession,
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
     chunk: Chunk,

@@ -8,7 +8,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import dagster as dg
 import polars as pl
@@ -139,6 +139,17 @@ def _binary_as_text(table: pa.Table) -> pa.Table:
 
     schema = pa.schema([field.with_type(_text_type(field.type)) for field in table.schema])
     return table if schema.equals(table.schema) else table.cast(schema)
+
+
+class QueryRunner(Protocol):
+    """What reads the source: a ``ClickHouseSession``, or the resource for a one-off query."""
+
+    @property
+    def description(self) -> str: ...
+
+    def query_polars(
+        self, sql: str, parameters: Mapping[str, object] | None = None
+    ) -> pl.DataFrame: ...
 
 
 class ClickHouseResource(dg.ConfigurableResource):
@@ -383,32 +394,67 @@ class ClickHouseResource(dg.ConfigurableResource):
         finally:
             client.close()
 
+    @contextlib.contextmanager
+    def session(self) -> Iterator[ClickHouseSession]:
+        """One client for the queries of a step or a tick, closed on exit: a server is greeted
+        once (its version, time zone and settings), not before every query."""
+        with self.get_client() as client:
+            yield ClickHouseSession(self, client)
+
+    def query_polars(
+        self, sql: str, parameters: Mapping[str, object] | None = None
+    ) -> pl.DataFrame:
+        """One query on a client of its own; see ``ClickHouseSession.query_polars``."""
+        with self.session() as session:
+            return session.query_polars(sql, parameters)
+
+
+class ClickHouseSession:
+    """An open client of a ``ClickHouseResource``: the queries of one step, one after another.
+
+    On the embedded engine it holds the engine's folder, which one process may open at a time,
+    until the session ends: steps that share the folder wait for each other in a pool anyway.
+    """
+
+    def __init__(self, resource: ClickHouseResource, client: Client) -> None:
+        self._resource = resource
+        self._client = client
+        self._settings = _query_settings(client, resource.query_timeout_sec)
+        if resource.host:
+            resource._check_time_limit(client)
+
+    @property
+    def description(self) -> str:
+        return self._resource.description
+
     def query_polars(
         self, sql: str, parameters: Mapping[str, object] | None = None
     ) -> pl.DataFrame:
         """Run ``sql`` with bound ``parameters`` and return the result as a Polars frame.
 
         It needs no setting that a ``readonly=1`` user cannot change, and it runs read-only
-        even for a user who could write.
+        even for a user who could write. Errors come back translated.
         """
-        from clickhouse_connect.driver.exceptions import OperationalError
+        from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
         from urllib3.exceptions import ReadTimeoutError
 
-        with self.get_client() as client:
-            settings: dict[str, str] = _query_settings(client, self.query_timeout_sec)
+        resource = self._resource
+        settings = dict(self._settings)
+        if resource.host:
             # Named, so that a query the client stops waiting for can be stopped by name.
-            query_id = str(uuid.uuid4())
-            if self.host:
-                self._check_time_limit(client)
-                settings["query_id"] = query_id
-            try:
-                table = client.query_arrow(
-                    sql, parameters=dict(parameters or {}), settings=settings
-                )
-            except OperationalError as error:
-                if self.host and isinstance(error.__cause__, ReadTimeoutError):
-                    self._kill_query(query_id)
-                raise
+            settings["query_id"] = query_id = str(uuid.uuid4())
+        try:
+            table = self._client.query_arrow(
+                sql, parameters=dict(parameters or {}), settings=settings
+            )
+        except ClickHouseError as error:
+            if (
+                resource.host
+                and isinstance(error, OperationalError)
+                and isinstance(error.__cause__, ReadTimeoutError)
+            ):
+                resource._kill_query(query_id)
+            raise resource._translate(error) from None
         frame = pl.from_arrow(_binary_as_text(table))
         assert isinstance(frame, pl.DataFrame)
         return frame

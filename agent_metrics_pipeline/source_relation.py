@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.clickhouse import QueryRunner
 from agent_metrics_pipeline.config import ReadFinalPolicy, SourceTable
 
 # Engines whose unmerged parts may hold older versions of a row (or cancelled pairs of rows).
@@ -52,7 +52,7 @@ class SourceRelation:
         return {"source_engine": self.engine or "unknown", "read_final": self.reads_final(policy)}
 
 
-def describe_source(clickhouse: ClickHouseResource, source: SourceTable) -> SourceRelation:
+def describe_source(clickhouse: QueryRunner, source: SourceTable) -> SourceRelation:
     """The source's engine, from the server's own table metadata."""
     rows = clickhouse.query_polars(
         ENGINE_QUERY, {"database": source.database, "table": source.table}

@@ -17,7 +17,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory
 
 from agent_metrics_pipeline.assets import ASSET_NAME
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.clickhouse import ClickHouseResource, QueryRunner
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.orphaned_steps import stop_with_run_process
@@ -42,7 +42,7 @@ def observed_days(partitions_def: dg.DailyPartitionsDefinition, window_days: int
 
 
 def fingerprints(
-    clickhouse: ClickHouseResource,
+    clickhouse: QueryRunner,
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
     days: Sequence[str],
@@ -106,11 +106,10 @@ def build_calls_source(
             context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
         ) -> dg.DataVersionsByPartition:
             days = observed_days(partitions_def, window_days)
-            with no_retry_for_permanent_errors():
-                relation = describe_source(clickhouse, measurement.source)
-            for day, (count, fingerprint) in fingerprints(
-                clickhouse, measurement, partitions_def, days, relation
-            ).items():
+            with no_retry_for_permanent_errors(), clickhouse.session() as source:
+                relation = describe_source(source, measurement.source)
+                observed = fingerprints(source, measurement, partitions_def, days, relation)
+            for day, (count, fingerprint) in observed.items():
                 context.log_event(_observe(day, count, fingerprint))
             context.log.info(f"Fingerprinted {len(days)} day(s), {days[0]}...{days[-1]}")
             # The observations above carry the versions, with metadata this return value cannot.
@@ -166,44 +165,43 @@ def build_late_calls_check(
             return dg.AssetCheckResult(
                 passed=True, metadata={"note": "first run: later runs look at what arrives"}
             )
-        with no_retry_for_permanent_errors():
-            relation = describe_source(clickhouse, measurement.source)
-        if not relation.has_parts:
-            return dg.AssetCheckResult(
-                passed=True,
-                metadata={
-                    "source_engine": relation.engine or "unknown",
-                    "note": (
-                        f"Not looked at: the source is a {relation.engine or 'relation'} "
-                        "without storage parts of its own, so what was written since the last "
-                        "run cannot be told apart. Days older than the observation window are "
-                        "not republished by themselves: materialize a day whose calls changed, "
-                        "or widen AGENT_METRICS_OBSERVE_WINDOW_DAYS."
-                    ),
-                },
-            )
-        since = dt.datetime.fromtimestamp(previous[0].create_timestamp, dt.UTC)
-        with no_retry_for_permanent_errors():
-            written = clickhouse.query_polars(
+        with no_retry_for_permanent_errors(), clickhouse.session() as source:
+            relation = describe_source(source, measurement.source)
+            if not relation.has_parts:
+                return dg.AssetCheckResult(
+                    passed=True,
+                    metadata={
+                        "source_engine": relation.engine or "unknown",
+                        "note": (
+                            f"Not looked at: the source is a {relation.engine or 'relation'} "
+                            "without storage parts of its own, so what was written since the last "
+                            "run cannot be told apart. Days older than the observation window are "
+                            "not republished by themselves: materialize a day whose calls changed, "
+                            "or widen AGENT_METRICS_OBSERVE_WINDOW_DAYS."
+                        ),
+                    },
+                )
+            since = dt.datetime.fromtimestamp(previous[0].create_timestamp, dt.UTC)
+            written = source.query_polars(
                 *build_recently_written_days_query(
                     measurement, window_start, since - PARTS_CLOCK_MARGIN, partitions_def.timezone
                 )
             )
-        first_day = partitions_def.get_first_partition_key()
-        candidates = [
-            date.isoformat()
-            for date in written.get_column("date")
-            if first_day is not None and date.isoformat() >= first_day
-        ]
-        changed = []
-        if candidates:
-            current = fingerprints(clickhouse, measurement, partitions_def, candidates, relation)
-            for day in candidates:
-                count, fingerprint = current[day]
-                # A merge rewrites parts without changing rows: the fingerprint tells.
-                if _last_observed_fingerprint(instance, day) not in (None, fingerprint):
-                    context.op_execution_context.log_event(_observe(day, count, fingerprint))
-                    changed.append(day)
+            first_day = partitions_def.get_first_partition_key()
+            candidates = [
+                date.isoformat()
+                for date in written.get_column("date")
+                if first_day is not None and date.isoformat() >= first_day
+            ]
+            changed = []
+            if candidates:
+                current = fingerprints(source, measurement, partitions_def, candidates, relation)
+                for day in candidates:
+                    count, fingerprint = current[day]
+                    # A merge rewrites parts without changing rows: the fingerprint tells.
+                    if _last_observed_fingerprint(instance, day) not in (None, fingerprint):
+                        context.op_execution_context.log_event(_observe(day, count, fingerprint))
+                        changed.append(day)
         return dg.AssetCheckResult(
             passed=not changed,
             severity=dg.AssetCheckSeverity.WARN,

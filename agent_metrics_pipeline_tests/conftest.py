@@ -31,7 +31,7 @@ import requests
 
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline_tests.clickhouse_http import start_server
+from agent_metrics_pipeline_tests.clickhouse_http import ServerProcess, start_server
 from agent_metrics_pipeline_tests.helpers import (
     READER,
     READER_PASSWORD,
@@ -52,25 +52,33 @@ def embedded_clickhouse(tmp_path_factory) -> ClickHouseResource:
 
 
 @pytest.fixture(scope="session")
-def server_clickhouse(tmp_path_factory) -> Iterator[ClickHouseResource]:
-    """What the pipeline reads through in server mode: a live server, or the stand-in."""
-    if host := os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_HOST"):
-        yield ClickHouseResource(
-            host=host,
-            port=int(os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PORT", "8123")),
-            username=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_USER", "default"),
-            password=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PASSWORD", ""),
-            secure=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_SECURE", "") == "true",
-        )
+def stand_in(tmp_path_factory) -> Iterator[ServerProcess | None]:
+    """The HTTP stand-in of this session, unless the tests talk to a live server."""
+    if os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_HOST"):
+        yield None
         return
     folder = tmp_path_factory.mktemp("clickhouse-server")
     server = start_server(folder / "data", STAND_IN_USERS, folder / "server.log")
-    reader = ClickHouseResource(
-        host=server.host, port=server.port, username=READER, password=READER_PASSWORD
-    )
-    register_writer(reader, ClickHouseResource(host=server.host, port=server.port))
-    yield reader
+    yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def server_clickhouse(stand_in: ServerProcess | None) -> ClickHouseResource:
+    """What the pipeline reads through in server mode: a live server, or the stand-in."""
+    if stand_in is not None:
+        reader = ClickHouseResource(
+            host=stand_in.host, port=stand_in.port, username=READER, password=READER_PASSWORD
+        )
+        register_writer(reader, ClickHouseResource(host=stand_in.host, port=stand_in.port))
+        return reader
+    return ClickHouseResource(
+        host=os.environ["AGENT_METRICS_TEST_CLICKHOUSE_HOST"],
+        port=int(os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PORT", "8123")),
+        username=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_USER", "default"),
+        password=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PASSWORD", ""),
+        secure=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_SECURE", "") == "true",
+    )
 
 
 @pytest.fixture(scope="session", params=["embedded", "server"])

@@ -8,7 +8,7 @@ import os
 import uuid
 
 from agent_metrics_pipeline.chunking import Chunking
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.clickhouse import ClickHouseResource, ClickHouseSession
 from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
@@ -187,13 +187,13 @@ def test_range_run_writes_the_bytes_of_single_day_runs(
     settings = measuring(calls_table)
 
     queries = []
-    original = ClickHouseResource.query_polars
+    original = ClickHouseSession.query_polars
 
     def counting_query(self, sql, parameters=None):
         queries.append(parameters)
         return original(self, sql, parameters)
 
-    monkeypatch.setattr(ClickHouseResource, "query_polars", counting_query)
+    monkeypatch.setattr(ClickHouseSession, "query_polars", counting_query)
     result = materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
     # The source's engine, from the server's table metadata; the status census of the range;
     # the first day alone (which tells how many rows a call makes), then the rest of the range
@@ -302,14 +302,14 @@ def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
         whole[day] = bucket.get(key_for(day))
 
     windows = []
-    original = ClickHouseResource.query_polars
+    original = ClickHouseSession.query_polars
 
     def recording_query(self, sql, parameters=None):
         if "window_start" in parameters:  # not the lookup of the source's engine
             windows.append((parameters["window_start"][:10], parameters["window_end"][:10]))
         return original(self, sql, parameters)
 
-    monkeypatch.setattr(ClickHouseResource, "query_polars", recording_query)
+    monkeypatch.setattr(ClickHouseSession, "query_polars", recording_query)
     result = materialize(
         clickhouse,
         settings,

@@ -18,10 +18,12 @@ import uuid
 
 import pytest
 
+from agent_metrics_pipeline.chunking import Chunking
 from agent_metrics_pipeline.clickhouse import (
     ClickHouseMemoryLimitError,
     ClickHouseQueryError,
     ClickHouseResource,
+    ClickHouseSession,
     ClickHouseUnavailableError,
 )
 from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings, SourceTable
@@ -419,3 +421,44 @@ def test_a_query_the_client_gives_up_on_is_stopped_on_the_server(read_only_serve
     while still_running():
         assert time.monotonic() < deadline, "the server still runs the query the client gave up on"
         time.sleep(0.2)
+
+
+@pytest.mark.parametrize("clickhouse", ["server"], indirect=True)
+def test_a_run_greets_the_server_once_then_sends_one_request_per_query(
+    clickhouse, calls_table, stand_in, tmp_path, monkeypatch
+):
+    if stand_in is None:
+        pytest.skip("counts the requests the HTTP stand-in logs")
+    first_day = dt.date(2026, 11, 1)
+    insert_calls(clickhouse, calls_table, random_calls(first_day, days=6, calls_per_day=50, seed=5))
+    queries = []
+    original = ClickHouseSession.query_polars
+
+    def counted(self, sql, parameters=None):
+        queries.append(sql)
+        return original(self, sql, parameters)
+
+    monkeypatch.setattr(ClickHouseSession, "query_polars", counted)
+
+    def requests_of_the_reader() -> int:
+        return sum(f" {READER} " in line for line in stand_in.log_path.read_text().splitlines())
+
+    overheads = []
+    for last_day in (first_day, first_day + dt.timedelta(days=5)):
+        queries.clear()
+        before = requests_of_the_reader()
+        materialize(
+            clickhouse,
+            measuring(calls_table),
+            LocalCsvIOManager(base_dir=str(tmp_path)),
+            str(first_day),
+            str(last_day),
+            chunking=Chunking(max_days_per_query=1),
+        )
+        overheads.append(requests_of_the_reader() - before - len(queries))
+
+    # One day takes a few queries, six days in one-day chunks several more: the client's
+    # greeting (the server's version and time zone, its settings, a check) is paid once per
+    # run, whatever the number of queries.
+    one_day, six_days = overheads
+    assert one_day == six_days and 0 <= one_day <= 3, overheads

@@ -32,7 +32,7 @@ import datetime as dt
 import statistics
 from dataclasses import dataclass
 
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.clickhouse import ClickHouseSession
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.sql import build_metrics_query
 from benchmarks import pipeline
@@ -251,14 +251,14 @@ def engine_queries(days: int, marks: list[int]) -> dict[str, int]:
 def run_range(days: int) -> dict:
     defs = pipeline.definitions()
     queries = 0
-    query_polars = ClickHouseResource.query_polars
+    query_polars = ClickHouseSession.query_polars
 
-    def counted(self: ClickHouseResource, *args: object, **kwargs: object) -> object:
+    def counted(self: ClickHouseSession, *args: object, **kwargs: object) -> object:
         nonlocal queries
         queries += 1
         return query_polars(self, *args, **kwargs)
 
-    ClickHouseResource.query_polars = counted  # type: ignore[method-assign]
+    ClickHouseSession.query_polars = counted  # type: ignore[method-assign]
     return {
         "seconds": pipeline.materialize(defs, FIRST_DAY, days),
         "queries": queries,
