@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import replace
+from zoneinfo import ZoneInfo
 
 from agent_metrics_pipeline.chunking import AgentShard
 from agent_metrics_pipeline.config import DuplicateCallsPolicy, Measurement, SourceTable
@@ -36,6 +37,24 @@ def _window_parameters(
         "window_start": _utc_literal(window_start),
         "window_end": _utc_literal(window_end),
     }
+
+
+def _date_of_call(
+    started_at: str, window_start: dt.datetime, window_end: dt.datetime, timezone: str
+) -> str:
+    """The day a call belongs to, in ``timezone``. A window of exactly one day gives every call
+    that day, without converting each row's start: that conversion is a tenth of the metrics
+    query's time and most of the status census's."""
+    local = ZoneInfo(timezone)
+    start, end = window_start.astimezone(local), window_end.astimezone(local)
+    one_day = (
+        start.timetz().replace(tzinfo=None) == dt.time()
+        and end.timetz().replace(tzinfo=None) == dt.time()
+        and end.date() == start.date() + dt.timedelta(days=1)
+    )
+    if one_day:
+        return "toDate({window_start:DateTime64(3, 'UTC')}, {timezone:String})"
+    return f"toDate({started_at}, {{timezone:String}})"
 
 
 def build_metrics_query(
@@ -75,7 +94,7 @@ def build_metrics_query(
     sql = f"""
 {_classified_calls(measurement)}
 SELECT
-    toDate({started_at}, {{timezone:String}}) AS date,
+    {_date_of_call(started_at, window_start, window_end, timezone)} AS date,
     call_agent AS agent_id,
     countIf(measurable) AS total_calls,
     round(
@@ -267,15 +286,19 @@ def build_status_query(
     included: it sizes the work)."""
     source = measurement.source
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
+    # Grouped by the stored status, turned into text once per group rather than per row.
     sql = f"""
-SELECT
-    toDate({started_at}, {{timezone:String}}) AS date,
-    toString({status}) AS status,
-    count() AS calls
-FROM {source.qualified_name} AS src{" FINAL" if final else ""}
-WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
-  AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
-GROUP BY date, status
+SELECT date, toString(stored_status) AS status, calls
+FROM (
+    SELECT
+        {_date_of_call(started_at, window_start, window_end, timezone)} AS date,
+        {status} AS stored_status,
+        count() AS calls
+    FROM {source.qualified_name} AS src{" FINAL" if final else ""}
+    WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
+      AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
+    GROUP BY date, stored_status
+)
 ORDER BY date, status
 """
     return sql, _window_parameters(window_start, window_end, timezone)
