@@ -40,6 +40,9 @@ UPGRADE_HINT = f"(Dagster {dg.__version__}: adapt the pipeline to it, or pin the
             "partitions.py",
         ),
         ("dagster._core.workspace.context", "WorkspaceProcessContext", "demo.py"),
+        ("dagster._core.storage.sqlite_storage", "DagsterSqliteStorage", "instance_setup.py"),
+        ("dagster._core.storage.sqlite_storage", "SqliteStorageConfig", "instance_setup.py"),
+        ("dagster._serdes", "ConfigurableClassData", "instance_setup.py"),
         ("dagster._core.workspace.load_target", "ModuleTarget", "demo.py"),
     ],
 )
