@@ -11,7 +11,7 @@ PORT ?= 3000
 # Idle sensors log every tick at info; runs, ticks and their logs are all in the UI.
 LOG_LEVEL ?= warning
 
-.PHONY: demo test test-fast dev lint bench sync bootstrap
+.PHONY: demo test test-fast dev lint bench image-test sync bootstrap
 
 demo: sync  ## Seed sample calls into the embedded engine, publish 8 days, fail 1 on purpose.
 	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen python -m agent_metrics_pipeline.demo
@@ -31,11 +31,15 @@ bench: sync  ## Every performance goal against baselines of the same run (about 
 	$(UV) run --frozen python -m benchmarks.run --markdown benchmarks/results.md
 	$(UV) run --frozen python -m benchmarks.run --only range-memory --markdown benchmarks/results-range-memory.md
 
+image-test: sync  ## Build the image and run a day through it: code location, daemon and webserver in containers (root, podman; about 4 minutes, 2 the second time).
+	$(UV) run --frozen python deploy/image_test.py
+
 lint: sync
 	$(UV) run --frozen ruff check . && $(UV) run --frozen ruff format --check .
 
+# The demo, the UI and the tests run on the embedded engine, an extra that production leaves out.
 sync: bootstrap
-	$(UV) sync --frozen
+	$(UV) sync --frozen --extra embedded
 
 bootstrap:
 	@$(UV) --version >/dev/null 2>&1 || python3 -m pip install --quiet --user "uv==$(UV_VERSION)" \

@@ -8,6 +8,7 @@ once, on the dataclass field it belongs to: an unset variable leaves the field's
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import math
 import os
 import re
@@ -35,6 +36,9 @@ DEFAULT_S3_CONNECT_TIMEOUT_SEC = 10
 DEFAULT_S3_READ_TIMEOUT_SEC = 30
 DEFAULT_DATABASE = "default"
 DEFAULT_S3_PREFIX = "agent_metrics"
+# The package's extra that installs the embedded engine (chdb), and the module it brings.
+EMBEDDED_ENGINE_EXTRA = "embedded"
+EMBEDDED_ENGINE_MODULE = "chdb"
 
 
 def embedded_engine_path(home: Path) -> Path:
@@ -464,3 +468,21 @@ class Settings:
             home_folders.append(settings.local_output_dir)
         _check_folders(*home_folders)
         return settings
+
+
+def require_clickhouse_engine(settings: Settings) -> Settings:
+    """Fail at load, not in the first run, when the embedded engine is asked for but absent.
+
+    A production install leaves the engine out (about 530 MB); without CLICKHOUSE_HOST the
+    definitions would still pick it. Only the module's presence is looked up: importing it
+    costs seconds.
+    """
+    if settings.embedded_clickhouse and importlib.util.find_spec(EMBEDDED_ENGINE_MODULE) is None:
+        raise ConfigError(
+            "CLICKHOUSE_HOST is unset, which selects the embedded ClickHouse engine, but it is "
+            f"not installed: set CLICKHOUSE_HOST to your ClickHouse server, or install the "
+            f"package with its '{EMBEDDED_ENGINE_EXTRA}' extra "
+            f"(pip install 'agent-metrics-pipeline[{EMBEDDED_ENGINE_EXTRA}]', "
+            f"uv sync --extra {EMBEDDED_ENGINE_EXTRA})"
+        )
+    return settings

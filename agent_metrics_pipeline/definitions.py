@@ -19,7 +19,7 @@ from agent_metrics_pipeline.automation import (
     freshness_policy,
 )
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.config import Settings, require_clickhouse_engine
 from agent_metrics_pipeline.io_managers import DailyCsvIOManager, LocalCsvIOManager
 from agent_metrics_pipeline.partitions import daily_partitions
 from agent_metrics_pipeline.sources import (
@@ -154,4 +154,4 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(Settings.from_env())
+defs = build_definitions(require_clickhouse_engine(Settings.from_env()))
