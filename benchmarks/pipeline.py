@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from dataclasses import replace
 
 import dagster as dg
 import polars as pl
@@ -118,6 +119,20 @@ def window_parameters(day: dt.date) -> dict[str, object]:
         name: moment.strftime("%Y-%m-%d %H:%M:%S")
         for name, moment in zip(("start", "end"), day_window(day), strict=True)
     }
+
+
+def versioned_reads(
+    clickhouse: ClickHouseResource, versioned: SourceTable, day: dt.date
+) -> dict[str, float]:
+    """Seconds for the metrics query over a table of row versions, as stored and with FINAL."""
+    measurement = replace(Settings.from_env().measurement, source=versioned)
+    start, end = day_window(day)
+    times = {}
+    for name, final in (("versioned_as_stored", False), ("versioned_final", True)):
+        started = time.perf_counter()
+        clickhouse.query_polars(*build_metrics_query(measurement, start, end, "UTC", final=final))
+        times[name] = time.perf_counter() - started
+    return times
 
 
 def pipeline_queries(clickhouse: ClickHouseResource, day: dt.date) -> dict[str, float]:

@@ -81,3 +81,24 @@ def seed_calls(
             settings={"max_insert_threads": 2},
         )
     return source, time.perf_counter() - started
+
+
+def seed_versioned_copy(clickhouse: ClickHouseResource, source: SourceTable) -> SourceTable:
+    """A ReplacingMergeTree copy of ``source`` in which a fifth of the calls have a second,
+    unmerged version, as a table of call updates has between merges; merges stay stopped so
+    every round reads the same parts."""
+    copy = SourceTable(table=f"{source.table}_versioned")
+    with clickhouse.get_client() as client:
+        client.command(f"DROP TABLE IF EXISTS {copy.qualified_name}")
+        client.command(
+            f"CREATE TABLE {copy.qualified_name} AS {source.qualified_name} "
+            f"ENGINE = ReplacingMergeTree ORDER BY (`{source.column('started_at')}`, "
+            f"`{source.column('call_id')}`)"
+        )
+        client.command(f"SYSTEM STOP MERGES {copy.qualified_name}")
+        client.command(f"INSERT INTO {copy.qualified_name} SELECT * FROM {source.qualified_name}")
+        client.command(
+            f"INSERT INTO {copy.qualified_name} SELECT * FROM {source.qualified_name} "
+            f"WHERE cityHash64(`{source.column('call_id')}`) % 5 = 0"
+        )
+    return copy

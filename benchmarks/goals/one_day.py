@@ -7,7 +7,9 @@ definitions (local CSV output), and ``dg.materialize`` of an asset that does not
 partitions (Dagster's fixed cost). The asset's own queries (metrics, then the status counts) are
 also run alone, the way the asset sends them, to show where the difference goes. A first round
 warms the process up and is dropped. The net cost of each round is its materialize minus its
-trivial run.
+trivial run. The metrics query also runs over a ReplacingMergeTree copy of the day in which a
+fifth of the calls have a second, unmerged version, as stored and with FINAL: the price of
+counting each call once on such a table.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from benchmarks import pipeline
 from benchmarks.context import Context
 from benchmarks.processes import run_worker
 from benchmarks.report import Row, Section
-from benchmarks.seeding import FIRST_DAY, seed_calls, table_for
+from benchmarks.seeding import FIRST_DAY, seed_calls, seed_versioned_copy, table_for
 
 GOAL = "1"
 TARGET = 1.2
@@ -53,6 +55,19 @@ def measure(context: Context) -> Section:
             Row(GOAL, f"bare aggregate (avg, exact p90, count per agent), {calls}", bare),
             Row(GOAL, "the asset's metrics query alone", result["metrics_query"]),
             Row(GOAL, "the asset's status query alone (a second scan)", result["status_query"]),
+            Row(
+                GOAL,
+                "metrics query, ReplacingMergeTree copy (1 in 5 calls twice, unmerged)",
+                result["versioned_as_stored"],
+            ),
+            Row(
+                GOAL,
+                "the same read as its latest versions (FINAL, the default for such tables)",
+                result["versioned_final"],
+                ratio=statistics.median(result["versioned_final"])
+                / statistics.median(result["versioned_as_stored"]),
+                target="vs as stored",
+            ),
             Row(GOAL, "dg.materialize agent_metrics, one day", full),
             Row(GOAL, "Dagster fixed cost (trivial asset, same partitions)", trivial),
             Row(
@@ -77,11 +92,14 @@ def work(calls_per_day: int, agents: int, rounds: int) -> dict:
     defs = pipeline.definitions()
     clickhouse = pipeline.clickhouse_of(defs)
     source, seed_sec = seed_calls(clickhouse, calls_per_day, agents=agents)
+    versioned = seed_versioned_copy(clickhouse, source)
     trivial = pipeline.trivial_asset(defs)
     times: dict[str, list[float]] = {
         "bare": [],
         "metrics_query": [],
         "status_query": [],
+        "versioned_as_stored": [],
+        "versioned_final": [],
         "materialize": [],
         "trivial": [],
     }
@@ -89,6 +107,7 @@ def work(calls_per_day: int, agents: int, rounds: int) -> dict:
         measured = {
             "bare": pipeline.bare_aggregate(clickhouse, source, FIRST_DAY),
             **pipeline.pipeline_queries(clickhouse, FIRST_DAY),
+            **pipeline.versioned_reads(clickhouse, versioned, FIRST_DAY),
             "materialize": pipeline.materialize(defs, FIRST_DAY),
             "trivial": pipeline.materialize_trivial(defs, trivial, FIRST_DAY),
         }
