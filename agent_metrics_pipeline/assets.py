@@ -5,7 +5,6 @@ import datetime as dt
 from collections.abc import Iterator, Sequence
 
 import dagster as dg
-import polars as pl
 
 from agent_metrics_pipeline.checks import (
     Evidence,
@@ -22,11 +21,12 @@ from agent_metrics_pipeline.clickhouse import (
     ClickHouseSession,
 )
 from agent_metrics_pipeline.config import Measurement
+from agent_metrics_pipeline.deferred import polars as pl
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.metrics import (
     COLUMN_DESCRIPTIONS,
     DUPLICATE_COUNT,
-    METRICS_SCHEMA,
+    METRIC_TYPES,
     UNMEASURABLE_COUNTS,
     SourceQuality,
     StagedDays,
@@ -49,24 +49,22 @@ ASSET_NAME = "agent_metrics"
 GROUP_NAME = "call_center"
 CSV_IO_MANAGER_KEY = "csv_io_manager"
 PREVIEW_ROWS = 10
-# The published file's column types, as the catalog names them.
-CATALOG_TYPES = {pl.String: "string", pl.Float64: "float", pl.Int64: "int", pl.Date: "date"}
 
 
 def published_schema() -> dg.TableSchema:
     """The columns of the published CSV, for the catalog."""
     return dg.TableSchema(
         columns=[
-            dg.TableColumn(name, CATALOG_TYPES[dtype], description=COLUMN_DESCRIPTIONS[name])
-            for name, dtype in METRICS_SCHEMA.items()
+            dg.TableColumn(name, kind, description=COLUMN_DESCRIPTIONS[name])
+            for name, kind in METRIC_TYPES.items()
         ]
     )
 
 
 def day_metadata(
-    metrics: pl.DataFrame,
+    metrics: "pl.DataFrame",
     quality: SourceQuality,
-    statuses: pl.DataFrame,
+    statuses: "pl.DataFrame",
     day: dt.date,
     days: Sequence[str],
     agent_shards: int,
@@ -228,7 +226,7 @@ def build_agent_metrics_asset(
     return agent_metrics
 
 
-def counted_calls_per_day(statuses: pl.DataFrame, measurement: Measurement) -> dict[str, int]:
+def counted_calls_per_day(statuses: "pl.DataFrame", measurement: Measurement) -> dict[str, int]:
     """The calls of each day the metrics query will read, from the census."""
     counted = statuses.filter(pl.col("status").is_in(measurement.statuses))
     per_day = counted.group_by("date").agg(pl.col("calls").sum())
@@ -242,7 +240,7 @@ def _read_chunk(
     partitions_def: dg.DailyPartitionsDefinition,
     chunk: Chunk,
     final: bool,
-) -> tuple[pl.DataFrame, SourceQuality, int, int]:
+) -> "tuple[pl.DataFrame, SourceQuality, int, int]":
     """The metrics and source quality of the chunk's days, the agent shards it took and the
     rows the queries returned.
 

@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import dagster as dg
-import polars as pl
 
 # Which materialization an evaluation judged: Dagster exports the evaluation but not this part
 # of it in 1.13 (pinned); the per-day check tests fail if it moves.
@@ -26,6 +25,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from agent_metrics_pipeline.config import DuplicateCallsPolicy, Measurement
+from agent_metrics_pipeline.deferred import polars as pl
 from agent_metrics_pipeline.metrics import (
     DUPLICATE_COUNT,
     FORMULA_ESCAPE,

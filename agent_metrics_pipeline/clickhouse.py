@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 from urllib3.util import Timeout
 
@@ -23,6 +22,7 @@ from agent_metrics_pipeline.config import (
     DEFAULT_QUERY_TIMEOUT_SEC,
     embedded_engine_path,
 )
+from agent_metrics_pipeline.deferred import polars as pl
 from agent_metrics_pipeline.errors import PermanentError, TransientError
 
 # clickhouse-connect and pyarrow load with the first query, not with the definitions: the UI's

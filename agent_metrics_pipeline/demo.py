@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 import dagster as dg
-import polars as pl
 
 # The UI launches runs through these; the demo does the same, so its runs can be re-executed.
 from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
@@ -40,6 +39,7 @@ from agent_metrics_pipeline.assets import ASSET_NAME, PREVIEW_ROWS
 from agent_metrics_pipeline.automation import JOB_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import ConfigError, Settings, SourceTable
+from agent_metrics_pipeline.deferred import polars as pl
 from agent_metrics_pipeline.definitions import clickhouse_resource, csv_io_manager
 from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 from agent_metrics_pipeline.sql import source_table_ddl

@@ -26,10 +26,10 @@ from hashlib import sha256
 from pathlib import Path
 
 import dagster as dg
-import polars as pl
 from pydantic import Field
 
 from agent_metrics_pipeline.config import DEFAULT_S3_PREFIX
+from agent_metrics_pipeline.deferred import polars as pl
 from agent_metrics_pipeline.errors import (
     PermanentError,
     TransientError,

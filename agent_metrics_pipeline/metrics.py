@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import polars as pl
+from agent_metrics_pipeline.deferred import polars as pl
 
-METRICS_SCHEMA = pl.Schema(
-    {
-        "agent_id": pl.String,
-        "avg_call_length_sec": pl.Float64,
-        "p90_call_length_sec": pl.Float64,
-        "total_calls": pl.Int64,
-        "date": pl.Date,
-    }
-)
-METRIC_COLUMNS = tuple(METRICS_SCHEMA.names())
+# The published columns and their types, as the catalog names them: the definitions read them
+# when they load, which needs no polars (see the package's __init__).
+METRIC_TYPES = {
+    "agent_id": "string",
+    "avg_call_length_sec": "float",
+    "p90_call_length_sec": "float",
+    "total_calls": "int",
+    "date": "date",
+}
+METRIC_COLUMNS = tuple(METRIC_TYPES)
 COLUMN_DESCRIPTIONS = {
     "agent_id": "The agent, as spelled in the source's agent column.",
     "avg_call_length_sec": "Mean length of the agent's counted calls that day, in seconds.",
@@ -46,7 +47,18 @@ SAMPLE_IDS = (
     "duplicate_call_ids",
 )
 SAMPLE_SIZE = 5
-SAMPLES_SCHEMA = pl.Schema({"date": pl.Date, **{name: pl.List(pl.String) for name in SAMPLE_IDS}})
+
+
+@functools.cache
+def metrics_schema() -> pl.Schema:
+    """The published columns' Polars types."""
+    polars_types = {"string": pl.String, "float": pl.Float64, "int": pl.Int64, "date": pl.Date}
+    return pl.Schema({name: polars_types[kind] for name, kind in METRIC_TYPES.items()})
+
+
+@functools.cache
+def samples_schema() -> pl.Schema:
+    return pl.Schema({"date": pl.Date, **{name: pl.List(pl.String) for name in SAMPLE_IDS}})
 
 
 @dataclass(frozen=True)
@@ -60,7 +72,7 @@ class SourceQuality:
     """
 
     per_day: pl.DataFrame
-    samples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=SAMPLES_SCHEMA))
+    samples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=samples_schema()))
 
     @property
     def unmeasurable_calls(self) -> int:
@@ -79,7 +91,7 @@ class SourceQuality:
         merged = fetched.group_by("date").agg(
             pl.col(name).drop_nulls().first() for name in SAMPLE_IDS
         )
-        return replace(self, samples=merged.cast(SAMPLES_SCHEMA).sort("date"))
+        return replace(self, samples=merged.cast(samples_schema()).sort("date"))
 
     def for_day(self, day: dt.date) -> SourceQuality:
         """The counts and samples of one day."""
@@ -102,7 +114,7 @@ def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
     """
     metrics = (
         raw.filter(pl.col("agent_id").is_not_null() & (pl.col("total_calls") > 0))
-        .select(pl.col(name).cast(dtype) for name, dtype in METRICS_SCHEMA.items())
+        .select(pl.col(name).cast(dtype) for name, dtype in metrics_schema().items())
         .sort("date", "agent_id")
     )
     per_day = (
@@ -184,7 +196,7 @@ def to_csv_bytes(frame: pl.DataFrame) -> bytes:
 
 def from_csv_bytes(data: bytes) -> pl.DataFrame:
     """Read a published file back with the published types (agent ids stay strings)."""
-    return pl.read_csv(data, schema=METRICS_SCHEMA)
+    return pl.read_csv(data, schema=metrics_schema())
 
 
 def to_markdown(frame: pl.DataFrame) -> str:

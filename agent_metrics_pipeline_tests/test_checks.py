@@ -19,7 +19,7 @@ from agent_metrics_pipeline import checks
 from agent_metrics_pipeline.assets import ASSET_NAME
 from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import METRICS_SCHEMA, SourceQuality
+from agent_metrics_pipeline.metrics import SourceQuality, metrics_schema
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     Bucket,
@@ -416,7 +416,7 @@ def test_failed_error_check_writes_no_local_file(clickhouse, calls_table, tmp_pa
 
 
 def _frame(rows: list[tuple]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=METRICS_SCHEMA, orient="row")
+    return pl.DataFrame(rows, schema=metrics_schema(), orient="row")
 
 
 MEASUREMENT = Measurement(max_call_length_sec=3600.0)

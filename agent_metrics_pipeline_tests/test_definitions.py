@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -13,7 +14,7 @@ from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import METRICS_SCHEMA
+from agent_metrics_pipeline.metrics import METRIC_COLUMNS
 from agent_metrics_pipeline.s3 import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
@@ -158,9 +159,28 @@ def test_the_catalog_describes_the_published_file_and_who_owns_it():
         ("date", "date"),
     ]
     assert all(column.description for column in schema.columns)
-    assert [c.name for c in schema.columns] == list(METRICS_SCHEMA.names())
+    assert [c.name for c in schema.columns] == list(METRIC_COLUMNS)
     assert spec.owners == ["team:call-center", "ana@example.com"]
     assert spec.group_name == "call_center"
     assert spec.metadata["source_table"] == "default.calls"
     (reference,) = spec.metadata["dagster/code_references"].code_references
     assert reference.file_path.endswith("agent_metrics_pipeline/assets.py")
+
+
+def test_loading_the_definitions_leaves_polars_for_the_first_run(project_env, tmp_path):
+    """Every run process, the code server and the daemon load the definitions: polars, half of
+    Dagster's own import time, loads with the first frame instead."""
+    probe = (
+        "import sys, agent_metrics_pipeline.definitions; "
+        "print(sorted(name for name in sys.modules if name.startswith('polars.')))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env=project_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stdout[:500]

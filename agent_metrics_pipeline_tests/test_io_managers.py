@@ -30,7 +30,7 @@ from agent_metrics_pipeline.io_managers import (
     ObjectStoreError,
     ObjectStoreUnavailableError,
 )
-from agent_metrics_pipeline.metrics import METRICS_SCHEMA
+from agent_metrics_pipeline.metrics import metrics_schema
 from agent_metrics_pipeline.s3 import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     S3_TEST_REGION,
@@ -91,7 +91,7 @@ def test_downstream_asset_reads_one_day_and_a_range(clickhouse, calls_table, buc
     expected = expected_metrics(calls)
 
     def check(frame: pl.DataFrame, day: dt.date) -> None:
-        assert frame.schema == METRICS_SCHEMA
+        assert frame.schema == metrics_schema()
         assert frame.get_column("agent_id").to_list() == [r.agent_id for r in expected[day]]
         assert frame.get_column("total_calls").to_list() == [r.total_calls for r in expected[day]]
         assert set(frame.get_column("date")) == {day}

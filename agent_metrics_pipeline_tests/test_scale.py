@@ -22,7 +22,7 @@ from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, n
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import METRICS_SCHEMA, from_csv_bytes
+from agent_metrics_pipeline.metrics import from_csv_bytes, metrics_schema
 from agent_metrics_pipeline_tests.helpers import (
     LIMITED_READER,
     READER_PASSWORD,
@@ -305,9 +305,9 @@ def test_the_manifest_is_written_after_every_part_and_a_glob_reads_the_single_fi
         assert written[-1].endswith("manifest.json")
         assert all("/part-" in key for key in written[:-1]) and len(written) > 2
         glob = pl.read_csv(
-            tmp_path / "parts" / "agent_metrics" / day / "part-*.csv", schema=METRICS_SCHEMA
+            tmp_path / "parts" / "agent_metrics" / day / "part-*.csv", schema=metrics_schema()
         )
         whole = pl.read_csv(
-            single.uri(single.object_key("agent_metrics", day)), schema=METRICS_SCHEMA
+            single.uri(single.object_key("agent_metrics", day)), schema=metrics_schema()
         )
         assert glob.equals(whole)
