@@ -454,6 +454,15 @@ class ClickHouseSession:
                 and isinstance(error.__cause__, ReadTimeoutError)
             ):
                 resource._kill_query(query_id)
+                # The server answered the greeting: it is reachable, the query is slow.
+                raise ClickHouseUnavailableError(
+                    f"The {resource.description} did not finish the query within "
+                    f"{resource.query_timeout_sec + QUERY_TIMEOUT_GRACE_SEC} s "
+                    f"(CLICKHOUSE_QUERY_TIMEOUT_SEC={resource.query_timeout_sec}, plus "
+                    f"{QUERY_TIMEOUT_GRACE_SEC} s for the server's own answer). Retried; if it "
+                    "lasts, raise CLICKHOUSE_QUERY_TIMEOUT_SEC, or make each query smaller "
+                    "(AGENT_METRICS_MAX_CALLS_PER_QUERY, AGENT_METRICS_AGENT_SHARDS)."
+                ) from None
             raise resource._translate(error) from None
         frame = pl.from_arrow(_binary_as_text(table))
         assert isinstance(frame, pl.DataFrame)

@@ -414,7 +414,7 @@ def test_a_query_the_client_gives_up_on_is_stopped_on_the_server(read_only_serve
         return rows[0][0] > 0
 
     started = time.monotonic()
-    with pytest.raises(ClickHouseUnavailableError):
+    with pytest.raises(ClickHouseUnavailableError, match="CLICKHOUSE_QUERY_TIMEOUT_SEC"):
         impatient.query_polars(slow)
     assert time.monotonic() - started < 20, "the client waits its timeout, not the query"
     deadline = time.monotonic() + 10
