@@ -232,20 +232,12 @@ class ClickHouseResource(dg.ConfigurableResource):
     def _kill_query(self, query_id: str) -> None:
         """Best effort: stop on the server a query the client stopped waiting for, from a
         short-lived client of its own. Never raises: the time-out is the error to report."""
-        import clickhouse_connect
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
         try:
-            client = clickhouse_connect.get_client(
-                host=self.host,
-                port=self.port,
-                username=self.username,
-                password=self.password,
-                database=self.database,
-                secure=self.secure,
+            client = self._server_client(
                 connect_timeout=min(self.connect_timeout_sec, KILL_QUERY_TIMEOUT_SEC),
-                send_receive_timeout=KILL_QUERY_TIMEOUT_SEC,
-                query_retries=0,
+                greeting_timeout=KILL_QUERY_TIMEOUT_SEC,
             )
             try:
                 client.command(f"KILL QUERY WHERE query_id = '{query_id}' ASYNC")
@@ -271,22 +263,31 @@ class ClickHouseResource(dg.ConfigurableResource):
             return
         logger.info(f"Stopped query {query_id} on the {self.description} after the timeout.")
 
+    def _server_client(self, connect_timeout: int, greeting_timeout: int) -> Client:
+        """A client of the server, greeted; ``greeting_timeout`` bounds each start-up answer."""
+        import clickhouse_connect
+
+        return clickhouse_connect.get_client(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            database=self.database,
+            secure=self.secure,
+            connect_timeout=connect_timeout,
+            send_receive_timeout=greeting_timeout,
+            query_retries=0,
+        )
+
     def _open(self) -> Client:
         import clickhouse_connect
 
         if self.host:
             # The start-up probes wait for answers with the read timeout: a short one bounds a
             # server that accepts connections and never answers. Queries get their own.
-            client = clickhouse_connect.get_client(
-                host=self.host,
-                port=self.port,
-                username=self.username,
-                password=self.password,
-                database=self.database,
-                secure=self.secure,
+            client = self._server_client(
                 connect_timeout=self.connect_timeout_sec,
-                send_receive_timeout=self.connect_timeout_sec,
-                query_retries=0,
+                greeting_timeout=self.connect_timeout_sec,
             )
             # The server's own time limit (max_execution_time) should answer first, with its
             # reason; the client waits a little longer in case the server cannot.

@@ -38,6 +38,7 @@ from agent_metrics_pipeline_tests.helpers import (
     STAND_IN_USERS,
     Bucket,
     S3Server,
+    Webhook,
     create_calls_table,
     free_port,
     register_writer,
@@ -161,13 +162,6 @@ def hung_server() -> Iterator[HungServer]:
     listener.close()
     for connection in server.connections:
         connection.close()
-
-
-@dataclass
-class Webhook:
-    url: str
-    bodies: list[bytes] = field(default_factory=list)
-    authorizations: list[str | None] = field(default_factory=list)
 
 
 @pytest.fixture

