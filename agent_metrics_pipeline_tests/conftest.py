@@ -2,10 +2,10 @@
 
 ClickHouse, each test run twice: on the embedded engine (one data folder per test session: the
 engine serves one folder per process), and in server mode over HTTP. Server mode talks to a live
-server when ``AGENT_METRICS_TEST_CLICKHOUSE_HOST`` is set, and otherwise to the HTTP stand-in of
-``clickhouse_http`` over the same engine in a process of its own, as a ``readonly=1`` user with a
-password whose profile leaves ``output_format_arrow_string_as_string`` off (the server default
-before 23.x). Each test gets a table of its own, written by a user who may write.
+server when ``AGENT_METRICS_TEST_CLICKHOUSE_HOST`` is set, and otherwise to the HTTP stand-in
+(``clickhouse_stand_in``) over the same engine in a process of its own, as a ``readonly=1`` user
+with a password whose profile leaves ``output_format_arrow_string_as_string`` off (the server
+default before 23.x). Each test gets a table of its own, written by a user who may write.
 
 S3: ``moto_server`` started on a free loopback port for the session; each test gets a bucket
 of its own.
@@ -31,7 +31,6 @@ import requests
 
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline_tests.clickhouse_http import ServerProcess, start_server
 from agent_metrics_pipeline_tests.helpers import (
     READER,
     READER_PASSWORD,
@@ -45,6 +44,7 @@ from agent_metrics_pipeline_tests.helpers import (
     subprocess_env,
     writer,
 )
+from clickhouse_stand_in import ServerProcess, start_server
 
 
 @pytest.fixture(scope="session")

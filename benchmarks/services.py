@@ -12,7 +12,6 @@ from pathlib import Path
 
 import requests
 
-from agent_metrics_pipeline_tests.clickhouse_http import start_server
 from agent_metrics_pipeline_tests.helpers import (
     READER,
     READER_PASSWORD,
@@ -24,6 +23,7 @@ from agent_metrics_pipeline_tests.helpers import (
     free_port,
 )
 from benchmarks.processes import PYTHON_BIN
+from clickhouse_stand_in import start_server
 
 STARTUP_TIMEOUT_SEC = 120
 SHUTDOWN_TIMEOUT_SEC = 60

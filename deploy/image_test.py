@@ -34,7 +34,6 @@ from pathlib import Path
 
 import requests
 
-from agent_metrics_pipeline_tests.clickhouse_http import start_server as start_clickhouse_server
 from agent_metrics_pipeline_tests.helpers import (
     BACKFILL_STATUS,
     LAUNCH_BACKFILL,
@@ -55,6 +54,7 @@ from agent_metrics_pipeline_tests.helpers import (
     run_ok,
     subprocess_env,
 )
+from clickhouse_stand_in import start_server as start_clickhouse_server
 
 BASE_IMAGE = "localhost/agent-metrics-base:bookworm-python3.11"
 IMAGE = "localhost/agent-metrics-pipeline:image-test"

@@ -1,0 +1,96 @@
+"""ClickHouse's HTTP interface over the embedded ClickHouse engine: a test stand-in, not a server.
+
+Why it exists: the pipeline reaches ClickHouse servers through clickhouse-connect's HTTP
+client, and no ClickHouse server can run in CI. This package answers that client the way a
+server's HTTP interface does, and runs every statement in the real ClickHouse engine that chdb
+embeds, so query results, types, output formats, settings checks and error texts are the
+engine's own. Only the server's HTTP layer is written here, after ClickHouse's
+``src/Server/HTTPHandler.cpp`` and ``src/Server/HTTP/`` (authentication, settings from the URL,
+compression, response headers, the exception-code to HTTP-status table, in-band errors).
+
+The engine opens one data folder per process, so the stand-in runs in a process of its own::
+
+    python -m clickhouse_stand_in --data DIR [--port 0] [--users FILE] [--stop-on-stdin-eof]
+
+It prints one line, ``listening 127.0.0.1:PORT``, then serves until SIGTERM or SIGINT (or, with
+``--stop-on-stdin-eof``, until its stdin closes) and closes the engine. From Python,
+``start_server(data_dir, users, log_path)`` starts it and returns a ``ServerProcess`` with
+``host``, ``port`` and ``stop()``; the stand-in then also stops if the starting process dies.
+
+The users file is JSON: each user has a password and a settings profile that applies to
+every query of theirs, like a profile in a server's users.xml::
+
+    {"default": {"password": "", "profile": {}},
+     "reader": {"password": "s3cret", "profile": {"readonly": "1"}}}
+
+What it does as a server does:
+
+- Query text in the body, in the ``query`` URL parameter, or both (parameter, a line break,
+  then the body, as for INSERT data); multipart/form-data fields; ``param_*`` query
+  parameters bound by the engine's own ``{name:Type}`` substitution; ``database``,
+  ``default_format`` and their ``X-ClickHouse-*`` headers; ``query_id`` (refused while a
+  query of that id runs); ``session_id`` (with ``session_timeout``, ``session_check``,
+  ``close_session``); every other URL parameter is a setting, as on a server. One statement
+  per request; INTO OUTFILE and FROM INFILE are refused as a server refuses them.
+- Users and passwords from HTTP Basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` or the
+  ``user``/``password`` parameters, with the server's failure codes, texts and statuses.
+- Each request starts from a fresh engine connection: the user's profile, then the session's
+  earlier SET/USE statements, then ``readonly=2`` for a GET, then the URL settings, then the
+  query. The engine itself enforces ``readonly`` and refuses setting changes, with its own
+  error texts, and its ``system.settings`` shows the profile (what clients read on connect).
+- INSERT data (after ``FORMAT name`` or ``VALUES``) goes to the engine's streaming insert, in
+  any Content-Encoding the server decodes (lz4, zstd, gzip, deflate, xz, bz2). Responses are
+  compressed as the server chooses from Accept-Encoding when ``enable_http_compression`` is
+  on; chunked transfer both ways.
+- ``KILL QUERY WHERE ... [SYNC|ASYNC|TEST]`` from another request, over the query ids clients
+  sent (or were given) and the HTTP users: the request's own query is left out, a user in
+  readonly mode (no KILL QUERY privilege) may stop only their own queries, and the engine
+  cancels the rest; the cancelled query's request gets QUERY_WAS_CANCELLED.
+- Headers X-ClickHouse-Query-Id, -Format, -Timezone, -Summary, -Server-Display-Name,
+  -Exception-Code and -Exception-Tag; the server's HTTP status for each exception code.
+- ``wait_end_of_query=1`` buffers the whole result, so errors get their status; otherwise
+  SELECTs in Native, RowBinary, TabSeparated and ArrowStream stream block by block, and an
+  error after the first megabyte was sent comes inside the body between the server's
+  ``__exception__`` markers, after which the connection is dropped without a final chunk.
+
+What it cannot show (check these against a real server):
+
+- Server configuration beyond the users file: grants, roles, row policies, quotas,
+  constraints on settings, custom setting prefixes, concurrency and memory limits across
+  queries, listen/keep-alive/session limits. The engine runs every query as its built-in user
+  ``default``, whatever the HTTP user (``currentUser()`` says so; user names in its readonly
+  errors are rewritten to the HTTP user's).
+- TLS and certificate authentication, Kerberos and bearer tokens, clusters and Distributed or
+  Replicated tables, ZooKeeper/Keeper, system.processes and system.query_log entries
+  matching the query ids it returns (the engine assigns its own ``queryID()``; only KILL
+  QUERY maps them), KILL QUERY ON CLUSTER, progress headers
+  (``send_progress_in_http_headers``), cancelling a buffered query when the client goes
+  away, HEAD and OPTIONS requests, the Play UI.
+- The native ``client_protocol_version`` (block headers, DateTime time zones in Native
+  output): the stand-in ignores it, as a proxy that drops the parameter would, and
+  clickhouse-connect then falls back to protocol 0.
+- Version skew: the engine is chdb's build (see ``SELECT version()``); a server in production
+  may be older or newer, with other defaults and error texts.
+- External data (file parts of multipart/form-data), the ``compress``/``decompress``
+  parameters (ClickHouse's own block compression) and brotli/snappy bodies: refused with
+  NOT_IMPLEMENTED. Session temporary tables do not survive between requests.
+- Memory: request bodies are read whole, and results that do not stream are held whole (a
+  server spills them to disk). Functions that read local files (``file()``) see the stand-in's
+  working directory, not a server's user_files.
+
+The modules, each importing only those above it (type hints aside):
+
+- ``errors``: ``ServerError``, the engine's errors in the server's form, the exception-code to
+  HTTP-status table and the hint texts.
+- ``statements``: quoting, and a statement's shape (FORMAT clause, INSERT data, KILL QUERY).
+- ``formats``: content types, the formats that stream, request and response compression,
+  Arrow streams joined.
+- ``engine``: the embedded engine, the users and their profiles, the sessions.
+- ``protocol``: the HTTP request handler and its replies.
+- ``server``: the HTTP server, ``serve`` and ``main`` (the command line), ``start_server``
+  and ``ServerProcess``.
+"""
+
+from clickhouse_stand_in.server import ServerProcess, start_server
+
+__all__ = ["ServerProcess", "start_server"]

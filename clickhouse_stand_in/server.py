@@ -1,0 +1,262 @@
+"""The stand-in's process: the threading HTTP server over the engine, ``serve`` and ``main``
+(the command line of ``python -m clickhouse_stand_in``), and ``start_server``, which starts
+that process from Python and waits until it listens."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from http.server import ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from clickhouse_stand_in.engine import DEFAULT_USERS, Engine, Sessions, User, load_users
+from clickhouse_stand_in.protocol import _Handler
+
+logger = logging.getLogger(__name__)
+
+HOST = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class _Running:
+    """A query in flight: its user, and the native id of the thread the engine runs it on."""
+
+    user: str
+    thread: int
+
+
+class StandInServer(ThreadingHTTPServer):
+    """The threading HTTP server; requests run in parallel, each on its own engine
+    connection (the engine serves concurrent connections)."""
+
+    daemon_threads = True
+
+    def __init__(self, port: int, engine: Engine, users: Mapping[str, User]) -> None:
+        super().__init__((HOST, port), _Handler)
+        self.engine = engine
+        self.users = dict(users)
+        self.sessions = Sessions(engine)
+        self.display_name = socket.getfqdn()
+        self._active = 0
+        self._idle = threading.Condition()
+        self._running: dict[str, _Running] = {}
+        self._running_lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def running(self, query_id: str, user: str) -> Iterator[None]:
+        """A query under its id for its duration, as in the server's process list, which
+        refuses an id that is running already (ProcessList::insert)."""
+        with self._running_lock:
+            if other := self._running.get(query_id):
+                by = "" if other.user == user else f" by user {other.user}"
+                raise self.engine.error(
+                    "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING",
+                    f"Query with id = {query_id} is already running{by}.",
+                )
+            self._running[query_id] = _Running(user, threading.get_native_id())
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                del self._running[query_id]
+
+    def running_queries(self) -> dict[str, _Running]:
+        with self._running_lock:
+            return dict(self._running)
+
+    @contextlib.contextmanager
+    def tracking(self) -> Iterator[None]:
+        """Count a request in flight for its duration."""
+        with self._idle:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._idle:
+                self._active -= 1
+                self._idle.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait for requests in flight, so the engine closes after its last query."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._active == 0, timeout)
+
+
+def serve(
+    data_dir: Path,
+    port: int,
+    users: Mapping[str, Mapping[str, Any]],
+    stop_on_stdin_eof: bool = False,
+) -> None:
+    """Open the engine, serve until SIGTERM or SIGINT (or the end of stdin, when asked: a
+    parent that dies closes the pipe), then close the engine."""
+    engine = Engine(data_dir)
+    try:
+        loaded = load_users(users)
+        engine.check_profiles(loaded)
+        server = StandInServer(port, engine, loaded)
+
+        def stop(reason: str) -> None:
+            logger.info("%s: stopping", reason)
+            # shutdown() waits for serve_forever(), which runs in the main thread.
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, lambda signum, _frame: stop(f"signal {signum}"))
+        signal.signal(signal.SIGINT, lambda signum, _frame: stop(f"signal {signum}"))
+        if stop_on_stdin_eof:
+
+            def watch_stdin() -> None:
+                # The raw descriptor: a thread blocked in sys.stdin would hold its lock, which
+                # the interpreter needs at exit.
+                while os.read(sys.stdin.fileno(), 65536):
+                    pass
+                stop("end of stdin")
+
+            threading.Thread(target=watch_stdin, daemon=True).start()
+        host, bound_port = server.server_address[:2]
+        logger.info("engine %s on %s, users %s", engine.version, engine.path, sorted(loaded))
+        print(f"listening {host}:{bound_port}", flush=True)
+        server.serve_forever(poll_interval=0.2)
+        server.server_close()
+        if not server.wait_idle(timeout=10):
+            logger.warning("requests still running at exit")
+    finally:
+        engine.close()
+        logger.info("engine closed")
+
+
+def main(argv: list[str] | None = None) -> None:
+    import clickhouse_stand_in  # imported before this module: its docstring names the tool
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m {__package__}",
+        description=clickhouse_stand_in.__doc__.splitlines()[0],
+    )
+    parser.add_argument("--data", required=True, type=Path, help="engine data folder")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument(
+        "--users",
+        type=Path,
+        help="users JSON (default: user 'default', no password, empty profile)",
+    )
+    parser.add_argument(
+        "--stop-on-stdin-eof",
+        action="store_true",
+        help="also stop when stdin closes (start_server uses it, so that the stand-in does not "
+        "outlive a test process that dies)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    users = json.loads(args.users.read_text()) if args.users else DEFAULT_USERS
+    args.data.mkdir(parents=True, exist_ok=True)
+    serve(args.data, args.port, users, args.stop_on_stdin_eof)
+
+
+@dataclass
+class ServerProcess:
+    """A running stand-in: where it listens, and how to stop it."""
+
+    host: str
+    port: int
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then kill if it has not exited in time; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        for pipe in (self.process.stdin, self.process.stdout):
+            if pipe:
+                pipe.close()
+        return self.process.returncode
+
+    def __enter__(self) -> ServerProcess:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def start_server(
+    data_dir: Path,
+    users: Mapping[str, Mapping[str, Any]],
+    log_path: Path,
+    *,
+    port: int = 0,
+    timeout: float = 60.0,
+) -> ServerProcess:
+    """Start the stand-in in a process of its own and wait until it listens.
+
+    The users are written next to the log (``<log>.users.json``); the stand-in's log (one
+    line per request) goes to ``log_path``. Raises RuntimeError with the log's tail if it
+    does not come up within ``timeout`` seconds.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    users_path = log_path.with_name(log_path.name + ".users.json")
+    users_path.write_text(json.dumps(users))
+    module = __package__  # its __main__ runs main()
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", module, "--data", str(data_dir), "--port", str(port)),
+                *("--users", str(users_path), "--stop-on-stdin-eof"),
+            ],
+            cwd=Path(__file__).resolve().parents[1],  # where the package imports from
+            stdin=subprocess.PIPE,  # held open until stop(), or until this process dies
+            stdout=subprocess.PIPE,
+            stderr=log,
+        )
+    found: list[re.Match[bytes]] = []
+    stdout = process.stdout
+    assert stdout is not None
+
+    def read_until_listening() -> None:
+        for line in iter(stdout.readline, b""):
+            if match := re.fullmatch(rb"listening (\S+):(\d+)\s*", line):
+                found.append(match)
+                return
+
+    reader = threading.Thread(target=read_until_listening, daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if not found:
+        timed_out = reader.is_alive()
+        if timed_out:
+            process.kill()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+        state = (
+            f"not listening after {timeout:.0f}s"
+            if timed_out
+            else f"exited with code {process.returncode}"
+        )
+        raise RuntimeError(f"ClickHouse HTTP stand-in {state}; log {log_path}:\n{tail}")
+    host, port_text = found[0].groups()
+    return ServerProcess(host.decode(), int(port_text), process, log_path)
