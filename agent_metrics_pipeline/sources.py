@@ -2,14 +2,17 @@
 
 ``agent_metrics`` depends on ``calls``, so Dagster records which fingerprint each published day
 was computed from and marks the day stale when its fingerprint changes. An hourly observation
-fingerprints the last ``window_days`` days in one query; an automation condition then requests
-exactly the stale days of that window. Days older than the window are not fingerprinted every
-hour: a check looks for late calls among them in the table parts written since its last run.
+covers the last ``window_days`` days; an automation condition then requests exactly the stale
+days of that window. On a table stored in parts, the observation fingerprints again only the
+days whose parts changed (``source_parts``), in one query; a view is fingerprinted whole. Days
+older than the window are not observed every hour: a check looks for late calls among them in
+the table parts written since its last run.
 """
 
 import datetime as dt
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 
 import dagster as dg
 
@@ -21,8 +24,20 @@ from agent_metrics_pipeline.clickhouse import ClickHouseResource, QueryRunner
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.orphaned_steps import stop_with_run_process
+from agent_metrics_pipeline.source_parts import (
+    DayReading,
+    ObservationPlan,
+    PartsSnapshot,
+    plan_observation,
+    read_parts,
+)
 from agent_metrics_pipeline.source_relation import SourceRelation, describe_source
-from agent_metrics_pipeline.sql import build_fingerprint_query, build_recently_written_days_query
+from agent_metrics_pipeline.sql import (
+    build_days_in_parts_query,
+    build_fingerprint_query,
+    build_recently_written_days_query,
+    fingerprint_basis,
+)
 
 CALLS_ASSET_NAME = "calls"
 LATE_CALLS_CHECK = "no_late_calls_outside_window"
@@ -41,37 +56,151 @@ def observed_days(partitions_def: dg.DailyPartitionsDefinition, window_days: int
     return partitions_def.get_partition_keys()[-window_days:]
 
 
+def _bounds(
+    partitions_def: dg.DailyPartitionsDefinition, days: Sequence[str]
+) -> list[tuple[dt.datetime, dt.datetime]]:
+    windows = [partitions_def.time_window_for_partition_key(day) for day in days]
+    return [(window.start, window.end) for window in windows]
+
+
 def fingerprints(
     clickhouse: QueryRunner,
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
     days: Sequence[str],
     relation: SourceRelation,
-) -> dict[str, tuple[int, str]]:
+    snapshot: PartsSnapshot | None = None,
+) -> dict[str, DayReading]:
     """Calls counted and fingerprint of each day, from one query, of the rows as the metrics
-    read them (the latest versions only, when they read FINAL)."""
-    bounds = []
-    for day in days:
-        window = partitions_def.time_window_for_partition_key(day)
-        bounds.append((window.start, window.end))
+    read them (the latest versions only, when they read FINAL). With the table's parts
+    ``snapshot``, taken before this query, each day also records the parts holding its calls."""
+    if snapshot is not None and not snapshot.vouches_for_days:
+        snapshot = None  # its lists would not tell the next observation what it needs to know
     final = relation.reads_final(measurement.read_final)
     with no_retry_for_permanent_errors():
         rows = clickhouse.query_polars(
-            *build_fingerprint_query(measurement, bounds, partitions_def.timezone, final=final)
+            *build_fingerprint_query(
+                measurement,
+                _bounds(partitions_def, days),
+                partitions_def.timezone,
+                final=final,
+                with_parts=snapshot is not None,
+            )
         )
+    parts_of = dict.fromkeys(days, ())
+    if snapshot is not None:
+        for date, parts in rows.select("date", "parts").iter_rows():
+            parts_of[date.isoformat()] = tuple(parts)
     found = {
         date.isoformat(): (calls, f"{calls}:{row_hash}")
         for date, calls, row_hash in rows.select("date", "calls", "row_hash").iter_rows()
     }
-    return {day: found.get(day, (0, EMPTY_DAY_FINGERPRINT)) for day in days}
+    basis = fingerprint_basis(measurement, partitions_def.timezone, final)
+    readings = {}
+    for day in days:
+        calls, fingerprint = found.get(day, (0, EMPTY_DAY_FINGERPRINT))
+        readings[day] = (
+            DayReading(calls, fingerprint)
+            if snapshot is None
+            else DayReading(
+                calls,
+                fingerprint,
+                parts=parts_of[day],
+                read_at=snapshot.read_at,
+                table_uuid=snapshot.table_uuid,
+                basis=basis,
+            )
+        )
+    return readings
 
 
-def _observe(day: str, calls: int, fingerprint: str) -> dg.AssetObservation:
+def observe_days(
+    clickhouse: QueryRunner,
+    instance: dg.DagsterInstance,
+    measurement: Measurement,
+    partitions_def: dg.DailyPartitionsDefinition,
+    days: Sequence[str],
+    relation: SourceRelation,
+) -> tuple[dict[str, DayReading], list[str], ObservationPlan | None]:
+    """Each day's reading, the days fingerprinted again, and the plan that kept the others.
+
+    A source without parts of its own (a view) is fingerprinted whole every time.
+    """
+    if not relation.has_parts:
+        return (
+            fingerprints(clickhouse, measurement, partitions_def, days, relation),
+            list(days),
+            None,
+        )
+    with no_retry_for_permanent_errors():
+        snapshot = read_parts(clickhouse, measurement.source)
+    final = relation.reads_final(measurement.read_final)
+    previous = {day: last_reading(instance, day) for day in days}
+    plan = plan_observation(
+        days,
+        previous,
+        snapshot,
+        fingerprint_basis(measurement, partitions_def.timezone, final),
+        final,
+        started_at=measurement.source.column("started_at"),
+    )
+    unchanged = set(plan.unchanged)
+    if unchanged and plan.parts_to_look_into:
+        with no_retry_for_permanent_errors():
+            found = clickhouse.query_polars(
+                *build_days_in_parts_query(
+                    measurement,
+                    list(plan.parts_to_look_into),
+                    _bounds(partitions_def, sorted(unchanged)),
+                    partitions_def.timezone,
+                    any_status=final,
+                )
+            )
+        unchanged -= plan.changed_days(
+            (date.isoformat(), part) for date, part in found.select("date", "part").iter_rows()
+        )
+    changed = [day for day in days if day not in unchanged]
+    readings = (
+        fingerprints(clickhouse, measurement, partitions_def, changed, relation, snapshot)
+        if changed
+        else {}
+    )
+    for day in unchanged:
+        # Still true at this snapshot: the next observation looks only at what is written later.
+        readings[day] = replace(previous[day], read_at=snapshot.read_at)
+    return {day: readings[day] for day in days}, changed, plan
+
+
+def _observe(day: str, reading: DayReading) -> dg.AssetObservation:
+    metadata: dict[str, object] = {"calls": reading.calls, "fingerprint": reading.fingerprint}
+    if reading.parts is not None:
+        metadata |= {
+            "source_parts": dg.MetadataValue.json(list(reading.parts)),
+            "parts_read_at": reading.read_at,
+            "source_table_uuid": reading.table_uuid,
+            "fingerprint_basis": reading.basis,
+        }
     return dg.AssetObservation(
         asset_key=CALLS_ASSET_NAME,
         partition=day,
-        tags={DATA_VERSION_TAG: fingerprint},
-        metadata={"calls": calls, "fingerprint": fingerprint},
+        tags={DATA_VERSION_TAG: reading.fingerprint},
+        metadata=metadata,
+    )
+
+
+def _observation_summary(
+    days: Sequence[str], changed: list[str], plan: ObservationPlan | None
+) -> str:
+    span = f"{days[0]}...{days[-1]}"
+    if plan is None:
+        return f"Fingerprinted {len(days)} day(s), {span}: the source has no parts to compare"
+    if plan.everything_because:
+        return f"Fingerprinted {len(days)} day(s), {span}: {plan.everything_because}"
+    kept = len(days) - len(changed)
+    return (
+        f"Fingerprinted {len(changed)} of {len(days)} day(s), {span}"
+        + (f" ({', '.join(changed)})" if 0 < len(changed) <= 5 else "")
+        + f"; {kept} kept their fingerprints: no part holding their calls changed"
     )
 
 
@@ -108,10 +237,12 @@ def build_calls_source(
             days = observed_days(partitions_def, window_days)
             with no_retry_for_permanent_errors(), clickhouse.session() as source:
                 relation = describe_source(source, measurement.source)
-                observed = fingerprints(source, measurement, partitions_def, days, relation)
-            for day, (count, fingerprint) in observed.items():
-                context.log_event(_observe(day, count, fingerprint))
-            context.log.info(f"Fingerprinted {len(days)} day(s), {days[0]}...{days[-1]}")
+                observed, changed, plan = observe_days(
+                    source, context.instance, measurement, partitions_def, days, relation
+                )
+            for day, reading in observed.items():
+                context.log_event(_observe(day, reading))
+            context.log.info(_observation_summary(days, changed, plan))
             # The observations above carry the versions, with metadata this return value cannot.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", dg.BetaWarning)
@@ -120,12 +251,25 @@ def build_calls_source(
     return calls
 
 
-def _last_observed_fingerprint(instance: dg.DagsterInstance, day: str) -> str | None:
+def last_reading(instance: dg.DagsterInstance, day: str) -> DayReading | None:
+    """What the latest observation of the day recorded, if it was observed."""
     records = instance.fetch_observations(
         dg.AssetRecordsFilter(asset_key=dg.AssetKey(CALLS_ASSET_NAME), asset_partitions=[day]),
         limit=1,
     ).records
-    return records[0].asset_observation.tags.get(DATA_VERSION_TAG) if records else None
+    if not records:
+        return None
+    observation = records[0].asset_observation
+    metadata = {key: value.value for key, value in observation.metadata.items()}
+    parts = metadata.get("source_parts")
+    return DayReading(
+        calls=int(metadata.get("calls") or 0),
+        fingerprint=observation.tags.get(DATA_VERSION_TAG, ""),
+        parts=tuple(parts) if isinstance(parts, list) else None,
+        read_at=metadata.get("parts_read_at"),
+        table_uuid=metadata.get("source_table_uuid"),
+        basis=metadata.get("fingerprint_basis"),
+    )
 
 
 def build_late_calls_check(
@@ -196,11 +340,11 @@ def build_late_calls_check(
             changed = []
             if candidates:
                 current = fingerprints(source, measurement, partitions_def, candidates, relation)
-                for day in candidates:
-                    count, fingerprint = current[day]
+                for day, reading in current.items():
+                    previous = last_reading(instance, day)
                     # A merge rewrites parts without changing rows: the fingerprint tells.
-                    if _last_observed_fingerprint(instance, day) not in (None, fingerprint):
-                        context.op_execution_context.log_event(_observe(day, count, fingerprint))
+                    if previous is not None and previous.fingerprint != reading.fingerprint:
+                        context.op_execution_context.log_event(_observe(day, reading))
                         changed.append(day)
         return dg.AssetCheckResult(
             passed=not changed,

@@ -10,6 +10,7 @@ every value (window, timezone, statuses) is bound as a query parameter.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from dataclasses import replace
 from zoneinfo import ZoneInfo
 
@@ -304,7 +305,7 @@ ORDER BY date, status
     return sql, _window_parameters(window_start, window_end, timezone)
 
 
-def _fingerprint_select(measurement: Measurement, final: bool) -> str:
+def _fingerprint_select(measurement: Measurement, final: bool, with_parts: bool = False) -> str:
     """Per day, the number of counted calls and an order-independent hash of them.
 
     It covers exactly the rows the metrics read (counted statuses, day in the partitions'
@@ -312,19 +313,21 @@ def _fingerprint_select(measurement: Measurement, final: bool) -> str:
     change a day's metrics changes its fingerprint. Call ids feed no metric and are the widest
     column, so they stay out (a quarter of the scan). Summing the row hashes (wrapping) keeps
     duplicate rows from cancelling out, as XOR would; hashing the row as one tuple lets a row
-    with a NULL column count in the hash too.
+    with a NULL column count in the hash too. ``with_parts`` also names the table parts that
+    hold each day's counted calls, for sources stored in parts (see ``source_parts``).
     """
     source = measurement.source
     agent, started_at, duration, status = (
         f"src.`{source.column(role)}`"
         for role in ("agent_id", "started_at", "duration_sec", "status")
     )
+    parts = ",\n    arraySort(groupUniqArray(src._part)) AS parts" if with_parts else ""
     return f"""
 SELECT
     toDate({started_at}, {{timezone:String}}) AS date,
     count() AS calls,
     lower(hex(sumWithOverflow(cityHash64(tuple({agent}, {started_at}, {duration})))))
-        AS row_hash
+        AS row_hash{parts}
 FROM {source.qualified_name} AS src{" FINAL" if final else ""}
 WHERE ({{day_ranges}})
   AND {status} IN {{statuses:Array(String)}}
@@ -333,16 +336,13 @@ ORDER BY date
 """
 
 
-def build_fingerprint_query(
-    measurement: Measurement,
-    days: list[tuple[dt.datetime, dt.datetime]],
-    timezone: str,
-    final: bool = False,
+def _day_ranges(
+    measurement: Measurement, days: list[tuple[dt.datetime, dt.datetime]]
 ) -> tuple[str, dict[str, object]]:
-    """Fingerprints of the days whose ``[start, end)`` bounds are given, in one scan.
+    """A predicate on the start column for the days whose ``[start, end)`` bounds are given.
 
-    Adjacent days merge into one range predicate, so a window of days reads one contiguous
-    slice of the table's primary key.
+    Adjacent days merge into one range, so a window of days reads one contiguous slice of the
+    table's primary key.
     """
     ranges: list[tuple[dt.datetime, dt.datetime]] = []
     for start, end in sorted(days):
@@ -356,15 +356,86 @@ def build_fingerprint_query(
         f"AND {started_at} < {{end_{i}:DateTime64(3, 'UTC')}})"
         for i in range(len(ranges))
     )
-    parameters: dict[str, object] = {
-        "timezone": timezone,
-        "statuses": list(measurement.statuses),
-    }
+    parameters: dict[str, object] = {}
     for i, (start, end) in enumerate(ranges):
         parameters[f"start_{i}"] = _utc_literal(start)
         parameters[f"end_{i}"] = _utc_literal(end)
-    sql = _fingerprint_select(measurement, final).replace("{day_ranges}", predicate or "0")
-    return sql, parameters
+    return predicate or "0", parameters
+
+
+def build_fingerprint_query(
+    measurement: Measurement,
+    days: list[tuple[dt.datetime, dt.datetime]],
+    timezone: str,
+    final: bool = False,
+    with_parts: bool = False,
+) -> tuple[str, dict[str, object]]:
+    """Fingerprints of the days whose ``[start, end)`` bounds are given, in one scan."""
+    predicate, parameters = _day_ranges(measurement, days)
+    sql = _fingerprint_select(measurement, final, with_parts).replace("{day_ranges}", predicate)
+    return sql, {"timezone": timezone, "statuses": list(measurement.statuses), **parameters}
+
+
+def fingerprint_basis(measurement: Measurement, timezone: str, final: bool) -> str:
+    """A digest of what a fingerprint covers: the query (table, columns, FINAL), the counted
+    statuses and the timezone. A fingerprint recorded on another basis is not comparable."""
+    text = "\n".join(
+        (_fingerprint_select(measurement, final), timezone, *sorted(measurement.statuses))
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+PARTS_QUERY = """
+SELECT
+    groupArray(name) AS parts,
+    groupArray(toUnixTimestamp(modification_time)) AS modified,
+    toUnixTimestamp(now()) AS read_at,
+    (
+        SELECT count() FROM system.mutations
+        WHERE database = {database:String} AND table = {table:String} AND NOT is_done
+    ) AS pending_mutations,
+    (
+        SELECT toString(uuid) FROM system.tables
+        WHERE database = {database:String} AND name = {table:String}
+    ) AS table_uuid,
+    (
+        SELECT sorting_key FROM system.tables
+        WHERE database = {database:String} AND name = {table:String}
+    ) AS sorting_key
+FROM system.parts
+WHERE database = {database:String} AND table = {table:String} AND active
+"""
+
+
+def build_days_in_parts_query(
+    measurement: Measurement,
+    parts: list[str],
+    days: list[tuple[dt.datetime, dt.datetime]],
+    timezone: str,
+    any_status: bool = False,
+) -> tuple[str, dict[str, object]]:
+    """Which of the named table parts hold counted calls (calls of any status, with
+    ``any_status``) of which of the days given.
+
+    The engine skips every other part without reading it, and the day ranges prune the
+    granules of these.
+    """
+    source = measurement.source
+    predicate, parameters = _day_ranges(measurement, days)
+    started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
+    counted = "" if any_status else f"\n  AND {status} IN {{statuses:Array(String)}}"
+    sql = f"""
+SELECT DISTINCT toDate({started_at}, {{timezone:String}}) AS date, src._part AS part
+FROM {source.qualified_name} AS src
+WHERE src._part IN {{parts:Array(String)}}
+  AND ({predicate}){counted}
+"""
+    return sql, {
+        "timezone": timezone,
+        "statuses": list(measurement.statuses),
+        "parts": parts,
+        **parameters,
+    }
 
 
 def build_recently_written_days_query(

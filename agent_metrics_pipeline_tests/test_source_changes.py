@@ -1,0 +1,372 @@
+"""The hourly observation costs what changed: exact for every way a table's rows change, and
+reading no part of the table when nothing did."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+
+import dagster as dg
+import pytest
+
+from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.config import Settings, SourceTable
+from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.io_managers import LocalCsvIOManager
+from agent_metrics_pipeline.source_parts import DayReading, PartsSnapshot, plan_observation
+from agent_metrics_pipeline.sources import CALLS_ASSET_NAME, OBSERVE_JOB_NAME
+from agent_metrics_pipeline_tests.helpers import insert_calls, measuring, random_calls, writer
+from agent_metrics_pipeline_tests.oracle import Call
+
+TODAY = dt.datetime.now(dt.UTC).date()
+DAYS = [TODAY - dt.timedelta(days=offset) for offset in range(5, 0, -1)]
+WINDOW_DAYS = 7
+COUNTED = "Answered"
+
+
+class Observer:
+    """The observation job on one instance, as the hourly schedule runs it."""
+
+    def __init__(self, clickhouse, source: SourceTable, read_final: str = "auto") -> None:
+        built = build_definitions(
+            Settings(
+                start_date=str(DAYS[0] - dt.timedelta(days=30)),
+                measurement=dataclasses.replace(
+                    measuring(source), read_final=type(measuring(source).read_final)(read_final)
+                ),
+                observe_window_days=WINDOW_DAYS,
+            )
+        )
+        self.defs = dg.Definitions(
+            assets=built.assets,
+            jobs=built.jobs,
+            # Observing publishes nothing: the folder stays empty.
+            resources={
+                "clickhouse": clickhouse,
+                CSV_IO_MANAGER_KEY: LocalCsvIOManager(base_dir="unused"),
+            },
+        )
+        self.instance = dg.DagsterInstance.ephemeral()
+
+    def observe(self) -> dict[str, dg.AssetObservation]:
+        result = self.defs.resolve_job_def(OBSERVE_JOB_NAME).execute_in_process(
+            instance=self.instance
+        )
+        return {
+            event.partition: event
+            for event in result.asset_observations_for_node(CALLS_ASSET_NAME)
+            if event.partition is not None
+        }
+
+
+def versions(observations: dict[str, dg.AssetObservation]) -> dict[str, str]:
+    return {day: event.tags["dagster/data_version"] for day, event in observations.items()}
+
+
+def counted_rows(calls: Sequence[Call]) -> dict[str, Counter]:
+    """Per day, the multiset of what a fingerprint covers: counted calls' agent, start, length."""
+    rows: dict[str, Counter] = {}
+    for call in calls:
+        if call.status == COUNTED:
+            day = call.started_at.date().isoformat()
+            rows.setdefault(day, Counter())[
+                (call.agent_id, call.started_at, call.duration_sec)
+            ] += 1
+    return rows
+
+
+def marks_selected(clickhouse) -> int:
+    """Granules the engine has read from MergeTree tables so far, in this process or server."""
+    with writer(clickhouse).get_client() as client:
+        return int(
+            client.command("SELECT sum(value) FROM system.events WHERE event = 'SelectedMarks'")
+            or 0
+        )
+
+
+def command(clickhouse, statement: str) -> None:
+    with writer(clickhouse).get_client() as client:
+        client.command(statement)
+
+
+def pick(calls: list[Call], day_index: int, answered: bool) -> Call:
+    day = DAYS[day_index]
+    return next(
+        call
+        for call in calls
+        if call.started_at.date() == day and (call.status == COUNTED) == answered
+    )
+
+
+Change = Callable[[object, SourceTable, list[Call]], list[Call]]
+
+
+def insert_late_call(clickhouse, source, calls):
+    late = Call(
+        "late-1", "agent-001", dt.datetime.combine(DAYS[1], dt.time(13), dt.UTC), 42.5, COUNTED
+    )
+    insert_calls(clickhouse, source, [late])
+    return [*calls, late]
+
+
+def alter_update_length(clickhouse, source, calls):
+    target = pick(calls, 2, answered=True)
+    command(
+        clickhouse,
+        f"ALTER TABLE {source.qualified_name} UPDATE duration_sec = duration_sec + 1 "
+        f"WHERE call_id = '{target.call_id}' SETTINGS mutations_sync = 2",
+    )
+    changed = dataclasses.replace(target, duration_sec=target.duration_sec + 1)
+    return [changed if call is target else call for call in calls]
+
+
+def alter_delete(clickhouse, source, calls):
+    target = pick(calls, 3, answered=True)
+    command(
+        clickhouse,
+        f"ALTER TABLE {source.qualified_name} DELETE WHERE call_id = '{target.call_id}' "
+        "SETTINGS mutations_sync = 2",
+    )
+    return [call for call in calls if call is not target]
+
+
+def lightweight_delete(clickhouse, source, calls):
+    target = pick(calls, 0, answered=True)
+    command(clickhouse, f"DELETE FROM {source.qualified_name} WHERE call_id = '{target.call_id}'")
+    return [call for call in calls if call is not target]
+
+
+def status_out_of_counted(clickhouse, source, calls):
+    target = pick(calls, 4, answered=True)
+    command(
+        clickhouse,
+        f"ALTER TABLE {source.qualified_name} UPDATE status = 'Missed' "
+        f"WHERE call_id = '{target.call_id}' SETTINGS mutations_sync = 2",
+    )
+    changed = dataclasses.replace(target, status="Missed")
+    return [changed if call is target else call for call in calls]
+
+
+def status_into_counted(clickhouse, source, calls):
+    target = pick(calls, 1, answered=False)
+    command(
+        clickhouse,
+        f"ALTER TABLE {source.qualified_name} UPDATE status = '{COUNTED}' "
+        f"WHERE call_id = '{target.call_id}' SETTINGS mutations_sync = 2",
+    )
+    changed = dataclasses.replace(target, status=COUNTED)
+    return [changed if call is target else call for call in calls]
+
+
+def empty_a_day(clickhouse, source, calls):
+    start = dt.datetime.combine(DAYS[3], dt.time(), dt.UTC)
+    command(
+        clickhouse,
+        f"ALTER TABLE {source.qualified_name} DELETE WHERE started_at >= "
+        f"'{start:%Y-%m-%d %H:%M:%S}' AND started_at < "
+        f"'{start + dt.timedelta(days=1):%Y-%m-%d %H:%M:%S}' SETTINGS mutations_sync = 2",
+    )
+    return [call for call in calls if call.started_at.date() != DAYS[3]]
+
+
+def merge_parts(clickhouse, source, calls):
+    command(clickhouse, f"OPTIMIZE TABLE {source.qualified_name} FINAL")
+    return calls
+
+
+def truncate(clickhouse, source, calls):
+    command(clickhouse, f"TRUNCATE TABLE {source.qualified_name}")
+    return []
+
+
+CHANGES: list[Change] = [
+    insert_late_call,
+    alter_update_length,
+    alter_delete,
+    lightweight_delete,
+    status_out_of_counted,
+    status_into_counted,
+    empty_a_day,
+    merge_parts,
+    truncate,
+]
+
+
+def seeded(clickhouse, source: SourceTable, merges: bool = True) -> list[Call]:
+    """Five days in two parts (the calls of every day split across two inserts). Without
+    ``merges`` they stay as written; mutations then wait for merges to resume, so the tests
+    that change rows leave merges on, at whatever moment they come."""
+    if not merges:
+        command(clickhouse, f"SYSTEM STOP MERGES {source.qualified_name}")
+    calls = random_calls(DAYS[0], days=len(DAYS), calls_per_day=40, seed=97)
+    insert_calls(clickhouse, source, calls[::2])
+    insert_calls(clickhouse, source, calls[1::2])
+    return calls
+
+
+@pytest.mark.parametrize("change", CHANGES, ids=lambda change: change.__name__)
+def test_the_observation_turns_exactly_the_changed_days(clickhouse, calls_table, change):
+    calls = seeded(clickhouse, calls_table)
+    observer = Observer(clickhouse, calls_table)
+    before = versions(observer.observe())
+
+    after_calls = change(clickhouse, calls_table, calls)
+    after = versions(observer.observe())
+
+    old_rows, new_rows = counted_rows(calls), counted_rows(after_calls)
+    changed = {day for day in map(str, DAYS) if old_rows.get(day) != new_rows.get(day)}
+    assert {day for day in before if before[day] != after[day]} == changed
+    for day in map(str, DAYS):
+        assert after[day].startswith(f"{sum(new_rows.get(day, Counter()).values())}:"), day
+    # The same versions as fingerprinting every day afresh, on an instance with no history.
+    assert versions(Observer(clickhouse, calls_table).observe()) == after
+
+
+@contextlib.contextmanager
+def table_like(
+    clickhouse, calls_table: SourceTable, name: str, engine: str
+) -> Iterator[SourceTable]:
+    table = SourceTable(table=f"{calls_table.table}_{name}")
+    command(
+        clickhouse, f"CREATE TABLE {table.qualified_name} AS {calls_table.qualified_name} {engine}"
+    )
+    try:
+        yield table
+    finally:
+        command(clickhouse, f"DROP TABLE IF EXISTS {table.qualified_name}")
+
+
+def test_an_unchanged_table_is_observed_from_its_metadata_alone(clickhouse, calls_table):
+    # Granules of 8 rows: each day spans several, so reading one day reads fewer than all.
+    engine = "ENGINE = MergeTree ORDER BY started_at SETTINGS index_granularity = 8"
+    with table_like(clickhouse, calls_table, "fine_grained", engine) as table:
+        seeded(clickhouse, table, merges=False)
+        observer = Observer(clickhouse, table)
+        first = marks_selected(clickhouse)
+        observations = observer.observe()
+        whole = marks_selected(clickhouse) - first
+
+        unchanged = marks_selected(clickhouse)
+        assert versions(observer.observe()) == versions(observations)
+        assert marks_selected(clickhouse) - unchanged == 0, "no granule of the table is read"
+
+        insert_late_call(clickhouse, table, [])
+        one_day = marks_selected(clickhouse)
+        observer.observe()
+        assert 0 < marks_selected(clickhouse) - one_day < whole / 2, "only what holds that day"
+
+
+def test_a_versioned_table_read_with_final_stays_exact(clickhouse, calls_table):
+    engine = "ENGINE = ReplacingMergeTree ORDER BY (started_at, call_id)"
+    with table_like(clickhouse, calls_table, "versioned", engine) as versioned:
+        calls = seeded(clickhouse, versioned)
+        observer = Observer(clickhouse, versioned)
+        before = versions(observer.observe())
+        assert versions(observer.observe()) == before
+
+        target = pick(calls, 2, answered=True)
+        newer = dataclasses.replace(target, duration_sec=target.duration_sec + 5)
+        insert_calls(clickhouse, versioned, [newer])
+        after = versions(observer.observe())
+        assert {day for day in before if before[day] != after[day]} == {str(DAYS[2])}
+        assert versions(Observer(clickhouse, versioned).observe()) == after
+
+
+# The planning rules on their own, over made-up part names and clocks.
+
+BASIS = "basis"
+READ_AT = 1_000_000
+OLD = READ_AT - 3600
+
+
+def reading(*parts: str, read_at: int = READ_AT, **changes) -> DayReading:
+    return dataclasses.replace(
+        DayReading(
+            calls=len(parts),
+            fingerprint=f"{len(parts)}:x",
+            parts=parts,
+            read_at=read_at,
+            table_uuid="uuid",
+            basis=BASIS,
+        ),
+        **changes,
+    )
+
+
+def snapshot(modified: dict[str, int], **changes) -> PartsSnapshot:
+    return dataclasses.replace(
+        PartsSnapshot(
+            read_at=READ_AT + 3600,
+            modified=modified,
+            pending_mutations=0,
+            table_uuid="uuid",
+            sorting_key=("started_at",),
+        ),
+        **changes,
+    )
+
+
+def plan(days: dict[str, DayReading | None], parts: dict[str, int], final=False, **changes):
+    return plan_observation(
+        list(days), days, snapshot(parts, **changes), BASIS, final, started_at="started_at"
+    )
+
+
+def test_a_day_keeps_its_fingerprint_while_its_parts_stay_and_no_unseen_part_exists():
+    kept = plan(
+        {"a": reading("p1"), "b": reading("p1", "p2"), "c": reading()}, {"p1": OLD, "p2": OLD}
+    )
+    assert kept.unchanged == {"a", "b", "c"} and kept.parts_to_look_into == ()
+
+
+def test_a_removed_or_recreated_part_or_another_basis_fingerprints_the_day_again():
+    mixed = plan(
+        {
+            "gone": reading("p9"),
+            "recreated": reading("p2"),
+            "basis": reading("p1", basis="other"),
+            "uuid": reading("p1", table_uuid="other"),
+            "unlisted": reading("p1", parts=None),
+            "never": None,
+            "kept": reading("p1"),
+        },
+        {"p1": OLD, "p2": READ_AT + 10},
+    )
+    assert mixed.unchanged == {"kept"}
+    # p2 is not the part "recreated" saw: it may hold calls of any day.
+    assert mixed.parts_to_look_into == ("p2",)
+    assert mixed.changed_days([("kept", "p2")]) == {"kept"}
+    assert mixed.changed_days([("kept", "p1")]) == set()
+
+
+def test_a_part_seen_by_a_later_reading_only_is_looked_into_for_the_earlier_day():
+    # "early" was last read before p2 existed; "late" saw p2, which holds none of its calls.
+    split = plan(
+        {"early": reading("p1", read_at=READ_AT - 60), "late": reading("p1", "p2")},
+        {"p1": OLD, "p2": READ_AT - 30, "old": OLD},
+    )
+    assert split.parts_to_look_into == ("old", "p2")
+    assert split.changed_days([("early", "p2"), ("late", "p2")]) == {"early"}
+    assert split.changed_days([("early", "old"), ("late", "old")]) == {"early", "late"}
+
+
+@pytest.mark.parametrize(
+    ("extra_part", "changes", "final", "because"),
+    [
+        ("new", {"pending_mutations": 1}, False, "mutation"),
+        ("patch-abc-all_3_3_0_2", {}, False, "patch parts"),
+        ("new", {"sorting_key": ("call_id",)}, True, "FINAL"),
+    ],
+)
+def test_what_metadata_cannot_vouch_for_fingerprints_every_day(extra_part, changes, final, because):
+    parts = {"p1": OLD, extra_part: READ_AT + 5}
+    everything = plan({"a": reading("p1")}, parts, final, **changes)
+    assert everything.unchanged == set() and because in (everything.everything_because or "")
+
+
+def test_a_final_read_keyed_by_start_time_looks_only_into_new_parts():
+    keyed = plan({"a": reading("p1")}, {"p1": OLD, "new": READ_AT + 5}, final=True)
+    assert keyed.unchanged == {"a"} and keyed.parts_to_look_into == ("new",)
