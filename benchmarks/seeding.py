@@ -20,9 +20,12 @@ from agent_metrics_pipeline.sql import source_table_ddl
 FIRST_DAY = dt.date(2025, 1, 1)
 
 
-def table_for(calls_per_day: int, days: int = 1, agents: int = 2000) -> SourceTable:
+def table_for(
+    calls_per_day: int, days: int = 1, agents: int = 2000, first_day: dt.date = FIRST_DAY
+) -> SourceTable:
     """One table per shape, so goals of one run that need the same rows share them."""
-    return SourceTable(table=f"calls_{calls_per_day}x{days}d_{agents}a")
+    since = "" if first_day == FIRST_DAY else f"_from{first_day:%Y%m%d}"
+    return SourceTable(table=f"calls_{calls_per_day}x{days}d_{agents}a{since}")
 
 
 def day_window(first_day: dt.date, days: int = 1) -> tuple[dt.datetime, dt.datetime]:
@@ -42,19 +45,23 @@ def _row_count(clickhouse: ClickHouseResource, source: SourceTable) -> int:
 
 
 def seed_calls(
-    clickhouse: ClickHouseResource, calls_per_day: int, days: int = 1, agents: int = 2000
+    clickhouse: ClickHouseResource,
+    calls_per_day: int,
+    days: int = 1,
+    agents: int = 2000,
+    first_day: dt.date = FIRST_DAY,
 ) -> tuple[SourceTable, float]:
-    """The table of ``days`` days of ``calls_per_day`` calls from FIRST_DAY, and the seconds it
-    took to fill (0 when an earlier goal of the run already filled it)."""
+    """The table of ``days`` days of ``calls_per_day`` calls from ``first_day``, and the seconds
+    it took to fill (0 when an earlier goal of the run already filled it)."""
     # The demo module builds the definitions from the environment when imported: only workers,
     # whose environment a goal has set, get this far.
     from agent_metrics_pipeline.demo import seed_sample_calls
 
-    source = table_for(calls_per_day, days, agents)
+    source = table_for(calls_per_day, days, agents, first_day)
     if _row_count(clickhouse, source) == calls_per_day * days:
         return source, 0.0
     started = time.perf_counter()
-    if days == 1:
+    if days == 1 and first_day == FIRST_DAY:
         seed_sample_calls(
             clickhouse, source, FIRST_DAY, days=1, calls_per_day=calls_per_day, agents=agents
         )
@@ -65,6 +72,7 @@ def seed_calls(
             clickhouse, first, FIRST_DAY, days=1, calls_per_day=calls_per_day, agents=agents
         )
     col = source.column
+    offset = (first_day - FIRST_DAY).days
     with clickhouse.get_client() as client:
         for statement in source_table_ddl(source):
             client.command(statement)
@@ -74,7 +82,7 @@ def seed_calls(
             INSERT INTO {source.qualified_name}
             SELECT
                 `{col("call_id")}`, `{col("agent_id")}`,
-                `{col("started_at")}` + toIntervalDay(shift.number),
+                `{col("started_at")}` + toIntervalDay(shift.number + {offset}),
                 `{col("duration_sec")}`, `{col("status")}`
             FROM {first.qualified_name} CROSS JOIN numbers({days}) AS shift
             """,

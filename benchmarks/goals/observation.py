@@ -1,0 +1,122 @@
+"""Goal 8: the hourly observation of a 30-day window of 10 M calls a day takes under a second
+when nothing changed.
+
+One worker on the embedded engine seeds the 30 days that end yesterday (the window the
+observation covers) and runs the observation job as the hourly schedule does, on one instance:
+first on an instance with no history, which fingerprints every day, as every observation did
+before (the baseline); then unchanged, which reads the table's parts from the server's metadata
+and no granule of the table; then after one late call, which fingerprints its day alone.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+import time
+from dataclasses import dataclass
+
+import dagster as dg
+
+from benchmarks import pipeline
+from benchmarks.context import Context
+from benchmarks.processes import run_worker
+from benchmarks.report import Row, Section
+from benchmarks.seeding import seed_calls, table_for
+
+GOAL = "8"
+TARGET_SEC = 1.0
+WINDOW_DAYS = 30
+
+
+@dataclass(frozen=True)
+class Params:
+    calls_per_day: int
+    rounds: int
+
+
+FULL = Params(calls_per_day=10_000_000, rounds=5)
+QUICK = Params(calls_per_day=200_000, rounds=2)
+
+
+def _window() -> tuple[dt.date, dt.date]:
+    yesterday = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    return yesterday - dt.timedelta(days=WINDOW_DAYS - 1), yesterday
+
+
+def measure(context: Context) -> Section:
+    params = QUICK if context.quick else FULL
+    first_day, _ = _window()
+    source = table_for(params.calls_per_day, WINDOW_DAYS, first_day=first_day)
+    result = run_worker(
+        "benchmarks.goals.observation:work",
+        {"calls_per_day": params.calls_per_day, "rounds": params.rounds},
+        {
+            **context.embedded_env(source),
+            "AGENT_METRICS_START_DATE": (first_day - dt.timedelta(days=30)).isoformat(),
+            "AGENT_METRICS_OBSERVE_WINDOW_DAYS": str(WINDOW_DAYS),
+        },
+    ).value
+    full, unchanged, late = result["full"], result["unchanged"], result["one_late_call"]
+    ratio = statistics.median(unchanged) / statistics.median(full)
+    return Section(
+        rows=[
+            Row(
+                GOAL,
+                f"observe {WINDOW_DAYS} days × {params.calls_per_day / 1e6:g} M calls, "
+                "every day fingerprinted (no history: the baseline)",
+                full,
+            ),
+            Row(
+                GOAL,
+                "the same observation, nothing changed since the last",
+                unchanged,
+                ratio=ratio,
+                target=f"≤ {TARGET_SEC:g} s",
+                met=statistics.median(unchanged) <= TARGET_SEC,
+            ),
+            Row(
+                GOAL,
+                "after one late call: its day fingerprinted again",
+                late,
+                ratio=statistics.median(late) / statistics.median(full),
+                target="vs every day",
+            ),
+        ],
+        notes=[
+            f"Goal {GOAL}: the observation job (observation and late-calls check) run in "
+            f"process on one instance, embedded engine; seeding took {result['seed_sec']:.1f} s. "
+            "Each 'one late call' round inserts a call into the window's middle day first.",
+        ],
+    )
+
+
+def work(calls_per_day: int, rounds: int) -> dict:
+    from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
+
+    defs = pipeline.definitions()
+    clickhouse = pipeline.clickhouse_of(defs)
+    first_day, _ = _window()
+    source, seed_sec = seed_calls(clickhouse, calls_per_day, days=WINDOW_DAYS, first_day=first_day)
+    job = defs.resolve_job_def(OBSERVE_JOB_NAME)
+
+    def observe(instance: dg.DagsterInstance) -> float:
+        started = time.perf_counter()
+        assert job.execute_in_process(instance=instance).success
+        return time.perf_counter() - started
+
+    middle_day = first_day + dt.timedelta(days=WINDOW_DAYS // 2)
+    col = source.column
+    times: dict[str, list[float]] = {"full": [], "unchanged": [], "one_late_call": []}
+    for _ in range(rounds):
+        instance = dg.DagsterInstance.ephemeral()
+        times["full"].append(observe(instance))
+        times["unchanged"].append(observe(instance))
+        with clickhouse.get_client() as client:
+            client.command(
+                f"INSERT INTO {source.qualified_name} "
+                f"SELECT `{col('call_id')}` || '-late', `{col('agent_id')}`, "
+                f"toDateTime64('{middle_day} 12:00:00', 3, 'UTC'), `{col('duration_sec')}`, "
+                f"`{col('status')}` FROM {source.qualified_name} LIMIT 1"
+            )
+        times["one_late_call"].append(observe(instance))
+    return {**times, "seed_sec": seed_sec}
