@@ -27,7 +27,7 @@ dev: sync  ## The Dagster UI on http://127.0.0.1:$(PORT) (3000 unless PORT=...; 
 	set -a; [ ! -f "$(DEV_HOME)/demo.env" ] || . "$(DEV_HOME)/demo.env"; set +a; \
 	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev -p "$(PORT)" --log-level "$(LOG_LEVEL)" --code-server-log-level "$(LOG_LEVEL)"
 
-bench: sync  ## Every performance goal against baselines of the same run (about 15 minutes).
+bench: sync  ## Every performance goal against baselines of the same run (about 20 minutes).
 	$(UV) run --frozen python -m benchmarks.run --markdown benchmarks/results.md
 	$(UV) run --frozen python -m benchmarks.run --only range-memory --markdown benchmarks/results-range-memory.md
 

@@ -211,9 +211,9 @@ def build_agent_metrics_asset(
                     description=(
                         f"Nothing published for {describe_days(days)}: failed checks "
                         f"{describe_failures(blocking)}. Each day's check results hold counts "
-                        "and sample ids. Fix the source rows, or the knob the README lists for "
-                        "the check (AGENT_METRICS_INVALID_ROWS=exclude leaves unmeasurable calls "
-                        "out)."
+                        "and sample ids. Fix the source rows, or the check's knob "
+                        '(docs/how-it-works.md, "Data-quality checks"; '
+                        "AGENT_METRICS_INVALID_ROWS=exclude leaves unmeasurable calls out)."
                     ),
                     allow_retries=False,
                 )

@@ -1,4 +1,4 @@
-"""Assembles the Dagster definitions from the environment (see README, "Configuration")."""
+"""Assembles the Dagster definitions from the environment (see docs/configuration.md)."""
 
 from __future__ import annotations
 

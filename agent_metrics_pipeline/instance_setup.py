@@ -1,4 +1,6 @@
-"""The instance's SQLite storage, created by one process at a time (see README, "Troubleshooting").
+"""The instance's SQLite storage, created by one process at a time.
+
+See docs/troubleshooting.md, "Processes and the instance".
 
 Why: Dagster's SQLite storages create their tables the first time a process opens a new
 ``DAGSTER_HOME``, with no lock between processes. Runs started at the same moment on a fresh

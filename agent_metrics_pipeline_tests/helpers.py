@@ -45,7 +45,8 @@ READER_PASSWORD = "r3ader-Pa55"
 # A reader like it whose profile also caps each query's memory, as production profiles do.
 LIMITED_READER = "limited_reader"
 LIMITED_READER_MAX_MEMORY_USAGE = 20 * 2**20
-# A reader whose profile sets the server's own time limit, as the README asks of read-only users.
+# A reader whose profile sets the server's own time limit, as docs/source-table.md ("Read-only by
+# construction") asks of read-only users.
 TIMED_READER = "timed_reader"
 TIMED_READER_MAX_EXECUTION_TIME = 60
 STAND_IN_USERS = {

@@ -2,7 +2,8 @@
 
 The distribution's Chromium, driven by Playwright, headless, against `dg dev` on a free loopback
 port over the demo's instance. Screenshots land in the test's folder; with
-AGENT_METRICS_UPDATE_SCREENSHOTS=1 they also replace the README's (docs/screenshots/).
+AGENT_METRICS_UPDATE_SCREENSHOTS=1 they also replace those the README and docs/operating.md
+show (docs/screenshots/).
 """
 
 from __future__ import annotations

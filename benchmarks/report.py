@@ -1,5 +1,5 @@
 """What a goal measured, and the tables that show it: plain text for the terminal, Markdown for
-the README."""
+docs/benchmarks.md ("Results")."""
 
 from __future__ import annotations
 
