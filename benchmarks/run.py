@@ -7,7 +7,8 @@ Goals (each row of the table says how it is measured; ``benchmarks/goals/`` has 
 
 1. one-day: a day at 10 M calls in process, less Dagster's fixed cost, ≤ 1.2× the bare aggregate.
 2. server-memory: over the ClickHouse HTTP stand-in, the client's peak RSS flat (±10%) from 100 k
-   to 10 M calls a day; ≥ 3× faster and ≥ 10× less memory above the floor than pulling the calls.
+   to 10 M calls a day; ≥ 3× faster and ≥ 10× less memory above the floor than pulling the calls;
+   one HTTP request per query, the client's greeting once per step aside.
 3. backfills: 30 days as one run ≥ 10× faster than one run per day, through ``dagster dev`` and
    through the CLI; one step process per one-day run.
 4. range-memory: a 30-day range as one run peaks ≤ 1.5× one day, a 365-day range no higher than

@@ -68,6 +68,11 @@ class StandIn:
 
     host: str
     port: int
+    log_path: Path
+
+    def requests_of_the_reader(self) -> int:
+        """The requests the read-only user has sent so far, as the stand-in's log lists them."""
+        return sum(f" {READER} " in line for line in self.log_path.read_text().splitlines())
 
     def reader_env(self) -> dict[str, str]:
         """The pipeline's variables for reading as the read-only user."""
@@ -87,9 +92,10 @@ def clickhouse_stand_in(
 ) -> Iterator[StandIn]:
     """The stand-in on a free loopback port, serving ``data`` (by default a new folder in
     ``folder``): an embedded engine's folder, when no process has it open, serves as it is."""
-    server = start_server(data or folder / "data", users, folder / "stand-in.log")
+    log_path = folder / "stand-in.log"
+    server = start_server(data or folder / "data", users, log_path)
     try:
-        yield StandIn(server.host, server.port)
+        yield StandIn(server.host, server.port, log_path)
     finally:
         server.stop()
 

@@ -25,6 +25,23 @@ def run_pipeline() -> dict:
     return {"seconds": pipeline.materialize(defs, FIRST_DAY)}
 
 
+def counted_queries() -> dict:
+    """A one-day run that counts the queries it sends; the harness counts the requests."""
+    from agent_metrics_pipeline.clickhouse import ClickHouseSession
+
+    queries = 0
+    original = ClickHouseSession.query_polars
+
+    def counted(self, sql, parameters=None):
+        nonlocal queries
+        queries += 1
+        return original(self, sql, parameters)
+
+    ClickHouseSession.query_polars = counted
+    pipeline.materialize(pipeline.definitions(), FIRST_DAY)
+    return {"queries": queries}
+
+
 def client_side() -> dict:
     defs = pipeline.definitions()
     clickhouse = pipeline.clickhouse_of(defs)

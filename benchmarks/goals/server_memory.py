@@ -9,7 +9,9 @@ fresh worker process (``server_clients``) whose peak RSS is read at its end:
   doing nothing;
 - pipeline: ``dg.materialize`` of ``agent_metrics`` for one day (local CSV output), at each size;
 - client side: every call of the day (the columns the metrics need) fetched over HTTP into
-  Polars through the same resource, filtered and aggregated there (mean, linear p90, count).
+  Polars through the same resource, filtered and aggregated there (mean, linear p90, count);
+- requests: a one-day run that counts the queries it sends, while the stand-in's log counts the
+  HTTP requests it gets: one per query, plus the client's greeting once per step.
 
 The kinds alternate within each round. Times are of the work inside the worker, without the
 interpreter's start-up and imports.
@@ -31,6 +33,9 @@ GOAL = "2"
 FLATNESS = 1.10
 SPEED_TARGET = 3.0
 MEMORY_TARGET = 10.0
+# What clickhouse-connect asks a server when its client opens: version and time zone, settings,
+# a check. The pipeline opens one client per step.
+GREETING_REQUESTS = 3
 AGENTS = 2000
 # The client processes import only this module, so that their floor is a client's, not the
 # harness's (which loads the engine to run the stand-in).
@@ -76,10 +81,19 @@ def measure(context: Context) -> Section:
             for kind, function, size in kinds:
                 result = run_worker(f"{CLIENT_MODULE}:{function}", {}, env(size))
                 runs.setdefault(kind, []).append(result)
-    return _section(params, runs, seed_sec)
+        before = stand_in.requests_of_the_reader()
+        queries = run_worker(f"{CLIENT_MODULE}:counted_queries", {}, env(params.sizes[0]))
+        requests = stand_in.requests_of_the_reader() - before
+    return _section(params, runs, seed_sec, queries.value["queries"], requests)
 
 
-def _section(params: Params, runs: dict[str, list[WorkerResult]], seed_sec: float) -> Section:
+def _section(
+    params: Params,
+    runs: dict[str, list[WorkerResult]],
+    seed_sec: float,
+    queries: int,
+    requests: int,
+) -> Section:
     def peaks(kind: str) -> list[float]:
         return [run.peak_rss_bytes for run in runs[kind]]
 
@@ -128,6 +142,17 @@ def _section(params: Params, runs: dict[str, list[WorkerResult]], seed_sec: floa
             ratio=memory_ratio,
             target=f"≥ {MEMORY_TARGET:g}× more",
             met=memory_ratio >= MEMORY_TARGET,
+        ),
+    ]
+    rows += [
+        Row(GOAL, "server path, one day: queries the run sent", [queries], ""),
+        Row(GOAL, "server path, one day: HTTP requests the server got", [requests], ""),
+        Row(
+            GOAL,
+            "requests per query, the client's greeting (3 requests a step) aside",
+            ratio=(requests - GREETING_REQUESTS) / queries,
+            target="1",
+            met=requests - GREETING_REQUESTS == queries,
         ),
     ]
     fetched = runs["client side"][0].value["rows_fetched"]
