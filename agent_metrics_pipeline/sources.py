@@ -20,7 +20,7 @@ import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory
 
 from agent_metrics_pipeline.assets import ASSET_NAME
-from agent_metrics_pipeline.clickhouse import ClickHouseResource, QueryRunner
+from agent_metrics_pipeline.clickhouse import ClickHouseQueryError, ClickHouseResource, QueryRunner
 from agent_metrics_pipeline.config import Measurement
 from agent_metrics_pipeline.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.orphaned_steps import stop_with_run_process
@@ -132,8 +132,20 @@ def observe_days(
             list(days),
             None,
         )
-    with no_retry_for_permanent_errors():
+    try:
         snapshot = read_parts(clickhouse, measurement.source)
+    except ClickHouseQueryError as error:
+        # A server that requires grants on system tables may refuse them to a reader.
+        return (
+            fingerprints(clickhouse, measurement, partitions_def, days, relation),
+            list(days),
+            ObservationPlan(
+                frozenset(),
+                (),
+                everything_because="the server refused to list the table's parts (grant the "
+                f"reader SELECT on system.parts, system.mutations and system.tables): {error}",
+            ),
+        )
     final = relation.reads_final(measurement.read_final)
     previous = {day: last_reading(instance, day) for day in days}
     plan = plan_observation(

@@ -13,6 +13,7 @@ import dagster as dg
 import pytest
 
 from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.clickhouse import ClickHouseQueryError, ClickHouseResource
 from agent_metrics_pipeline.config import Settings, SourceTable
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
@@ -273,6 +274,44 @@ def test_a_versioned_table_read_with_final_stays_exact(clickhouse, calls_table):
         after = versions(observer.observe())
         assert {day for day in before if before[day] != after[day]} == {str(DAYS[2])}
         assert versions(Observer(clickhouse, versioned).observe()) == after
+
+
+class RefusingParts:
+    """A session whose server refuses ``system.parts`` to the reader, as one that requires
+    grants on system tables does (the stand-in has no grants)."""
+
+    def __init__(self, session) -> None:
+        self.session = session
+
+    @property
+    def description(self) -> str:
+        return self.session.description
+
+    def query_polars(self, sql, parameters=None):
+        if "FROM system.parts" in sql:
+            raise ClickHouseQueryError("Not enough privileges. (ACCESS_DENIED)")
+        return self.session.query_polars(sql, parameters)
+
+
+def test_a_reader_refused_the_parts_still_gets_every_day_fingerprinted(
+    clickhouse, calls_table, monkeypatch
+):
+    calls = seeded(clickhouse, calls_table)
+    observer = Observer(clickhouse, calls_table)
+    expected = versions(observer.observe())
+    opened = ClickHouseResource.session
+
+    @contextlib.contextmanager
+    def refusing(self):
+        with opened(self) as session:
+            yield RefusingParts(session)
+
+    monkeypatch.setattr(ClickHouseResource, "session", refusing)
+    refused = Observer(clickhouse, calls_table)
+    assert versions(refused.observe()) == expected
+    for day in map(str, DAYS):
+        counted = counted_rows(calls).get(day, Counter())
+        assert expected[day].startswith(f"{sum(counted.values())}:")
 
 
 # The planning rules on their own, over made-up part names and clocks.
