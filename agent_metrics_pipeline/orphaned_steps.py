@@ -28,7 +28,11 @@ PUBLISH_GRACE_SEC = 30
 ORPHANED_EXIT_CODE = 70
 
 _publishing = threading.Lock()
+# Guards the scratch folders against a folder made while the step is leaving: one made then
+# would outlive the process.
+_scratch_lock = threading.Lock()
 _scratch_folders: set[Path] = set()
+_leaving = False
 _watching = threading.Lock()
 _watched = False
 
@@ -38,8 +42,12 @@ class _Log(Protocol):
 
 
 def _leave(parent_pid: int | None, log: _Log) -> None:
+    global _leaving
     finished_writing = _publishing.acquire(timeout=PUBLISH_GRACE_SEC)
-    for folder in list(_scratch_folders):
+    with _scratch_lock:
+        _leaving = True
+        folders = list(_scratch_folders)
+    for folder in folders:
         shutil.rmtree(folder, ignore_errors=True)
     # The log reaches the instance's event log directly; nothing else can be reported now.
     with contextlib.suppress(Exception):
@@ -94,10 +102,17 @@ def publishing() -> Iterator[None]:
 @contextlib.contextmanager
 def scratch_folder(prefix: str) -> Iterator[Path]:
     """A temporary folder, removed on exit and also when the step leaves orphaned."""
-    with tempfile.TemporaryDirectory(prefix=prefix) as name:
-        folder = Path(name)
-        _scratch_folders.add(folder)
-        try:
-            yield folder
-        finally:
+    with _scratch_lock:
+        leaving = _leaving
+        if not leaving:
+            folder = Path(tempfile.mkdtemp(prefix=prefix))
+            _scratch_folders.add(folder)
+    if leaving:
+        # The step is about to end its process: make nothing it would leave behind.
+        threading.Event().wait()
+    try:
+        yield folder
+    finally:
+        with _scratch_lock:
             _scratch_folders.discard(folder)
+        shutil.rmtree(folder, ignore_errors=True)
