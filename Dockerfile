@@ -22,7 +22,6 @@ ENV UV_COMPILE_BYTECODE=1 \
     PIP_NO_CACHE_DIR=1
 WORKDIR /src
 COPY pyproject.toml uv.lock README.md ./
-COPY agent_metrics_pipeline ./agent_metrics_pipeline
 # The optional secret `index-ca` is a CA bundle for an index behind a TLS-inspecting proxy.
 # The locked set is exported with its hashes and installed from PACKAGE_INDEX_URL, so a mirror
 # serves the same files as the lock names. Bytecode is compiled now: the runtime user cannot
@@ -38,7 +37,14 @@ RUN --mount=type=secret,id=index-ca \
         --output-file /tmp/requirements.txt --quiet; \
     /opt/uv/bin/uv venv --quiet --python "$(command -v python3)" /opt/venv; \
     /opt/uv/bin/uv pip install --python /opt/venv/bin/python --default-index "$PACKAGE_INDEX_URL" \
-        --require-hashes --requirement /tmp/requirements.txt; \
+        --require-hashes --requirement /tmp/requirements.txt
+# The package after its dependencies: a change to its code rebuilds from here only.
+COPY agent_metrics_pipeline ./agent_metrics_pipeline
+RUN --mount=type=secret,id=index-ca \
+    set -eu; \
+    if [ -s /run/secrets/index-ca ]; then \
+        export SSL_CERT_FILE=/run/secrets/index-ca PIP_CERT=/run/secrets/index-ca; \
+    fi; \
     /opt/uv/bin/uv pip install --python /opt/venv/bin/python --default-index "$PACKAGE_INDEX_URL" \
         --no-deps .
 
