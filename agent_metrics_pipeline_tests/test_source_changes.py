@@ -113,15 +113,27 @@ def insert_late_call(clickhouse, source, calls):
     return [*calls, late]
 
 
-def alter_update_length(clickhouse, source, calls):
-    target = pick(calls, 2, answered=True)
+def update_one(clickhouse, source, calls, target: Call, assignment: str, **fields):
+    """``ALTER TABLE … UPDATE`` of one call, waiting for the mutation; the calls after it."""
     command(
         clickhouse,
-        f"ALTER TABLE {source.qualified_name} UPDATE duration_sec = duration_sec + 1 "
+        f"ALTER TABLE {source.qualified_name} UPDATE {assignment} "
         f"WHERE call_id = '{target.call_id}' SETTINGS mutations_sync = 2",
     )
-    changed = dataclasses.replace(target, duration_sec=target.duration_sec + 1)
+    changed = dataclasses.replace(target, **fields)
     return [changed if call is target else call for call in calls]
+
+
+def alter_update_length(clickhouse, source, calls):
+    target = pick(calls, 2, answered=True)
+    return update_one(
+        clickhouse,
+        source,
+        calls,
+        target,
+        "duration_sec = duration_sec + 1",
+        duration_sec=target.duration_sec + 1,
+    )
 
 
 def alter_delete(clickhouse, source, calls):
@@ -142,24 +154,12 @@ def lightweight_delete(clickhouse, source, calls):
 
 def status_out_of_counted(clickhouse, source, calls):
     target = pick(calls, 4, answered=True)
-    command(
-        clickhouse,
-        f"ALTER TABLE {source.qualified_name} UPDATE status = 'Missed' "
-        f"WHERE call_id = '{target.call_id}' SETTINGS mutations_sync = 2",
-    )
-    changed = dataclasses.replace(target, status="Missed")
-    return [changed if call is target else call for call in calls]
+    return update_one(clickhouse, source, calls, target, "status = 'Missed'", status="Missed")
 
 
 def status_into_counted(clickhouse, source, calls):
     target = pick(calls, 1, answered=False)
-    command(
-        clickhouse,
-        f"ALTER TABLE {source.qualified_name} UPDATE status = '{COUNTED}' "
-        f"WHERE call_id = '{target.call_id}' SETTINGS mutations_sync = 2",
-    )
-    changed = dataclasses.replace(target, status=COUNTED)
-    return [changed if call is target else call for call in calls]
+    return update_one(clickhouse, source, calls, target, f"status = '{COUNTED}'", status=COUNTED)
 
 
 def empty_a_day(clickhouse, source, calls):
