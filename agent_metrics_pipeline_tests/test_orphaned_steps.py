@@ -23,6 +23,10 @@ class Log:
 
 def test_a_step_leaving_removes_its_folders_and_makes_no_new_one(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # The leaving thread keeps the publishing lock until the process ends: this test's own, so
+    # the steps of later tests in this process still publish.
+    monkeypatch.setattr(orphaned_steps, "_publishing", threading.Lock())
+    monkeypatch.setattr(orphaned_steps, "_scratch_lock", threading.Lock())
     monkeypatch.setattr(orphaned_steps, "_scratch_folders", set())
     monkeypatch.setattr(orphaned_steps, "_leaving", False, raising=False)
     exits: list[int] = []
