@@ -54,10 +54,15 @@ class PartsSnapshot:
         )
 
     def saw(self, part: str, reading: DayReading) -> bool:
-        """Whether ``part`` is active and is the part of that name the reading could see: one
-        modified after the reading was written later (a table recreated, a part committed
-        while the reading's query ran), and is new to that reading."""
+        """Whether ``part`` is active and is the part of that name the reading saw: one modified
+        after the reading is a later part under a name used before (a table recreated, say).
+        A reading lists only parts of its snapshot, all committed before it was taken."""
         return part in self.modified and self.modified[part] <= (reading.read_at or 0)
+
+    def listed(self, parts: Iterable[str]) -> tuple[str, ...]:
+        """Of the parts a fingerprint query read, those this snapshot lists: a part committed
+        after the snapshot is left for the next observation to look into, as new."""
+        return tuple(sorted(part for part in parts if part in self.modified))
 
 
 def read_parts(clickhouse: QueryRunner, source: SourceTable) -> PartsSnapshot:
@@ -69,10 +74,23 @@ def read_parts(clickhouse: QueryRunner, source: SourceTable) -> PartsSnapshot:
         modified=dict(zip(row["parts"], (int(m) for m in row["modified"]), strict=True)),
         pending_mutations=int(row["pending_mutations"]),
         table_uuid=row["table_uuid"] or "",
-        sorting_key=tuple(
-            key.strip().strip("`") for key in (row["sorting_key"] or "").split(",") if key
-        ),
+        sorting_key=_key_columns(row["sorting_key"] or ""),
     )
+
+
+def _key_columns(sorting_key: str) -> tuple[str, ...]:
+    """The sorting key's top-level elements, as ``system.tables`` spells them: a column name
+    alone, or an expression (whose commas inside brackets do not split it)."""
+    elements, depth, current = [], 0, ""
+    for character in sorting_key:
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            elements.append(current)
+            current = ""
+        else:
+            current += character
+    elements.append(current)
+    return tuple(element.strip().strip("`") for element in elements if element.strip())
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,10 @@ from agent_metrics_pipeline.source_parts import (
 )
 from agent_metrics_pipeline.source_relation import SourceRelation, describe_source
 from agent_metrics_pipeline.sql import (
+    ACTIVE_PARTS_QUERY,
     build_days_in_parts_query,
     build_fingerprint_query,
+    build_parts_of_days_query,
     build_recently_written_days_query,
     fingerprint_basis,
 )
@@ -77,20 +79,30 @@ def fingerprints(
     if snapshot is not None and not snapshot.vouches_for_days:
         snapshot = None  # its lists would not tell the next observation what it needs to know
     final = relation.reads_final(measurement.read_final)
+    bounds = _bounds(partitions_def, days)
     with no_retry_for_permanent_errors():
         rows = clickhouse.query_polars(
             *build_fingerprint_query(
                 measurement,
-                _bounds(partitions_def, days),
+                bounds,
                 partitions_def.timezone,
                 final=final,
-                with_parts=snapshot is not None,
+                with_parts=snapshot is not None and not final,
             )
+        )
+        # Read with FINAL, a day depends on every part holding a row of it, of any status or
+        # version: a newer version in one part hides an older one in another.
+        parts_rows = (
+            clickhouse.query_polars(
+                *build_parts_of_days_query(measurement, bounds, partitions_def.timezone)
+            )
+            if snapshot is not None and final
+            else rows
         )
     parts_of = dict.fromkeys(days, ())
     if snapshot is not None:
-        for date, parts in rows.select("date", "parts").iter_rows():
-            parts_of[date.isoformat()] = tuple(parts)
+        for date, parts in parts_rows.select("date", "parts").iter_rows():
+            parts_of[date.isoformat()] = snapshot.listed(parts)
     found = {
         date.isoformat(): (calls, f"{calls}:{row_hash}")
         for date, calls, row_hash in rows.select("date", "calls", "row_hash").iter_rows()
@@ -168,6 +180,17 @@ def observe_days(
                     any_status=final,
                 )
             )
+            still_active = clickhouse.query_polars(
+                ACTIVE_PARTS_QUERY,
+                {
+                    "database": measurement.source.database,
+                    "table": measurement.source.table,
+                    "parts": list(plan.parts_to_look_into),
+                },
+            ).item(0, "still_active")
+        if still_active < len(plan.parts_to_look_into):
+            # A merge took a part away before the query read it: what it held is unknown.
+            unchanged.clear()
         unchanged -= plan.changed_days(
             (date.isoformat(), part) for date, part in found.select("date", "part").iter_rows()
         )

@@ -321,7 +321,7 @@ def _fingerprint_select(measurement: Measurement, final: bool, with_parts: bool 
         f"src.`{source.column(role)}`"
         for role in ("agent_id", "started_at", "duration_sec", "status")
     )
-    parts = ",\n    arraySort(groupUniqArray(src._part)) AS parts" if with_parts else ""
+    parts = ",\n    arraySort(groupUniqArray(toString(src._part))) AS parts" if with_parts else ""
     return f"""
 SELECT
     toDate({started_at}, {{timezone:String}}) AS date,
@@ -407,6 +407,31 @@ WHERE database = {database:String} AND table = {table:String} AND active
 """
 
 
+def build_parts_of_days_query(
+    measurement: Measurement, days: list[tuple[dt.datetime, dt.datetime]], timezone: str
+) -> tuple[str, dict[str, object]]:
+    """The parts holding any row of each of the days given, whatever its status or version:
+    for a table read with FINAL, where a row of one part can hide a row of another."""
+    predicate, parameters = _day_ranges(measurement, days)
+    started_at = f"src.`{measurement.source.column('started_at')}`"
+    sql = f"""
+SELECT toDate({started_at}, {{timezone:String}}) AS date,
+    arraySort(groupUniqArray(toString(src._part))) AS parts
+FROM {measurement.source.qualified_name} AS src
+WHERE ({predicate})
+GROUP BY date
+"""
+    return sql, {"timezone": timezone, **parameters}
+
+
+ACTIVE_PARTS_QUERY = """
+SELECT count() AS still_active
+FROM system.parts
+WHERE database = {database:String} AND table = {table:String} AND active
+  AND name IN {parts:Array(String)}
+"""
+
+
 def build_days_in_parts_query(
     measurement: Measurement,
     parts: list[str],
@@ -425,7 +450,7 @@ def build_days_in_parts_query(
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
     counted = "" if any_status else f"\n  AND {status} IN {{statuses:Array(String)}}"
     sql = f"""
-SELECT DISTINCT toDate({started_at}, {{timezone:String}}) AS date, src._part AS part
+SELECT DISTINCT toDate({started_at}, {{timezone:String}}) AS date, toString(src._part) AS part
 FROM {source.qualified_name} AS src
 WHERE src._part IN {{parts:Array(String)}}
   AND ({predicate}){counted}
