@@ -25,6 +25,7 @@ from typing import Protocol
 # How long an orphaned step waits for the day it is writing: an object store that stopped
 # answering must not keep it alive until its read timeout.
 PUBLISH_GRACE_SEC = 30
+LOG_GRACE_SEC = 10
 ORPHANED_EXIT_CODE = 70
 
 _publishing = threading.Lock()
@@ -43,15 +44,14 @@ class _Log(Protocol):
 
 def _leave(parent_pid: int | None, log: _Log) -> None:
     global _leaving
-    finished_writing = _publishing.acquire(timeout=PUBLISH_GRACE_SEC)
-    with _scratch_lock:
-        _leaving = True
-        folders = list(_scratch_folders)
-    for folder in folders:
-        shutil.rmtree(folder, ignore_errors=True)
-    # The log reaches the instance's event log directly; nothing else can be reported now.
-    with contextlib.suppress(Exception):
-        log.error(
+    try:
+        finished_writing = _publishing.acquire(timeout=PUBLISH_GRACE_SEC)
+        with _scratch_lock:
+            _leaving = True
+            folders = list(_scratch_folders)
+        for folder in folders:
+            _remove(folder)
+        message = (
             f"The run's process (pid {parent_pid}) is gone: this step stops here, "
             + (
                 "after the day it was writing."
@@ -61,8 +61,30 @@ def _leave(parent_pid: int | None, log: _Log) -> None:
             )
             + " Days not yet published stay as they were; materialize them again."
         )
-    # Not sys.exit: the exit handlers would wait for the queue to the dead run process.
-    os._exit(ORPHANED_EXIT_CODE)
+        # The log reaches the instance's event log directly; nothing else can be reported now.
+        # An instance that does not answer must not keep the process alive.
+        writer = threading.Thread(target=_log_quietly, args=(log, message), daemon=True)
+        writer.start()
+        writer.join(timeout=LOG_GRACE_SEC)
+    finally:
+        # Not sys.exit: the exit handlers would wait for the queue to the dead run process.
+        os._exit(ORPHANED_EXIT_CODE)
+
+
+def _log_quietly(log: _Log, message: str) -> None:
+    with contextlib.suppress(Exception):
+        log.error(message)
+
+
+def _remove(folder: Path) -> None:
+    """Out of the way first, then removed: a file the step is still writing lands in the
+    renamed folder, not in a new one under the old name."""
+    doomed = folder.with_name(f"{folder.name}.removed")
+    with contextlib.suppress(OSError):
+        folder.rename(doomed)
+    for _ in range(2):  # a file created while the first pass ran makes it fail once
+        shutil.rmtree(doomed, ignore_errors=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _wait_for_run_process(parent: multiprocessing.process.BaseProcess, log: _Log) -> None:
