@@ -91,6 +91,7 @@ def measure(context: Context) -> Section:
 
 
 def work(calls_per_day: int, rounds: int) -> dict:
+    from agent_metrics_pipeline.config import Settings
     from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 
     defs = pipeline.definitions()
@@ -105,6 +106,8 @@ def work(calls_per_day: int, rounds: int) -> dict:
         return time.perf_counter() - started
 
     middle_day = first_day + dt.timedelta(days=WINDOW_DAYS // 2)
+    # A counted call, so that its day's fingerprint changes.
+    counted = Settings.from_env().measurement.statuses[0]
     col = source.column
     times: dict[str, list[float]] = {"full": [], "unchanged": [], "one_late_call": []}
     for _ in range(rounds):
@@ -116,7 +119,8 @@ def work(calls_per_day: int, rounds: int) -> dict:
                 f"INSERT INTO {source.qualified_name} "
                 f"SELECT `{col('call_id')}` || '-late', `{col('agent_id')}`, "
                 f"toDateTime64('{middle_day} 12:00:00', 3, 'UTC'), `{col('duration_sec')}`, "
-                f"`{col('status')}` FROM {source.qualified_name} LIMIT 1"
+                f"`{col('status')}` FROM {source.qualified_name} "
+                f"WHERE `{col('status')}` = '{counted}' LIMIT 1"
             )
         times["one_late_call"].append(observe(instance))
     return {**times, "seed_sec": seed_sec}
