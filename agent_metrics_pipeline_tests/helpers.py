@@ -466,6 +466,45 @@ query Status($id: String!) {
 """
 
 
+BACKFILL_RUNS = """
+query Runs($id: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
+    ... on Runs {
+      results { runId status startTime endTime stepStats { stepKey startTime endTime } }
+    }
+  }
+}
+"""
+RUN_ENDED = ("SUCCESS", "FAILURE", "CANCELED")
+
+
+def backfill_to_its_end(
+    url: str, days: Sequence[dt.date], timeout_sec: float
+) -> tuple[str, list[dict]]:
+    """Launch a backfill of ``agent_metrics`` over ``days`` through the UI's GraphQL API and
+    wait until it and its runs have ended: its status and its runs."""
+    params = {
+        "assetSelection": [{"path": ["agent_metrics"]}],
+        "partitionNames": [str(day) for day in days],
+    }
+    launched = graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
+    if launched["__typename"] != "LaunchBackfillSuccess":
+        raise RuntimeError(f"The backfill was not launched: {launched}")
+    backfill_id = launched["backfillId"]
+    deadline = time.monotonic() + timeout_sec
+    while True:
+        status = graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
+        runs = graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
+        ended = runs and all(run["status"] in RUN_ENDED for run in runs)
+        if status["status"].startswith(("COMPLETED", "FAILED", "CANCELED")) and ended:
+            return status["status"], runs
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"The backfill is still {status} after {timeout_sec} s, with runs {runs}"
+            )
+        time.sleep(1)
+
+
 def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     """The data of a query to the UI's GraphQL endpoint; its errors raise."""
     response = requests.post(url, json={"query": query, "variables": variables or {}}, timeout=60)

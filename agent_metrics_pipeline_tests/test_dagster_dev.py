@@ -19,10 +19,9 @@ import pytest
 
 from agent_metrics_pipeline import checks
 from agent_metrics_pipeline_tests.helpers import (
-    BACKFILL_STATUS,
     DEV_INSTANCE_SETTINGS,
-    LAUNCH_BACKFILL,
     Bucket,
+    backfill_to_its_end,
     calls_to_parquet,
     dagster_ui,
     graphql,
@@ -37,13 +36,6 @@ FIRST_DAY = dt.date(2026, 11, 1)
 DAYS = [FIRST_DAY + dt.timedelta(days=i) for i in range(10)]
 BACKFILL_TIMEOUT_SEC = 300
 
-BACKFILL_RUNS = """
-query Runs($id: String!) {
-  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
-    ... on Runs { results { runId status stepStats { stepKey startTime endTime } } }
-  }
-}
-"""
 POOLS = """
 { instance { concurrencyLimits { concurrencyKey slotCount } } }
 """
@@ -67,23 +59,9 @@ def dagster_dev(env: dict[str, str], workdir: Path) -> Iterator[str]:
 
 
 def run_backfill(url: str) -> list[dict]:
-    params = {
-        "assetSelection": [{"path": ["agent_metrics"]}],
-        "partitionNames": [str(day) for day in DAYS],
-    }
-    launched = graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    backfill_id = launched["backfillId"]
-    deadline = time.monotonic() + BACKFILL_TIMEOUT_SEC
-    while True:
-        status = graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        runs = graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
-        finished = all(run["status"] in ("SUCCESS", "FAILURE", "CANCELED") for run in runs)
-        if status["status"].startswith(("COMPLETED", "FAILED")) and runs and finished:
-            assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs)
-            return runs
-        assert time.monotonic() < deadline, f"backfill still {status} with runs {runs}"
-        time.sleep(1)
+    status, runs = backfill_to_its_end(url, DAYS, BACKFILL_TIMEOUT_SEC)
+    assert status in ("COMPLETED", "COMPLETED_SUCCESS"), (status, runs)
+    return runs
 
 
 @pytest.fixture(scope="module")

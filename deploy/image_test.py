@@ -35,8 +35,6 @@ from pathlib import Path
 import requests
 
 from agent_metrics_pipeline_tests.helpers import (
-    BACKFILL_STATUS,
-    LAUNCH_BACKFILL,
     READER,
     READER_PASSWORD,
     REPO_ROOT,
@@ -44,6 +42,7 @@ from agent_metrics_pipeline_tests.helpers import (
     S3_TEST_REGION,
     STAND_IN_USERS,
     S3Server,
+    backfill_to_its_end,
     calls_to_parquet,
     free_port,
     graphql,
@@ -318,14 +317,6 @@ LOCATION_STATUS = """
 } } } }
 """
 
-BACKFILL_RUNS = """
-query Runs($id: String!) {
-  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
-    ... on Runs { results { runId status } }
-  }
-}
-"""
-
 
 def location_loaded(url: str) -> bool:
     try:
@@ -340,23 +331,13 @@ def location_loaded(url: str) -> bool:
 
 
 def materialize_day(url: str) -> list[dict]:
-    params = {"assetSelection": [{"path": ["agent_metrics"]}], "partitionNames": [str(DAY)]}
-    launched = graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
-    if launched["__typename"] != "LaunchBackfillSuccess":
-        raise SystemExit(f"The backfill was not launched: {launched}")
-    backfill_id = launched["backfillId"]
-    deadline = time.monotonic() + RUN_TIMEOUT_SEC
-    while True:
-        status = graphql(url, BACKFILL_STATUS, {"id": backfill_id})["partitionBackfillOrError"]
-        runs = graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
-        finished = all(r["status"] in ("SUCCESS", "FAILURE", "CANCELED") for r in runs)
-        if status["status"].startswith(("COMPLETED", "FAILED")) and runs and finished:
-            if not all(r["status"] == "SUCCESS" for r in runs):
-                raise SystemExit(f"The day's run did not succeed: backfill {status}, runs {runs}")
-            return runs
-        if time.monotonic() > deadline:
-            raise SystemExit(f"The backfill is still {status} with runs {runs}")
-        time.sleep(1)
+    try:
+        status, runs = backfill_to_its_end(url, [DAY], RUN_TIMEOUT_SEC)
+    except RuntimeError as error:
+        raise SystemExit(str(error)) from None
+    if not all(run["status"] == "SUCCESS" for run in runs):
+        raise SystemExit(f"The day's run did not succeed: backfill {status}, runs {runs}")
+    return runs
 
 
 def embedded_run(home: Path, workdir: Path) -> bytes:

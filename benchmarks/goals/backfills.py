@@ -26,9 +26,8 @@ from pathlib import Path
 import dagster as dg
 
 from agent_metrics_pipeline_tests.helpers import (
-    BACKFILL_STATUS,
     DEV_INSTANCE_SETTINGS,
-    LAUNCH_BACKFILL,
+    backfill_to_its_end,
     graphql,
 )
 from benchmarks import pipeline
@@ -44,17 +43,9 @@ AGENTS = 1000
 BACKFILL_TIMEOUT_SEC = 900
 CLI_TIMEOUT_SEC = 600
 
-BACKFILL_RUNS = """
-query Runs($id: String!) {
-  runsOrError(filter: {tags: [{key: "dagster/backfill", value: $id}]}) {
-    ... on Runs { results { runId status startTime endTime stepStats { stepKey } } }
-  }
-}
-"""
 DAEMONS = """
 { instance { daemonHealth { allDaemonStatuses { daemonType healthy } } } }
 """
-FINISHED = ("SUCCESS", "FAILURE", "CANCELED")
 # The daemons that take a backfill to its runs' start.
 BACKFILL_DAEMONS = {"BACKFILL", "QUEUED_RUN_COORDINATOR"}
 
@@ -161,26 +152,8 @@ def _dagster_home(folder: Path) -> Path:
 def _backfill(env: dict[str, str], dagster_home: Path, days: list[dt.date]) -> Backfill:
     with dagster_dev({**env, "DAGSTER_HOME": str(dagster_home)}, dagster_home) as url:
         _wait_for_daemons(url)
-        params = {
-            "assetSelection": [{"path": ["agent_metrics"]}],
-            "partitionNames": [str(day) for day in days],
-        }
         launched_at = time.time()
-        launched = graphql(url, LAUNCH_BACKFILL, {"params": params})["launchPartitionBackfill"]
-        if launched["__typename"] != "LaunchBackfillSuccess":
-            raise RuntimeError(f"backfill not launched: {launched}")
-        backfill_id = launched["backfillId"]
-        deadline = time.monotonic() + BACKFILL_TIMEOUT_SEC
-        while True:
-            status = graphql(url, BACKFILL_STATUS, {"id": backfill_id})
-            runs = graphql(url, BACKFILL_RUNS, {"id": backfill_id})["runsOrError"]["results"]
-            state = status["partitionBackfillOrError"]["status"]
-            done = runs and all(run["status"] in FINISHED for run in runs)
-            if state.startswith(("COMPLETED", "FAILED", "CANCELED")) and done:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"backfill still {state} after {BACKFILL_TIMEOUT_SEC} s")
-            time.sleep(1)
+        state, runs = backfill_to_its_end(url, days, BACKFILL_TIMEOUT_SEC)
     failed = [run["runId"] for run in runs if run["status"] != "SUCCESS"]
     if failed or state not in ("COMPLETED", "COMPLETED_SUCCESS"):
         raise RuntimeError(f"backfill {state}; runs not successful: {failed}")
