@@ -27,28 +27,33 @@ from agent_metrics_pipeline.metrics import (
     COLUMN_DESCRIPTIONS,
     DUPLICATE_COUNT,
     METRIC_TYPES,
+    UNCOUNTED_VARIANT_CALLS,
     UNMEASURABLE_COUNTS,
     SourceQuality,
     StagedDays,
     calls_per_status,
+    counted_status_calls,
     escape_formula_agent_ids,
     metrics_for_day,
     shape_metrics,
     to_markdown,
 )
 from agent_metrics_pipeline.orphaned_steps import scratch_folder, stop_with_run_process
-from agent_metrics_pipeline.source_relation import describe_source
+from agent_metrics_pipeline.source_relation import SourceRelation, describe_source
 from agent_metrics_pipeline.sql import (
+    build_calls_per_day_query,
     build_duplicate_samples_query,
     build_metrics_query,
     build_samples_query,
-    build_status_query,
+    build_status_variants_query,
 )
 
 ASSET_NAME = "agent_metrics"
 GROUP_NAME = "call_center"
 CSV_IO_MANAGER_KEY = "csv_io_manager"
 PREVIEW_ROWS = 10
+# Days counted per query when sizing a run: a year's range takes four small queries.
+DAYS_PER_COUNT_QUERY = 100
 
 
 def published_schema() -> dg.TableSchema:
@@ -68,6 +73,7 @@ def day_metadata(
     day: dt.date,
     days: Sequence[str],
     agent_shards: int,
+    source_rows: int,
 ) -> dict[str, object]:
     """What one day's materialization shows, whether it ran alone or in a range."""
     rows = metrics_for_day(metrics, day)
@@ -77,6 +83,7 @@ def day_metadata(
         "calls_counted": int(rows.get_column("total_calls").sum()),
         "unmeasurable_calls": int(unmeasurable.sum_horizontal().sum()),
         "statuses_seen": calls_per_status(statuses, day),
+        "source_rows": source_rows,
         "run_days": describe_days(days),
         "agent_shards": agent_shards,
         "preview": dg.MetadataValue.md(to_markdown(rows.head(PREVIEW_ROWS))),
@@ -167,20 +174,15 @@ def build_agent_metrics_asset(
                         f"{relation.engine or 'relation'}: reading each row's latest version "
                         "(FINAL)"
                     )
-                # The census reads two columns of the range: its calls per day size the
-                # chunks, and it is the status_spellings check's evidence.
-                statuses = source.query_polars(
-                    *build_status_query(
-                        measurement, window.start, window.end, partitions_def.timezone, final=final
-                    )
+                calls_per_day = calls_held_per_day(
+                    source, measurement, partitions_def, days, relation
                 )
-                calls_per_day = counted_calls_per_day(statuses, measurement)
                 rows_per_call: float | None = None
                 remaining = list(days)
                 while remaining:
                     chunk = next_chunk(remaining, calls_per_day, chunking, rows_per_call)
                     remaining = remaining[len(chunk.days) :]
-                    metrics, quality, shards, rows = _read_chunk(
+                    metrics, quality, statuses, shards, rows = _read_chunk(
                         context, source, measurement, partitions_def, chunk, final
                     )
                     calls = sum(calls_per_day.get(key, 0) for key in chunk.days)
@@ -193,7 +195,13 @@ def build_agent_metrics_asset(
                     for key in chunk.days:
                         metadata_by_day[key] = {
                             **day_metadata(
-                                metrics, quality, statuses, dt.date.fromisoformat(key), days, shards
+                                metrics,
+                                quality,
+                                statuses,
+                                dt.date.fromisoformat(key),
+                                days,
+                                shards,
+                                calls_per_day.get(key, 0),
                             ),
                             **relation.describe(measurement.read_final),
                         }
@@ -226,11 +234,26 @@ def build_agent_metrics_asset(
     return agent_metrics
 
 
-def counted_calls_per_day(statuses: "pl.DataFrame", measurement: Measurement) -> dict[str, int]:
-    """The calls of each day the metrics query will read, from the census."""
-    counted = statuses.filter(pl.col("status").is_in(measurement.statuses))
-    per_day = counted.group_by("date").agg(pl.col("calls").sum())
-    return {str(day): int(calls) for day, calls in per_day.iter_rows()}
+def calls_held_per_day(
+    clickhouse: ClickHouseSession,
+    measurement: Measurement,
+    partitions_def: dg.DailyPartitionsDefinition,
+    days: Sequence[str],
+    relation: SourceRelation,
+) -> dict[str, int]:
+    """The calls the source holds on each day, any status, as stored: they size the chunks."""
+    by_primary_key = relation.sorted_by(measurement.source.column("started_at"))
+    calls: dict[str, int] = {}
+    for first in range(0, len(days), DAYS_PER_COUNT_QUERY):
+        bounds = []
+        for key in days[first : first + DAYS_PER_COUNT_QUERY]:
+            window = partitions_def.time_window_for_partition_key(key)
+            bounds.append((dt.date.fromisoformat(key), window.start, window.end))
+        counted = clickhouse.query_polars(
+            *build_calls_per_day_query(measurement, bounds, partitions_def.timezone, by_primary_key)
+        )
+        calls |= {str(day): int(count) for day, count in counted.iter_rows()}
+    return calls
 
 
 def _read_chunk(
@@ -240,9 +263,9 @@ def _read_chunk(
     partitions_def: dg.DailyPartitionsDefinition,
     chunk: Chunk,
     final: bool,
-) -> "tuple[pl.DataFrame, SourceQuality, int, int]":
-    """The metrics and source quality of the chunk's days, the agent shards it took and the
-    rows the queries returned.
+) -> "tuple[pl.DataFrame, SourceQuality, pl.DataFrame, int, int]":
+    """The metrics, source quality and calls per status (counted statuses and those spelled
+    like one) of the chunk's days, the agent shards it took and the rows the queries returned.
 
     A server that stops a query at the user's per-query memory limit would stop it again: the
     chunk is read again in twice as many shards, until the limit lets each through.
@@ -288,7 +311,11 @@ def _read_chunk(
         quality = quality.with_samples(
             clickhouse.query_polars(*build_duplicate_samples_query(*window, final=final))
         )
-    return metrics, quality, chunk.shards, raw.height
+    statuses = counted_status_calls(raw, measurement.statuses)
+    if SourceQuality.counts_any(raw, [UNCOUNTED_VARIANT_CALLS]):
+        variants = clickhouse.query_polars(*build_status_variants_query(*window, final=final))
+        statuses = pl.concat([statuses, variants.cast(statuses.schema)]).sort("date", "status")
+    return metrics, quality, statuses, chunk.shards, raw.height
 
 
 def _day_evaluations(

@@ -57,7 +57,8 @@ class Evidence:
 
     metrics: pl.DataFrame
     quality: SourceQuality
-    # Calls per day and status in the window, counted statuses or not: date, status, calls.
+    # Calls per day of each counted status and each status spelled like one (see
+    # sql.status_spelling): date, status, calls.
     statuses: pl.DataFrame
     partition_keys: Sequence[str]
     measurement: Measurement
@@ -275,18 +276,11 @@ def min_calls_per_agent(evidence: Evidence) -> Finding:
     )
 
 
-def _spelling(statuses: pl.Expr | pl.Series) -> pl.Expr | pl.Series:
-    return statuses.str.strip_chars().str.to_lowercase()
-
-
 def status_spellings(evidence: Evidence) -> Finding:
-    """A status that differs from a counted one only by case or surrounding spaces is most
-    likely the same status, mistyped at the source: its calls are not counted."""
+    """A status that differs from a counted one only by letter case or surrounding whitespace
+    is most likely the same status, mistyped at the source: its calls are not counted."""
     counted = evidence.measurement.statuses
-    variants = evidence.statuses.filter(
-        ~pl.col("status").is_in(counted)
-        & _spelling(pl.col("status")).is_in(_spelling(pl.Series(counted)).to_list())
-    )
+    variants = evidence.statuses.filter(~pl.col("status").is_in(counted))
     return Finding(
         failing_days=_days(variants),
         metadata={

@@ -2,14 +2,14 @@
 
 A query holds the exact quantile state of every call it reads (about 11 bytes a call in the
 engine) and returns one row per agent and day, which the step holds while it checks and stages
-them. So a run groups consecutive days into one query while their counted calls and their rows
+them. So a run groups consecutive days into one query while their calls and their rows
 fit a budget each, and splits a day whose calls or rows exceed it into shards by a hash of
 ``agent_id``: every agent falls wholly in one shard, so its average, p90 and count are exact,
 and the shards' rows together are exactly the unsharded rows.
 
-The census gives each day's calls before the first query; its rows (agents) are known only
-once read. The first chunk is therefore one day, and each later chunk is sized by the most rows
-per call seen so far.
+A day's calls (any status, as stored: the engine reads them all) are counted before the first
+query; its rows (agents) are known only once read. The first chunk is therefore one day, and
+each later chunk is sized by the most rows per call seen so far.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ MAX_AGENT_SHARDS = 1024
 
 @dataclass(frozen=True)
 class Chunking:
-    """The limits of one query: days, counted calls, rows (agent-days), and the fewest agent
+    """The limits of one query: days, calls, rows (agent-days), and the fewest agent
     shards to use."""
 
     max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY
@@ -77,7 +77,7 @@ def next_chunk(
     """The chunk that starts at ``days[0]``: as many consecutive days as fit every limit, or
     the first day alone in as many agent shards as its calls and rows need.
 
-    ``rows_per_call`` is the most rows per counted call seen so far; unknown (None), the chunk
+    ``rows_per_call`` is the most rows per call seen so far; unknown (None), the chunk
     is one day, which tells.
     """
 
@@ -93,7 +93,7 @@ def next_chunk(
     if needed > chunking.agent_shards:
         return Chunk((first,), min(MAX_AGENT_SHARDS, needed))
     if rows_per_call is None:
-        # Days without counted calls make no rows whatever the ratio: they go along together.
+        # Days without calls make no rows whatever the ratio: they go along together.
         quiet = 1
         while (
             quiet < min(len(days), chunking.max_days_per_query)

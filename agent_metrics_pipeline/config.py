@@ -174,6 +174,8 @@ class Measurement:
     def __post_init__(self) -> None:
         if not self.statuses:
             raise ConfigError("AGENT_METRICS_STATUSES must name at least one call status")
+        # A status named twice counts once.
+        object.__setattr__(self, "statuses", tuple(dict.fromkeys(self.statuses)))
 
     @property
     def fails_on_invalid_rows(self) -> bool:

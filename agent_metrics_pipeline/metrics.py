@@ -29,6 +29,10 @@ COLUMN_DESCRIPTIONS = {
 }
 
 
+# Per agent, the calls of each counted status, in the measurement's order.
+CALLS_PER_COUNTED_STATUS = "calls_per_counted_status"
+# Per agent, the calls of a status spelled like a counted one without being one.
+UNCOUNTED_VARIANT_CALLS = "uncounted_variant_calls"
 UNMEASURABLE_COUNTS = (
     "null_agent_calls",
     "null_duration_calls",
@@ -126,6 +130,23 @@ def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
     return metrics, SourceQuality(per_day=per_day)
 
 
+def counted_status_calls(raw: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:
+    """Calls per day of each counted status (``date``, ``status``, ``calls``; statuses without
+    a call left out), from the metrics query's per-agent counts, which follow ``statuses``."""
+    per_agent = pl.concat(
+        [
+            raw.select(
+                pl.col("date").cast(pl.Date),
+                pl.lit(status).alias("status"),
+                pl.col(CALLS_PER_COUNTED_STATUS).list.get(position).cast(pl.Int64).alias("calls"),
+            )
+            for position, status in enumerate(statuses)
+        ]
+    )
+    per_day = per_agent.group_by("date", "status").agg(pl.col("calls").sum())
+    return per_day.filter(pl.col("calls") > 0).sort("date", "status")
+
+
 # A cell starting with one of these is a formula to a spreadsheet (CSV injection).
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 FORMULA_ESCAPE = "'"
@@ -148,7 +169,8 @@ def escape_formula_agent_ids(metrics: pl.DataFrame) -> pl.DataFrame:
 
 
 def calls_per_status(statuses: pl.DataFrame, day: dt.date | None = None) -> dict[str, int]:
-    """Calls per status on ``day``, or over all the run's days, from the per-day counts."""
+    """Calls per status on ``day``, or over all the run's days, from per-day counts such as
+    :func:`counted_status_calls`'s."""
     if day is not None:
         statuses = statuses.filter(pl.col("date") == day)
     totals = statuses.group_by("status").agg(pl.col("calls").sum()).sort("status")

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from agent_metrics_pipeline.clickhouse import QueryRunner
 from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.source_relation import key_elements
 from agent_metrics_pipeline.sql import PARTS_QUERY
 
 # Lightweight updates keep their new values in patch parts, applied when the table is read.
@@ -74,23 +75,8 @@ def read_parts(clickhouse: QueryRunner, source: SourceTable) -> PartsSnapshot:
         modified=dict(zip(row["parts"], (int(m) for m in row["modified"]), strict=True)),
         pending_mutations=int(row["pending_mutations"]),
         table_uuid=row["table_uuid"] or "",
-        sorting_key=_key_columns(row["sorting_key"] or ""),
+        sorting_key=key_elements(row["sorting_key"] or ""),
     )
-
-
-def _key_columns(sorting_key: str) -> tuple[str, ...]:
-    """The sorting key's top-level elements, as ``system.tables`` spells them: a column name
-    alone, or an expression (whose commas inside brackets do not split it)."""
-    elements, depth, current = [], 0, ""
-    for character in sorting_key:
-        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(character, 0)
-        if character == "," and depth == 0:
-            elements.append(current)
-            current = ""
-        else:
-            current += character
-    elements.append(current)
-    return tuple(element.strip().strip("`") for element in elements if element.strip())
 
 
 @dataclass(frozen=True)

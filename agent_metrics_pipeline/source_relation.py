@@ -8,6 +8,7 @@ the table in parts the late-calls check can look at (``_part``, ``system.parts``
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from agent_metrics_pipeline.clickhouse import QueryRunner
@@ -16,7 +17,7 @@ from agent_metrics_pipeline.config import ReadFinalPolicy, SourceTable
 # Engines whose unmerged parts may hold older versions of a row (or cancelled pairs of rows).
 VERSIONED_ENGINES = ("ReplacingMergeTree", "CollapsingMergeTree", "VersionedCollapsingMergeTree")
 ENGINE_QUERY = """
-SELECT engine
+SELECT engine, sorting_key
 FROM system.tables
 WHERE database = {database:String} AND name = {table:String}
 """
@@ -24,9 +25,18 @@ WHERE database = {database:String} AND name = {table:String}
 
 @dataclass(frozen=True)
 class SourceRelation:
-    """The source's engine as ``system.tables`` names it ('' when the server does not list it)."""
+    """The source's engine and sorting key as ``system.tables`` names them ('' when the server
+    does not list the source, or it has no sorting key)."""
 
     engine: str
+    sorting_key: str = ""
+
+    def sorted_by(self, column: str) -> bool:
+        """Whether the sorting key leads with ``column`` (alone or in an expression such as
+        ``toDate(column)``), so that a range of it reads only the granules it covers."""
+        elements = key_elements(self.sorting_key)
+        mention = rf"(?<!\w){re.escape(column)}(?!\w)"
+        return bool(elements) and re.search(mention, elements[0]) is not None
 
     @property
     def has_parts(self) -> bool:
@@ -58,4 +68,21 @@ def describe_source(clickhouse: QueryRunner, source: SourceTable) -> SourceRelat
         ENGINE_QUERY, {"database": source.database, "table": source.table}
     )
     # A source the server does not list fails in the first query that reads it, with its fix.
-    return SourceRelation(rows.item(0, "engine") if rows.height else "")
+    if not rows.height:
+        return SourceRelation("")
+    return SourceRelation(rows.item(0, "engine"), rows.item(0, "sorting_key") or "")
+
+
+def key_elements(sorting_key: str) -> tuple[str, ...]:
+    """A sorting key's top-level elements, as ``system.tables`` spells them: a column name
+    alone, or an expression (whose commas inside brackets do not split it)."""
+    elements, depth, current = [], 0, ""
+    for character in sorting_key:
+        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(character, 0)
+        if character == "," and depth == 0:
+            elements.append(current)
+            current = ""
+        else:
+            current += character
+    elements.append(current)
+    return tuple(element.strip().strip("`") for element in elements if element.strip())

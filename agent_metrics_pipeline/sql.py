@@ -16,11 +16,18 @@ from zoneinfo import ZoneInfo
 
 from agent_metrics_pipeline.chunking import AgentShard
 from agent_metrics_pipeline.config import DuplicateCallsPolicy, Measurement, SourceTable
-from agent_metrics_pipeline.metrics import SAMPLE_SIZE
+from agent_metrics_pipeline.metrics import (
+    CALLS_PER_COUNTED_STATUS,
+    SAMPLE_SIZE,
+    UNCOUNTED_VARIANT_CALLS,
+)
 
 CLICKHOUSE_DATETIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 # The rows of a counted status behind each call, when each call counts once.
 COPIES = "counted_rows_of_call"
+# What a status's spelling leaves out around it: ASCII whitespace, as Python and SQL write it.
+SPELLING_WHITESPACE = " \t\n\r\x0b\x0c"
+SPELLING_WHITESPACE_SQL = " \\t\\n\\r\\x0B\\x0C"
 
 
 def _utc_literal(moment: dt.datetime) -> str:
@@ -45,7 +52,7 @@ def _date_of_call(
 ) -> str:
     """The day a call belongs to, in ``timezone``. A window of exactly one day gives every call
     that day, without converting each row's start: that conversion is a tenth of the metrics
-    query's time and most of the status census's."""
+    query's time."""
     local = ZoneInfo(timezone)
     start, end = window_start.astimezone(local), window_end.astimezone(local)
     one_day = (
@@ -87,6 +94,13 @@ def build_metrics_query(
 
     ``duplicate_calls`` counts the agent's rows that repeat a call id: counted as they are, or
     left out when the measurement counts each call once (see :func:`_calls_counted_once`).
+
+    The scan also reads the calls whose status is spelled like a counted one (see
+    :func:`status_spelling`) without being one: they count nowhere but in
+    ``uncounted_variant_calls``, so the ``status_spellings`` check costs no scan of its own;
+    ``calls_per_counted_status`` holds the calls of each counted status, in the measurement's
+    order. Filtering on the spelling costs what filtering on the status does: ClickHouse
+    computes it once per distinct status of a ``LowCardinality`` column.
     """
     source = measurement.source
     started_at, duration = (
@@ -104,13 +118,15 @@ SELECT
         2
     ) AS avg_call_length_sec,
     round(quantileExactInclusiveIf(0.9)(call_length, measurable), 2) + 0 AS p90_call_length_sec,
-    countIf(call_agent IS NULL) AS null_agent_calls,
-    countIf(call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
+    countIf(counted AND call_agent IS NULL) AS null_agent_calls,
+    countIf(counted AND call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
     countIf(negative) AS negative_duration_calls,
     countIf(non_finite) AS non_finite_duration_calls,
     countIf(overlong) AS overlong_calls,
-    {_duplicate_count(measurement)} AS duplicate_calls
-{_window_filter(measurement, final)}{_shard_filter(measurement, shard)}
+    {_duplicate_count(measurement)} AS duplicate_calls,
+    [{_calls_per_status(measurement)}] AS {CALLS_PER_COUNTED_STATUS},
+    countIf(NOT counted) AS {UNCOUNTED_VARIANT_CALLS}
+{_window_filter(measurement, final, spelled=True)}{_shard_filter(measurement, shard)}
 GROUP BY date, agent_id
 ORDER BY date, agent_id
 """
@@ -124,8 +140,16 @@ def _duplicate_count(measurement: Measurement) -> str:
     if measurement.duplicate_calls is DuplicateCallsPolicy.IGNORE:
         return "toUInt64(0)"
     if measurement.counts_each_call_once:
-        return f"toUInt64(sum(src.{COPIES}) - count())"
-    return f"count() - uniqExact(src.`{measurement.source.column('call_id')}`)"
+        return f"toUInt64(sumIf(src.{COPIES}, counted) - countIf(counted))"
+    return f"countIf(counted) - uniqExactIf(src.`{measurement.source.column('call_id')}`, counted)"
+
+
+def _calls_per_status(measurement: Measurement) -> str:
+    status = f"src.`{measurement.source.column('status')}`"
+    return ", ".join(
+        f"countIf({status} = {{statuses:Array(String)}}[{position}])"
+        for position in range(1, len(measurement.statuses) + 1)
+    )
 
 
 def _shard_filter(measurement: Measurement, shard: AgentShard | None) -> str:
@@ -175,11 +199,14 @@ ORDER BY date
 def _classified_calls(measurement: Measurement) -> str:
     """How each call is classified, shared by the metrics and the samples queries."""
     source = measurement.source
-    agent, duration = (f"src.`{source.column(role)}`" for role in ("agent_id", "duration_sec"))
+    agent, duration, status = (
+        f"src.`{source.column(role)}`" for role in ("agent_id", "duration_sec", "status")
+    )
     return f"""WITH
+    {status} IN {{statuses:Array(String)}} AS counted,
     nullIf({agent}, '') AS call_agent,
     assumeNotNull({duration}) AS call_length,
-    call_agent IS NOT NULL AND {duration} IS NOT NULL AS has_length,
+    counted AND call_agent IS NOT NULL AND {duration} IS NOT NULL AS has_length,
     has_length AND NOT isFinite(call_length) AS non_finite,
     has_length AND isFinite(call_length) AND call_length < 0 AS negative,
     has_length AND isFinite(call_length) AND call_length >= 0 AS measurable,
@@ -216,8 +243,9 @@ ORDER BY date
     return sql, _measurement_parameters(measurement, window_start, window_end, timezone)
 
 
-def _window_filter(measurement: Measurement, final: bool) -> str:
-    """The source's calls of the window with a counted status, as ``src``."""
+def _window_filter(measurement: Measurement, final: bool, spelled: bool = False) -> str:
+    """The source's calls of the window with a counted status (``spelled``: with a status
+    spelled like a counted one), as ``src``."""
     source = measurement.source
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
     relation = (
@@ -225,10 +253,28 @@ def _window_filter(measurement: Measurement, final: bool) -> str:
         if measurement.counts_each_call_once
         else f"{source.qualified_name} AS src{' FINAL' if final else ''}"
     )
+    of_status = (
+        f"{status_spelling(status)} IN {{spellings:Array(String)}}"
+        if spelled
+        else f"{status} IN {{statuses:Array(String)}}"
+    )
     return f"""FROM {relation}
 WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
   AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
-  AND {status} IN {{statuses:Array(String)}}"""
+  AND {of_status}"""
+
+
+def status_spelling(status: str) -> str:
+    """How ``status`` (an SQL expression) is spelled: without surrounding spaces, tabs or line
+    breaks, in lower case (A to Z only). :func:`spelling` is the same rule in Python, so each
+    counted status always matches its own spelling."""
+    return f"lower(trimBoth({status}, '{SPELLING_WHITESPACE_SQL}'))"
+
+
+def spelling(status: str) -> str:
+    """:func:`status_spelling` of a status given as text."""
+    trimmed = status.strip(SPELLING_WHITESPACE)
+    return "".join(c.lower() if "A" <= c <= "Z" else c for c in trimmed)
 
 
 def _calls_counted_once(measurement: Measurement, final: bool) -> str:
@@ -270,39 +316,73 @@ def _measurement_parameters(
     return {
         **_window_parameters(window_start, window_end, timezone),
         "statuses": list(measurement.statuses),
+        "spellings": sorted({spelling(status) for status in measurement.statuses}),
         "max_call_length_sec": float(measurement.max_call_length_sec),
     }
 
 
-def build_status_query(
+def build_status_variants_query(
     measurement: Measurement,
     window_start: dt.datetime,
     window_end: dt.datetime,
     timezone: str,
     final: bool = False,
 ) -> tuple[str, dict[str, object]]:
-    """Calls per day and status over the window, whatever the status: it shows which statuses
-    the source holds, so one spelled unlike the counted ones (``answered``) is not lost in
-    silence. It reads only the start and status columns (rows as stored, repeated call ids
-    included: it sizes the work)."""
+    """Calls per day of each status spelled like a counted one without being one (``answered``
+    for ``Answered``), read as the metrics query reads them. Run only when the metrics query
+    counted such calls."""
     source = measurement.source
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
-    # Grouped by the stored status, turned into text once per group rather than per row.
     sql = f"""
-SELECT date, toString(stored_status) AS status, calls
-FROM (
-    SELECT
-        {_date_of_call(started_at, window_start, window_end, timezone)} AS date,
-        {status} AS stored_status,
-        count() AS calls
-    FROM {source.qualified_name} AS src{" FINAL" if final else ""}
-    WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
-      AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
-    GROUP BY date, stored_status
-)
+SELECT toDate({started_at}, {{timezone:String}}) AS date, toString({status}) AS status,
+    count() AS calls
+{_window_filter(measurement, final, spelled=True)}
+  AND {status} NOT IN {{statuses:Array(String)}}
+GROUP BY date, status
 ORDER BY date, status
 """
-    return sql, _window_parameters(window_start, window_end, timezone)
+    return sql, _measurement_parameters(measurement, window_start, window_end, timezone)
+
+
+def build_calls_per_day_query(
+    measurement: Measurement,
+    days: list[tuple[dt.date, dt.datetime, dt.datetime]],
+    timezone: str,
+    by_primary_key: bool,
+) -> tuple[str, dict[str, object]]:
+    """The calls the source holds on each of ``days`` (its date and ``[start, end)`` bounds),
+    any status, as stored: what sizes the work, since the engine reads them all.
+
+    ``by_primary_key``, when the table is sorted by the start column, counts each day on its
+    own: ClickHouse answers a count over a range of its sorting key from the key's index,
+    reading only the granules at the range's ends (a few milliseconds a day, whatever its
+    size). Otherwise one pass over the start column of the window dates each call.
+    """
+    started_at = f"src.`{measurement.source.column('started_at')}`"
+    relation = f"{measurement.source.qualified_name} AS src"
+    if by_primary_key or len(days) == 1:
+        parameters: dict[str, object] = {}
+        for i, (day, start, end) in enumerate(days):
+            parameters |= {
+                f"day_{i}": day.isoformat(),
+                f"start_{i}": _utc_literal(start),
+                f"end_{i}": _utc_literal(end),
+            }
+        sql = "\nUNION ALL\n".join(
+            f"""SELECT toDate({{day_{i}:String}}) AS date, count() AS calls FROM {relation}
+WHERE {started_at} >= {{start_{i}:DateTime64(3, 'UTC')}}
+  AND {started_at} < {{end_{i}:DateTime64(3, 'UTC')}}"""
+            for i in range(len(days))
+        )
+        return sql, parameters
+    sql = f"""
+SELECT toDate({started_at}, {{timezone:String}}) AS date, count() AS calls
+FROM {relation}
+WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
+  AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
+GROUP BY date
+"""
+    return sql, _window_parameters(days[0][1], days[-1][2], timezone)
 
 
 def _fingerprint_select(measurement: Measurement, final: bool, with_parts: bool = False) -> str:

@@ -75,6 +75,17 @@ def expected_metrics(
     return dict(per_day)
 
 
+def statuses_seen(calls: Iterable[Call], statuses: Sequence[str] = ("Answered",)) -> dict[str, int]:
+    """Calls per status among the counted statuses and those differing from one only by letter
+    case or surrounding whitespace."""
+    spellings = {status.strip().lower() for status in statuses}
+    seen: dict[str, int] = defaultdict(int)
+    for call in calls:
+        if call.status.strip().lower() in spellings:
+            seen[call.status] += 1
+    return dict(seen)
+
+
 def parse_csv(data: bytes) -> list[dict[str, str]]:
     """Parse a published file with the standard library, checking the header on the way."""
     text = data.decode("utf-8")

@@ -30,7 +30,12 @@ from agent_metrics_pipeline_tests.helpers import (
     measuring,
     random_calls,
 )
-from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
+from agent_metrics_pipeline_tests.oracle import (
+    Call,
+    assert_csv_matches,
+    expected_metrics,
+    statuses_seen,
+)
 
 DAY = dt.date(2026, 11, 20)
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
@@ -268,6 +273,8 @@ def test_statuses_spelled_unlike_a_counted_one_are_listed_and_flagged(
         Call("spaced", "agent-002", noon(), 40.0, "Answered "),
         Call("spaced-too", "agent-003", noon(minutes=1), 50.0, "Answered "),
         Call("other-day", "agent-004", noon(DAY + dt.timedelta(days=1)), 60.0, "ANSWERED"),
+        Call("tabbed", "agent-005", noon(minutes=2), 20.0, "\tANSWERED\n"),
+        Call("unlike", "agent-006", noon(minutes=3), 25.0, "Answered later"),
     ]
     insert_calls(clickhouse, calls_table, good_calls + variants)
 
@@ -275,11 +282,12 @@ def test_statuses_spelled_unlike_a_counted_one_are_listed_and_flagged(
 
     evaluation = evaluations(result)[checks.STATUS_SPELLINGS]
     assert not evaluation.passed and evaluation.severity == WARN
-    assert meta(evaluation, "uncounted_variants") == ["Answered ", "answered"]
-    assert meta(evaluation, "uncounted_variant_calls") == 3
+    assert meta(evaluation, "uncounted_variants") == ["\tANSWERED\n", "Answered ", "answered"]
+    assert meta(evaluation, "uncounted_variant_calls") == 4
     assert meta(evaluation, "offending_days") == [str(DAY)]
     on_the_day = [c for c in good_calls + variants if c.started_at.date() == DAY]
-    seen = {s: sum(c.status == s for c in on_the_day) for s in {c.status for c in on_the_day}}
+    seen = statuses_seen(on_the_day)
+    assert set(seen) == {"Answered", "Answered ", "answered", "\tANSWERED\n"}
     assert meta(evaluation, "statuses_seen") == seen
     (materialization,) = result.asset_materializations_for_node("agent_metrics")
     assert materialization.metadata["statuses_seen"].value == seen

@@ -12,17 +12,24 @@ import hashlib
 import json
 import os
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
+from zoneinfo import ZoneInfo
 
+import dagster as dg
 import numpy as np
 import polars as pl
 import pytest
 
+from agent_metrics_pipeline.assets import calls_held_per_day
 from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, next_chunk
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline.metrics import from_csv_bytes, metrics_schema
+from agent_metrics_pipeline.source_relation import SourceRelation, describe_source
+from agent_metrics_pipeline.sql import source_table_ddl
 from agent_metrics_pipeline_tests.helpers import (
     LIMITED_READER,
     READER_PASSWORD,
@@ -114,6 +121,46 @@ def test_shards_never_exceed_the_cap():
     day = str(FIRST)
     chunk = next_chunk([day], {day: 10**9}, Chunking(max_calls_per_query=1), rows_per_call=None)
     assert chunk.shards == MAX_AGENT_SHARDS
+
+
+@pytest.mark.parametrize(
+    "order_by", ["`started_at`", "(toDate(`started_at`), `status`)", "`call_id`"]
+)
+def test_each_day_s_calls_are_counted_by_the_sorting_key_or_in_one_pass(
+    clickhouse, calls_table, order_by
+):
+    zone = "America/New_York"
+    # 2026-11-01 is 25 hours long in New York: its clocks go back an hour.
+    first = dt.date(2026, 10, 30)
+    keys = days_from(first, 5)
+    calls = random_calls(first - dt.timedelta(days=1), days=7, calls_per_day=200, seed=43)
+    source = replace(calls_table, table=f"{calls_table.table}_sorted")
+    ddl = source_table_ddl(source)[1].replace("ORDER BY `started_at`", f"ORDER BY {order_by}")
+    with writer(clickhouse).get_client() as client:
+        client.command(ddl)
+    try:
+        insert_calls(clickhouse, source, calls)
+        partitions = dg.DailyPartitionsDefinition(start_date=str(first), timezone=zone)
+        with clickhouse.session() as session:
+            relation = describe_source(session, source)
+            counted = calls_held_per_day(session, measuring(source), partitions, keys, relation)
+        assert relation.sorted_by("started_at") == (order_by != "`call_id`")
+        local_days = Counter(str(c.started_at.astimezone(ZoneInfo(zone)).date()) for c in calls)
+        assert counted == {key: local_days[key] for key in keys}
+    finally:
+        with writer(clickhouse).get_client() as client:
+            client.command(f"DROP TABLE IF EXISTS {source.qualified_name}")
+
+
+def test_a_sorting_key_leads_with_the_start_column_only_when_its_first_element_names_it():
+    def sorted_by_start(key: str) -> bool:
+        return SourceRelation("MergeTree", key).sorted_by("started_at")
+
+    assert sorted_by_start("started_at")
+    assert sorted_by_start("toStartOfHour(started_at), agent_id")
+    assert not sorted_by_start("agent_id, started_at")
+    assert not sorted_by_start("started_at_local")
+    assert not sorted_by_start("")
 
 
 def test_sharded_days_publish_the_bytes_of_unsharded_days(clickhouse, calls_table, bucket):

@@ -20,9 +20,9 @@ from agent_metrics_pipeline.io_managers import LocalCsvIOManager
 from agent_metrics_pipeline.source_parts import (
     DayReading,
     PartsSnapshot,
-    _key_columns,
     plan_observation,
 )
+from agent_metrics_pipeline.source_relation import key_elements
 from agent_metrics_pipeline.sources import CALLS_ASSET_NAME, OBSERVE_JOB_NAME
 from agent_metrics_pipeline_tests.helpers import insert_calls, measuring, random_calls, writer
 from agent_metrics_pipeline_tests.oracle import Call
@@ -452,12 +452,12 @@ def test_a_reading_lists_only_the_parts_its_snapshot_saw():
 
 
 def test_the_sorting_key_splits_only_between_its_elements():
-    assert _key_columns("started_at, call_id") == ("started_at", "call_id")
-    assert _key_columns("if(flag, started_at, created), `call id`") == (
+    assert key_elements("started_at, call_id") == ("started_at", "call_id")
+    assert key_elements("if(flag, started_at, created), `call id`") == (
         "if(flag, started_at, created)",
         "call id",
     )
-    assert _key_columns("") == ()
+    assert key_elements("") == ()
 
 
 def test_a_final_read_keyed_by_start_time_looks_only_into_new_parts():

@@ -20,6 +20,7 @@ def test_values_are_bound_and_identifiers_quoted():
         "window_start": "2026-11-20 05:00:00.000",
         "window_end": "2026-11-21 05:00:00.000",
         "statuses": ["Answered", "It's done"],
+        "spellings": ["answered", "it's done"],
         "max_call_length_sec": 86_400.0,
     }
     assert "FROM `default`.`calls` AS src" in sql

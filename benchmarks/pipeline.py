@@ -18,7 +18,7 @@ import polars as pl
 from agent_metrics_pipeline.assets import ASSET_NAME
 from agent_metrics_pipeline.clickhouse import ClickHouseResource
 from agent_metrics_pipeline.config import Settings, SourceTable
-from agent_metrics_pipeline.sql import build_metrics_query, build_status_query
+from agent_metrics_pipeline.sql import build_calls_per_day_query, build_metrics_query
 from benchmarks.seeding import day_window
 
 
@@ -139,13 +139,16 @@ def pipeline_queries(clickhouse: ClickHouseResource, day: dt.date) -> dict[str, 
     """Seconds for each query the asset sends for ``day``, run alone the same way."""
     settings = Settings.from_env()
     start, end = day_window(day)
-    window = (settings.measurement, start, end, settings.timezone)
+    measurement = settings.measurement
+    queries = {
+        "calls_query": build_calls_per_day_query(
+            measurement, [(day, start, end)], settings.timezone, by_primary_key=True
+        ),
+        "metrics_query": build_metrics_query(measurement, start, end, settings.timezone),
+    }
     times = {}
-    for name, build in (
-        ("metrics_query", build_metrics_query),
-        ("status_query", build_status_query),
-    ):
+    for name, query in queries.items():
         started = time.perf_counter()
-        clickhouse.query_polars(*build(*window))
+        clickhouse.query_polars(*query)
         times[name] = time.perf_counter() - started
     return times
