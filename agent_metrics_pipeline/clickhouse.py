@@ -423,6 +423,11 @@ class ClickHouseSession:
         self._settings = _query_settings(client, resource.query_timeout_sec)
         if resource.host:
             resource._check_time_limit(client)
+        else:
+            # The embedded engine starts with each step and forgets its compiled code when the
+            # step ends. Compiling the metrics query's expressions takes about 0.1 s, and saves
+            # about 0.02 s per 10 M calls read: a server keeps the code, a step would not.
+            self._settings |= {"compile_expressions": "0", "compile_aggregate_expressions": "0"}
 
     @property
     def description(self) -> str:
