@@ -31,7 +31,7 @@ from agent_metrics_pipeline.io_managers import (
     ObjectStoreUnavailableError,
 )
 from agent_metrics_pipeline.metrics import metrics_schema
-from agent_metrics_pipeline.s3 import S3CsvIOManager
+from agent_metrics_pipeline.s3 import S3CsvIOManager, TimedS3Resource
 from agent_metrics_pipeline_tests.helpers import (
     S3_TEST_REGION,
     build_asset,
@@ -269,6 +269,18 @@ def test_a_missing_permission_is_named_and_a_partial_range_says_which_days_are_p
 def test_reading_a_day_never_published_says_so(tmp_path):
     with pytest.raises(ObjectStoreError, match="materialize that partition"):
         LocalCsvIOManager(base_dir=str(tmp_path)).load_day("agent_metrics", DAY)
+
+
+def test_each_s3_client_resolves_its_own_credentials(monkeypatch):
+    # The parsed botocore data is shared by the process's clients; credentials are not.
+    resource = TimedS3Resource(region_name="us-east-1", endpoint_url="http://127.0.0.1:9")
+    keys = []
+    for key_id in ("first-key", "second-key", "third-key"):
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", f"secret-of-{key_id}")
+        credentials = resource.get_client()._request_signer._credentials
+        keys.append((credentials.access_key, credentials.secret_key))
+    assert keys == [(k, f"secret-of-{k}") for k in ("first-key", "second-key", "third-key")]
 
 
 def test_unknown_aws_profile_is_a_permanent_error(s3_server):
