@@ -352,6 +352,17 @@ def test_the_query_timeout_is_sent_to_the_server_which_stops_the_query(clickhous
     assert time.monotonic() - started < 8
 
 
+def test_only_the_embedded_engine_is_told_not_to_compile_expressions(clickhouse):
+    # It forgets compiled code when the step closes it; a server keeps it for the next query.
+    compiling = "SELECT getSetting('compile_expressions') AS expressions, " + (
+        "getSetting('compile_aggregate_expressions') AS aggregates"
+    )
+    with clickhouse.session() as session:
+        row = session.query_polars(compiling).row(0, named=True)
+    embedded = clickhouse.host is None
+    assert row == {"expressions": not embedded, "aggregates": not embedded}
+
+
 def _time_limit_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [
         record.getMessage()
