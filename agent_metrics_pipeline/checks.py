@@ -277,7 +277,7 @@ def min_calls_per_agent(evidence: Evidence) -> Finding:
 
 
 def status_spellings(evidence: Evidence) -> Finding:
-    """A status that differs from a counted one only by letter case or surrounding whitespace
+    """A status that differs from a counted one only by letter case or surrounding spaces
     is most likely the same status, mistyped at the source: its calls are not counted."""
     counted = evidence.measurement.statuses
     variants = evidence.statuses.filter(~pl.col("status").is_in(counted))

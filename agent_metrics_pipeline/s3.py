@@ -58,7 +58,9 @@ _LOADER_LOCK = threading.Lock()
 def _botocore_data() -> botocore.loaders.Loader:
     """botocore's data (the S3 service model, its endpoint rules), parsed once per process:
     each session would otherwise parse it again, about 60 ms of every client."""
-    return botocore.loaders.create_loader()
+    return botocore.loaders.create_loader(
+        botocore.session.Session().get_config_variable("data_path")
+    )
 
 
 def _session(profile_name: str | None) -> boto3.session.Session:

@@ -16,6 +16,18 @@ from agent_metrics_pipeline.config import ReadFinalPolicy, SourceTable
 
 # Engines whose unmerged parts may hold older versions of a row (or cancelled pairs of rows).
 VERSIONED_ENGINES = ("ReplacingMergeTree", "CollapsingMergeTree", "VersionedCollapsingMergeTree")
+# Functions a sorting key may round its time with and still let a range of times prune it.
+TIME_ROUNDING_FUNCTIONS = (
+    "toDate",
+    "toDate32",
+    "toDateTime",
+    "toDateTime64",
+    r"toStartOf\w+",
+    "toMonday",
+    "toYYYYMM",
+    "toYYYYMMDD",
+    "toYear",
+)
 ENGINE_QUERY = """
 SELECT engine, sorting_key
 FROM system.tables
@@ -32,11 +44,13 @@ class SourceRelation:
     sorting_key: str = ""
 
     def sorted_by(self, column: str) -> bool:
-        """Whether the sorting key leads with ``column`` (alone or in an expression such as
-        ``toDate(column)``), so that a range of it reads only the granules it covers."""
+        """Whether the sorting key leads with ``column``, alone or rounded down in time
+        (``toDate(column)``, ``toStartOfHour(column)``…), so that a range of it reads only the
+        granules it covers."""
         elements = key_elements(self.sorting_key)
-        mention = rf"(?<!\w){re.escape(column)}(?!\w)"
-        return bool(elements) and re.search(mention, elements[0]) is not None
+        name = re.escape(column)
+        rounded = rf"(?:{'|'.join(TIME_ROUNDING_FUNCTIONS)})\(\s*`?{name}`?\s*(?:,[^()]*)?\)"
+        return bool(elements) and re.fullmatch(rf"`?{name}`?|{rounded}", elements[0]) is not None
 
     @property
     def has_parts(self) -> bool:

@@ -77,11 +77,11 @@ def expected_metrics(
 
 def statuses_seen(calls: Iterable[Call], statuses: Sequence[str] = ("Answered",)) -> dict[str, int]:
     """Calls per status among the counted statuses and those differing from one only by letter
-    case or surrounding whitespace."""
-    spellings = {status.strip().lower() for status in statuses}
+    case or surrounding spaces."""
+    spellings = {status.strip(" ").lower() for status in statuses}
     seen: dict[str, int] = defaultdict(int)
     for call in calls:
-        if call.status.strip().lower() in spellings:
+        if call.status.strip(" ").lower() in spellings:
             seen[call.status] += 1
     return dict(seen)
 

@@ -29,6 +29,7 @@ from agent_metrics_pipeline_tests.helpers import (
     materialize,
     measuring,
     random_calls,
+    writer,
 )
 from agent_metrics_pipeline_tests.oracle import (
     Call,
@@ -273,8 +274,9 @@ def test_statuses_spelled_unlike_a_counted_one_are_listed_and_flagged(
         Call("spaced", "agent-002", noon(), 40.0, "Answered "),
         Call("spaced-too", "agent-003", noon(minutes=1), 50.0, "Answered "),
         Call("other-day", "agent-004", noon(DAY + dt.timedelta(days=1)), 60.0, "ANSWERED"),
-        Call("tabbed", "agent-005", noon(minutes=2), 20.0, "\tANSWERED\n"),
+        Call("shouted", "agent-005", noon(minutes=2), 20.0, "  ANSWERED "),
         Call("unlike", "agent-006", noon(minutes=3), 25.0, "Answered later"),
+        Call("tabbed", "agent-007", noon(minutes=4), 15.0, "\tAnswered"),
     ]
     insert_calls(clickhouse, calls_table, good_calls + variants)
 
@@ -282,16 +284,37 @@ def test_statuses_spelled_unlike_a_counted_one_are_listed_and_flagged(
 
     evaluation = evaluations(result)[checks.STATUS_SPELLINGS]
     assert not evaluation.passed and evaluation.severity == WARN
-    assert meta(evaluation, "uncounted_variants") == ["\tANSWERED\n", "Answered ", "answered"]
+    assert meta(evaluation, "uncounted_variants") == ["  ANSWERED ", "Answered ", "answered"]
     assert meta(evaluation, "uncounted_variant_calls") == 4
     assert meta(evaluation, "offending_days") == [str(DAY)]
     on_the_day = [c for c in good_calls + variants if c.started_at.date() == DAY]
     seen = statuses_seen(on_the_day)
-    assert set(seen) == {"Answered", "Answered ", "answered", "\tANSWERED\n"}
+    assert set(seen) == {"Answered", "Answered ", "answered", "  ANSWERED "}
     assert meta(evaluation, "statuses_seen") == seen
     (materialization,) = result.asset_materializations_for_node("agent_metrics")
     assert materialization.metadata["statuses_seen"].value == seen
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + variants)[DAY], DAY)
+
+
+def test_an_enum_status_column_is_read_by_its_names(clickhouse, calls_table, bucket, good_calls):
+    names = ["Answered", "Missed", "answered", "Voicemail"]
+    enum = ", ".join(f"'{name}' = {value}" for value, name in enumerate(names, start=1))
+    with writer(clickhouse).get_client() as client:
+        client.command(
+            f"ALTER TABLE {calls_table.qualified_name} MODIFY COLUMN `status` Enum8({enum})"
+        )
+    calls = [c for c in good_calls if c.status in names] + [
+        Call("lower", "agent-001", noon(), 30.0, "answered")
+    ]
+    insert_calls(clickhouse, calls_table, calls)
+
+    result = materialize(clickhouse, measuring(calls_table), bucket.io_manager(), str(DAY))
+
+    evaluation = evaluations(result)[checks.STATUS_SPELLINGS]
+    on_the_day = [c for c in calls if c.started_at.date() == DAY]
+    assert meta(evaluation, "statuses_seen") == statuses_seen(on_the_day)
+    assert meta(evaluation, "uncounted_variants") == ["answered"]
+    assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(calls)[DAY], DAY)
 
 
 def test_empty_day_warns_and_publishes_a_header_only_file(clickhouse, calls_table, bucket):
