@@ -153,18 +153,26 @@ def plan_observation(
         for day in days
         if day in usable and all(snapshot.saw(part, usable[day]) for part in usable[day].parts)
     ]
-    known_parts = {}
-    for day in unchanged:
-        read_at = usable[day].read_at
-        known_parts[day] = frozenset(
-            part
-            for reading in usable.values()
-            if reading.read_at <= read_at
-            for part in reading.parts
-            if snapshot.saw(part, reading)
+    # The parts known to hold none of a day's calls grow with the reading's time: one set per
+    # time readings were taken at, shared by its days, keeps this linear in the parts listed.
+    seen_at: dict[int, set[str]] = {}
+    for reading in usable.values():
+        seen_at.setdefault(reading.read_at, set()).update(
+            part for part in reading.parts if snapshot.saw(part, reading)
         )
+    known_by_time: dict[int, frozenset[str]] = {}
+    seen: set[str] = set()
+    for read_at in sorted(seen_at):
+        seen |= seen_at[read_at]
+        known_by_time[read_at] = frozenset(seen)
+    known_parts = {day: known_by_time[usable[day].read_at] for day in unchanged}
     to_look_into = sorted(
-        {part for day in unchanged for part in snapshot.modified if part not in known_parts[day]}
+        set().union(
+            *(
+                snapshot.modified.keys() - known_by_time[read_at]
+                for read_at in {usable[day].read_at for day in unchanged}
+            )
+        )
     )
     if final and to_look_into and started_at not in snapshot.sorting_key:
         return ObservationPlan(

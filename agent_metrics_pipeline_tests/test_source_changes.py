@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 
@@ -463,3 +464,41 @@ def test_the_sorting_key_splits_only_between_its_elements():
 def test_a_final_read_keyed_by_start_time_looks_only_into_new_parts():
     keyed = plan({"a": reading("p1")}, {"p1": OLD, "new": READ_AT + 5}, final=True)
     assert keyed.unchanged == {"a"} and keyed.parts_to_look_into == ("new",)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_plan_matches_the_rules_applied_day_by_day(seed):
+    """Readings at several times over shared, dropped and recreated parts: the plan agrees
+    with rule 2 spelled out for each day on its own, over every reading of the window."""
+    rng = random.Random(seed)
+    times = sorted(rng.sample(range(READ_AT - 600, READ_AT + 1), 3))
+    names = [f"p{index}" for index in range(12)]
+    parts = {name: rng.choice([OLD, *times, READ_AT + 60]) for name in rng.sample(names, 9)}
+    days = {
+        f"d{index}": reading(*rng.sample(names, rng.randint(0, 4)), read_at=rng.choice(times))
+        for index in range(8)
+    }
+    planned = plan(days, parts)
+    current = snapshot(parts)
+
+    def known_to_day(day: str) -> set[str]:
+        return {
+            part
+            for other in days.values()
+            if other.read_at <= days[day].read_at
+            for part in other.parts
+            if current.saw(part, other)
+        }
+
+    expected = {
+        day for day, read in days.items() if all(current.saw(part, read) for part in read.parts)
+    }
+    assert planned.unchanged == expected
+    assert set(planned.parts_to_look_into) == {
+        part for day in expected for part in parts if part not in known_to_day(day)
+    }
+    for day in expected:
+        for part in parts:
+            assert planned.changed_days([(day, part)]) == (
+                set() if part in known_to_day(day) else {day}
+            )
