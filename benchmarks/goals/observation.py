@@ -85,7 +85,10 @@ def measure(context: Context) -> Section:
         notes=[
             f"Goal {GOAL}: the observation job (observation and late-calls check) run in "
             f"process on one instance, embedded engine; seeding took {result['seed_sec']:.1f} s. "
-            "Each 'one late call' round inserts a call into the window's middle day first.",
+            f"The table has {result['parts']:,} active parts; its merges are stopped during the "
+            "rounds (a merge rewrites the days of its parts, which the next observation "
+            "fingerprints again). Each 'one late call' round inserts a call into the window's "
+            "middle day first.",
         ],
     )
 
@@ -99,6 +102,18 @@ def work(calls_per_day: int, rounds: int) -> dict:
     first_day, _ = _window()
     source, seed_sec = seed_calls(clickhouse, calls_per_day, days=WINDOW_DAYS, first_day=first_day)
     job = defs.resolve_job_def(OBSERVE_JOB_NAME)
+    with clickhouse.get_client() as client:
+        # Merges still running from the seeding would rewrite the days of their parts between
+        # two observations: the observation rightly fingerprints those days again, and
+        # "nothing changed" would not hold.
+        client.command(f"SYSTEM STOP MERGES {source.qualified_name}")
+        parts = int(
+            client.command(
+                "SELECT count() FROM system.parts WHERE active AND database = {db:String} "
+                "AND table = {t:String}",
+                parameters={"db": source.database, "t": source.table},
+            )
+        )
 
     def observe(instance: dg.DagsterInstance) -> float:
         started = time.perf_counter()
@@ -123,4 +138,6 @@ def work(calls_per_day: int, rounds: int) -> dict:
                 f"WHERE `{col('status')}` = '{counted}' LIMIT 1"
             )
         times["one_late_call"].append(observe(instance))
-    return {**times, "seed_sec": seed_sec}
+    with clickhouse.get_client() as client:
+        client.command(f"SYSTEM START MERGES {source.qualified_name}")
+    return {**times, "seed_sec": seed_sec, "parts": parts}
