@@ -95,6 +95,7 @@ def measure(context: Context) -> Section:
 
 def work(calls_per_day: int, rounds: int) -> dict:
     from agent_metrics_pipeline.config import Settings
+    from agent_metrics_pipeline.source_parts import read_parts
     from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
 
     defs = pipeline.definitions()
@@ -105,15 +106,9 @@ def work(calls_per_day: int, rounds: int) -> dict:
     with clickhouse.get_client() as client:
         # Merges still running from the seeding would rewrite the days of their parts between
         # two observations: the observation rightly fingerprints those days again, and
-        # "nothing changed" would not hold.
+        # "nothing changed" would not hold. The stop ends with this worker's engine.
         client.command(f"SYSTEM STOP MERGES {source.qualified_name}")
-        parts = int(
-            client.command(
-                "SELECT count() FROM system.parts WHERE active AND database = {db:String} "
-                "AND table = {t:String}",
-                parameters={"db": source.database, "t": source.table},
-            )
-        )
+    parts = len(read_parts(clickhouse, source).modified)
 
     def observe(instance: dg.DagsterInstance) -> float:
         started = time.perf_counter()
@@ -138,6 +133,4 @@ def work(calls_per_day: int, rounds: int) -> dict:
                 f"WHERE `{col('status')}` = '{counted}' LIMIT 1"
             )
         times["one_late_call"].append(observe(instance))
-    with clickhouse.get_client() as client:
-        client.command(f"SYSTEM START MERGES {source.qualified_name}")
     return {**times, "seed_sec": seed_sec, "parts": parts}
