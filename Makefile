@@ -22,9 +22,10 @@ test: sync  ## The whole test suite, against the real engine and a local S3 serv
 test-fast: sync  ## Everything but the end-to-end runs (dagster dev, the browser, PostgreSQL, CLIs, demo), on 2 workers.
 	$(UV) run --frozen pytest -m "not e2e" -n 2
 
-dev: sync  ## The Dagster UI on http://127.0.0.1:$(PORT) (3000 unless PORT=...; LOG_LEVEL=info for the daemon's every tick) over the demo's instance (.dagster_home/).
-	@echo "The Dagster UI opens on http://127.0.0.1:$(PORT) (Ctrl-C stops it)."
-	set -a; [ ! -f "$(DEV_HOME)/demo.env" ] || . "$(DEV_HOME)/demo.env"; set +a; \
+dev: sync  ## Checks the settings, then the Dagster UI on http://127.0.0.1:$(PORT) (3000 unless PORT=...; LOG_LEVEL=info for the daemon's every tick) over the demo's instance (.dagster_home/).
+	@set -a; [ ! -f "$(DEV_HOME)/demo.env" ] || . "$(DEV_HOME)/demo.env"; set +a; \
+	$(UV) run --frozen python -m agent_metrics_pipeline.core.settings || exit 2; \
+	echo "The Dagster UI opens on http://127.0.0.1:$(PORT) (Ctrl-C stops it)."; \
 	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev -p "$(PORT)" --log-level "$(LOG_LEVEL)" --code-server-log-level "$(LOG_LEVEL)"
 
 bench: sync  ## Every performance goal against baselines of the same run (about 20 minutes).

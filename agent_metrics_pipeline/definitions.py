@@ -1,4 +1,5 @@
-"""Assembles the Dagster definitions from the environment (see docs/configuration.md)."""
+"""Assembles the Dagster definitions from the environment (see docs/configuration.md), when
+Dagster loads them: importing this module reads nothing and changes nothing."""
 
 from __future__ import annotations
 
@@ -6,35 +7,34 @@ import warnings
 
 import dagster as dg
 
-from agent_metrics_pipeline.alerts import build_failure_alert_sensor, build_late_day_alert_sensor
-from agent_metrics_pipeline.assets import (
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.names import (
     CSV_IO_MANAGER_KEY,
+    EMBEDDED_ENGINE_POOL,
     GROUP_NAME,
-    build_agent_metrics_asset,
 )
-from agent_metrics_pipeline.automation import (
+from agent_metrics_pipeline.core.partitions import daily_partitions
+from agent_metrics_pipeline.core.settings import Settings, require_clickhouse_engine
+from agent_metrics_pipeline.observe.late_calls import build_late_calls_check
+from agent_metrics_pipeline.observe.republish import (
+    build_observation_automation,
+    republish_changed_days,
+)
+from agent_metrics_pipeline.observe.source_asset import build_calls_source
+from agent_metrics_pipeline.operations.alerts import (
+    build_failure_alert_sensor,
+    build_late_day_alert_sensor,
+)
+from agent_metrics_pipeline.operations.schedule import (
     SCHEDULE_TIMEZONE,
     build_agent_metrics_job,
     build_daily_schedule,
     freshness_policy,
 )
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import Settings, require_clickhouse_engine
-from agent_metrics_pipeline.io_managers import DailyCsvIOManager, LocalCsvIOManager
-from agent_metrics_pipeline.partitions import daily_partitions
-from agent_metrics_pipeline.sources import (
-    build_calls_source,
-    build_late_calls_check,
-    build_observation_automation,
-    republish_changed_days,
-)
-from agent_metrics_pipeline.watchdog import build_dead_run_watchdog
-
-# The embedded engine's folder can be opened by one process at a time; dagster.yaml limits
-# every pool to one slot, so runs that use it queue instead of failing on the lock.
-EMBEDDED_ENGINE_POOL = "embedded_clickhouse"
-# backfill_policy is beta in Dagster 1.13, but the CLI's --partition-range requires it.
-warnings.filterwarnings("ignore", category=dg.BetaWarning, message=".*backfill_policy.*")
+from agent_metrics_pipeline.operations.watchdog import build_dead_run_watchdog
+from agent_metrics_pipeline.publish.asset import build_agent_metrics_asset
+from agent_metrics_pipeline.storage.io_manager import DailyCsvIOManager
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 
 
 def clickhouse_resource(settings: Settings) -> ClickHouseResource:
@@ -65,7 +65,7 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
             rows_per_file=settings.rows_per_file,
         )
     # Only a bucket needs dagster-aws, whose import costs seconds.
-    from agent_metrics_pipeline.s3 import S3CsvIOManager, TimedS3Resource
+    from agent_metrics_pipeline.storage.s3 import S3CsvIOManager, TimedS3Resource
 
     return S3CsvIOManager(
         s3=TimedS3Resource(
@@ -154,4 +154,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     )
 
 
-defs = build_definitions(require_clickhouse_engine(Settings.from_env()))
+@dg.definitions
+def defs() -> dg.Definitions:
+    """The definitions of the environment's settings; a bad setting fails the load with one
+    line naming the variable and its fix."""
+    return build_definitions(require_clickhouse_engine(Settings.from_env()))

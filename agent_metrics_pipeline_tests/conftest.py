@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline_tests.helpers import (
     READER,
     READER_PASSWORD,

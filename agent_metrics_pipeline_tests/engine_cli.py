@@ -17,8 +17,8 @@ import time
 
 import polars as pl
 
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline_tests.helpers import create_calls_table, insert_calls
 from agent_metrics_pipeline_tests.oracle import Call
 

@@ -23,13 +23,15 @@ import dagster as dg
 import polars as pl
 import requests
 
-from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY, build_agent_metrics_asset
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement, Settings, SourceTable
-from agent_metrics_pipeline.io_managers import DailyCsvIOManager
-from agent_metrics_pipeline.partitions import daily_partitions
-from agent_metrics_pipeline.s3 import S3CsvIOManager, TimedS3Resource
-from agent_metrics_pipeline.sql import source_table_ddl
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, Measurement, SourceTable
+from agent_metrics_pipeline.core.names import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.core.partitions import daily_partitions
+from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.demo.sample_calls import source_table_ddl
+from agent_metrics_pipeline.publish.asset import build_agent_metrics_asset
+from agent_metrics_pipeline.storage.io_manager import DailyCsvIOManager
+from agent_metrics_pipeline.storage.s3 import S3CsvIOManager, TimedS3Resource
 from agent_metrics_pipeline_tests.oracle import Call
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

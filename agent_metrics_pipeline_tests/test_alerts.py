@@ -13,21 +13,25 @@ import pytest
 from dagster._core.instance.ref import InstanceRef
 from dagster._core.test_utils import freeze_time
 
-from agent_metrics_pipeline.alerts import (
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import SourceTable
+from agent_metrics_pipeline.core.names import (
+    CSV_IO_MANAGER_KEY,
+    JOB_NAME,
+    OBSERVE_JOB_NAME,
+    SCHEDULE_NAME,
+)
+from agent_metrics_pipeline.core.partitions import daily_partitions
+from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.operations.alerts import (
     ALERTED_TAG,
     FAILURE_SENSOR_NAME,
     build_failure_alert_sensor,
     build_late_day_alert_sensor,
     failure_alert,
 )
-from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
-from agent_metrics_pipeline.automation import JOB_NAME, SCHEDULE_NAME
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import Settings, SourceTable
-from agent_metrics_pipeline.definitions import build_definitions
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.partitions import daily_partitions
-from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     Webhook,

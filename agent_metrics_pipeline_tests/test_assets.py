@@ -8,10 +8,11 @@ import os
 import re
 import uuid
 
-from agent_metrics_pipeline.chunking import Chunking
-from agent_metrics_pipeline.clickhouse import ClickHouseResource, ClickHouseSession
-from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
+from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, SourceTable
+from agent_metrics_pipeline.core.settings import Chunking
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     Bucket,

@@ -15,11 +15,13 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from agent_metrics_pipeline import checks
-from agent_metrics_pipeline.assets import ASSET_NAME
-from agent_metrics_pipeline.config import InvalidRowsPolicy, Measurement
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import SourceQuality, metrics_schema
+from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, Measurement
+from agent_metrics_pipeline.core.names import ASSET_NAME
+from agent_metrics_pipeline.publish import checks
+from agent_metrics_pipeline.publish.findings import Evidence, Verdict
+from agent_metrics_pipeline.publish.metrics import SourceQuality
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
+from agent_metrics_pipeline.storage.published_format import metrics_schema
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     Bucket,
@@ -468,9 +470,9 @@ def _clean_quality() -> SourceQuality:
     return SourceQuality(per_day=per_day)
 
 
-def evaluate(frame: pl.DataFrame) -> dict[str, checks.Verdict]:
+def evaluate(frame: pl.DataFrame) -> dict[str, Verdict]:
     statuses = pl.DataFrame({"date": [DAY], "status": ["Answered"], "calls": [frame.height]})
-    evidence = checks.Evidence(frame, _clean_quality(), statuses, [str(DAY)], MEASUREMENT)
+    evidence = Evidence(frame, _clean_quality(), statuses, [DAY], MEASUREMENT)
     return {v.check_name: v for v in checks.evaluate_checks(evidence)}
 
 

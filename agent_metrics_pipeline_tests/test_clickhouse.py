@@ -18,17 +18,17 @@ import uuid
 
 import pytest
 
-from agent_metrics_pipeline.chunking import Chunking
-from agent_metrics_pipeline.clickhouse import (
+from agent_metrics_pipeline.clickhouse.errors import (
     ClickHouseMemoryLimitError,
     ClickHouseQueryError,
-    ClickHouseResource,
-    ClickHouseSession,
     ClickHouseUnavailableError,
 )
-from agent_metrics_pipeline.config import InvalidRowsPolicy, Settings, SourceTable
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
+from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, SourceTable
+from agent_metrics_pipeline.core.settings import Chunking, Settings
 from agent_metrics_pipeline.definitions import clickhouse_resource
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     READER,
     READER_PASSWORD,

@@ -6,15 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from agent_metrics_pipeline.chunking import Chunking
-from agent_metrics_pipeline.config import (
-    ConfigError,
+from agent_metrics_pipeline.core.errors import ConfigError
+from agent_metrics_pipeline.core.measurement import (
     DuplicateCallsPolicy,
     InvalidRowsPolicy,
     ReadFinalPolicy,
-    Settings,
     SpreadsheetSafety,
 )
+from agent_metrics_pipeline.core.settings import Chunking, Settings
 
 
 def test_defaults_are_the_embedded_engine_and_a_local_folder():

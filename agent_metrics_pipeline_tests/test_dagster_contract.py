@@ -19,7 +19,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from agent_metrics_pipeline.watchdog import RUN_PROCESS_EVENT_PREFIX, recorded_processes
+from agent_metrics_pipeline.operations.watchdog import RUN_PROCESS_EVENT_PREFIX, recorded_processes
 
 UPGRADE_HINT = f"(Dagster {dg.__version__}: adapt the pipeline to it, or pin the earlier Dagster)"
 

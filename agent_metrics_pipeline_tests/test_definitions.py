@@ -10,12 +10,12 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import METRIC_COLUMNS
-from agent_metrics_pipeline.s3 import S3CsvIOManager
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
+from agent_metrics_pipeline.storage.published_format import METRIC_COLUMNS
+from agent_metrics_pipeline.storage.s3 import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     REPO_ROOT,
@@ -164,14 +164,14 @@ def test_the_catalog_describes_the_published_file_and_who_owns_it():
     assert spec.group_name == "call_center"
     assert spec.metadata["source_table"] == "default.calls"
     (reference,) = spec.metadata["dagster/code_references"].code_references
-    assert reference.file_path.endswith("agent_metrics_pipeline/assets.py")
+    assert reference.file_path.endswith("agent_metrics_pipeline/publish/asset.py")
 
 
 def test_loading_the_definitions_leaves_polars_for_the_first_run(project_env, tmp_path):
     """Every run process, the code server and the daemon load the definitions: polars, half of
     Dagster's own import time, loads with the first frame instead."""
     probe = (
-        "import sys, agent_metrics_pipeline.definitions; "
+        "import sys; from agent_metrics_pipeline.definitions import defs; defs(); "
         "print(sorted(name for name in sys.modules if name.startswith('polars.')))"
     )
     loaded = subprocess.run(

@@ -18,18 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from agent_metrics_pipeline import config
-from agent_metrics_pipeline.config import ConfigError, Settings
+import agent_metrics_pipeline
+from agent_metrics_pipeline.core.errors import ConfigError
+from agent_metrics_pipeline.core.settings import Settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = Path(config.__file__).resolve().parent
+PACKAGE_DIR = Path(agent_metrics_pipeline.__file__).resolve().parent
 README = REPO_ROOT / "README.md"
 DOCS_DIR = REPO_ROOT / "docs"
 CONFIGURATION = DOCS_DIR / "configuration.md"
 TROUBLESHOOTING = DOCS_DIR / "troubleshooting.md"
 README_MAX_LINES = 150
 
-# The methods of config._Environment that read one variable each, named by their first argument.
+# The methods of core.environment.Environment that read one variable each, named by their
+# first argument.
 READER_METHODS = {
     "text",
     "flag",

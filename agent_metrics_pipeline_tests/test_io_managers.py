@@ -24,14 +24,11 @@ import polars as pl
 import pytest
 from dagster_aws.s3 import S3Resource
 
-from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
-from agent_metrics_pipeline.io_managers import (
-    LocalCsvIOManager,
-    ObjectStoreError,
-    ObjectStoreUnavailableError,
-)
-from agent_metrics_pipeline.metrics import metrics_schema
-from agent_metrics_pipeline.s3 import S3CsvIOManager, TimedS3Resource
+from agent_metrics_pipeline.core.names import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.storage.io_manager import ObjectStoreError, ObjectStoreUnavailableError
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
+from agent_metrics_pipeline.storage.published_format import metrics_schema
+from agent_metrics_pipeline.storage.s3 import S3CsvIOManager, TimedS3Resource
 from agent_metrics_pipeline_tests.helpers import (
     S3_TEST_REGION,
     build_asset,

@@ -10,7 +10,7 @@ import tempfile
 import threading
 import types
 
-from agent_metrics_pipeline import orphaned_steps
+from agent_metrics_pipeline.core import orphaned_steps
 
 
 class Log:

@@ -8,8 +8,8 @@ import datetime as dt
 import dagster as dg
 import pytest
 
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.partitions import InvalidPartitionKeyError
+from agent_metrics_pipeline.core.partitions import InvalidPartitionKeyError
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import failure_message, materialize, measuring
 
 

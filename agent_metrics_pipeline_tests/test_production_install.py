@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from agent_metrics_pipeline.config import (
+from agent_metrics_pipeline.core.errors import ConfigError
+from agent_metrics_pipeline.core.measurement import SourceTable
+from agent_metrics_pipeline.core.settings import (
     EMBEDDED_ENGINE_EXTRA,
-    ConfigError,
     Settings,
-    SourceTable,
     require_clickhouse_engine,
 )
 from agent_metrics_pipeline_tests.helpers import (

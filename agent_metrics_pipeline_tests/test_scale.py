@@ -22,14 +22,15 @@ import numpy as np
 import polars as pl
 import pytest
 
-from agent_metrics_pipeline.assets import calls_held_per_day
-from agent_metrics_pipeline.chunking import MAX_AGENT_SHARDS, Chunk, Chunking, next_chunk
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import InvalidRowsPolicy, SourceTable
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.metrics import from_csv_bytes, metrics_schema
-from agent_metrics_pipeline.source_relation import SourceRelation, describe_source
-from agent_metrics_pipeline.sql import source_table_ddl
+from agent_metrics_pipeline.clickhouse.relation import SourceRelation, read_relation
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, SourceTable
+from agent_metrics_pipeline.core.settings import MAX_AGENT_SHARDS, Chunking
+from agent_metrics_pipeline.demo.sample_calls import source_table_ddl
+from agent_metrics_pipeline.publish.chunking import Chunk, next_chunk
+from agent_metrics_pipeline.publish.reading import calls_held_per_day
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
+from agent_metrics_pipeline.storage.published_format import from_csv_bytes, metrics_schema
 from agent_metrics_pipeline_tests.helpers import (
     LIMITED_READER,
     READER_PASSWORD,
@@ -47,8 +48,8 @@ from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expect
 FIRST = dt.date(2026, 11, 2)
 
 
-def days_from(first: dt.date, count: int) -> list[str]:
-    return [str(first + dt.timedelta(days=i)) for i in range(count)]
+def days_from(first: dt.date, count: int) -> list[dt.date]:
+    return [first + dt.timedelta(days=i) for i in range(count)]
 
 
 def plan(days, calls_per_day, chunking, rows_per_call):
@@ -132,7 +133,7 @@ def test_each_day_s_calls_are_counted_by_the_sorting_key_or_in_one_pass(
     zone = "America/New_York"
     # 2026-11-01 is 25 hours long in New York: its clocks go back an hour.
     first = dt.date(2026, 10, 30)
-    keys = days_from(first, 5)
+    days = [first + dt.timedelta(days=offset) for offset in range(5)]
     calls = random_calls(first - dt.timedelta(days=1), days=7, calls_per_day=200, seed=43)
     source = replace(calls_table, table=f"{calls_table.table}_sorted")
     ddl = source_table_ddl(source)[1].replace("ORDER BY `started_at`", f"ORDER BY {order_by}")
@@ -142,11 +143,11 @@ def test_each_day_s_calls_are_counted_by_the_sorting_key_or_in_one_pass(
         insert_calls(clickhouse, source, calls)
         partitions = dg.DailyPartitionsDefinition(start_date=str(first), timezone=zone)
         with clickhouse.session() as session:
-            relation = describe_source(session, source)
-            counted = calls_held_per_day(session, measuring(source), partitions, keys, relation)
+            relation = read_relation(session, source)
+            counted = calls_held_per_day(session, measuring(source), partitions, days, relation)
         assert relation.sorted_by("started_at") == (order_by != "`call_id`")
-        local_days = Counter(str(c.started_at.astimezone(ZoneInfo(zone)).date()) for c in calls)
-        assert counted == {key: local_days[key] for key in keys}
+        local_days = Counter(c.started_at.astimezone(ZoneInfo(zone)).date() for c in calls)
+        assert counted == {day: local_days[day] for day in days}
     finally:
         with writer(clickhouse).get_client() as client:
             client.command(f"DROP TABLE IF EXISTS {source.qualified_name}")

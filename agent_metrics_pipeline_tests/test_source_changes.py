@@ -13,18 +13,15 @@ from collections.abc import Callable, Iterator, Sequence
 import dagster as dg
 import pytest
 
-from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
-from agent_metrics_pipeline.clickhouse import ClickHouseQueryError, ClickHouseResource
-from agent_metrics_pipeline.config import Settings, SourceTable
+from agent_metrics_pipeline.clickhouse.errors import ClickHouseQueryError
+from agent_metrics_pipeline.clickhouse.relation import key_elements
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import SourceTable
+from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME, CSV_IO_MANAGER_KEY, OBSERVE_JOB_NAME
+from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
-from agent_metrics_pipeline.io_managers import LocalCsvIOManager
-from agent_metrics_pipeline.source_parts import (
-    DayReading,
-    PartsSnapshot,
-    plan_observation,
-)
-from agent_metrics_pipeline.source_relation import key_elements
-from agent_metrics_pipeline.sources import CALLS_ASSET_NAME, OBSERVE_JOB_NAME
+from agent_metrics_pipeline.observe.parts import DayReading, PartsSnapshot, plan_observation
+from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import insert_calls, measuring, random_calls, writer
 from agent_metrics_pipeline_tests.oracle import Call
 

@@ -11,14 +11,14 @@ from collections.abc import Iterator
 import dagster as dg
 import pytest
 
-from agent_metrics_pipeline.checks import NO_DUPLICATE_CALL_IDS, SPREADSHEET_SAFE_AGENT_IDS
-from agent_metrics_pipeline.config import (
+from agent_metrics_pipeline.core.measurement import (
     DuplicateCallsPolicy,
     ReadFinalPolicy,
     SourceTable,
     SpreadsheetSafety,
 )
-from agent_metrics_pipeline.sources import LATE_CALLS_CHECK
+from agent_metrics_pipeline.observe.late_calls import LATE_CALLS_CHECK
+from agent_metrics_pipeline.publish.checks import NO_DUPLICATE_CALL_IDS, SPREADSHEET_SAFE_AGENT_IDS
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     failure_message,

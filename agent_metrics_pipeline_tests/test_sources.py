@@ -8,16 +8,16 @@ import time
 import dagster as dg
 import pytest
 
-from agent_metrics_pipeline.assets import CSV_IO_MANAGER_KEY
-from agent_metrics_pipeline.automation import JOB_NAME
-from agent_metrics_pipeline.config import Settings
-from agent_metrics_pipeline.definitions import build_definitions
-from agent_metrics_pipeline.sources import (
+from agent_metrics_pipeline.core.names import (
     CALLS_ASSET_NAME,
-    LATE_CALLS_CHECK,
+    CSV_IO_MANAGER_KEY,
+    JOB_NAME,
     OBSERVE_JOB_NAME,
-    REPUBLISH_SENSOR_NAME,
 )
+from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.observe.late_calls import LATE_CALLS_CHECK
+from agent_metrics_pipeline.observe.republish import REPUBLISH_SENSOR_NAME
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     insert_calls,

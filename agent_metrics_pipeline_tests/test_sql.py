@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from agent_metrics_pipeline.config import Settings
-from agent_metrics_pipeline.sql import build_metrics_query
+from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.publish.queries import build_metrics_query
 
 
 def test_values_are_bound_and_identifiers_quoted():

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from agent_metrics_pipeline import checks
-from agent_metrics_pipeline.demo import BROKEN_CALLS, RANGE_DAYS
+from agent_metrics_pipeline.demo.sample_calls import BROKEN_CALLS, RANGE_DAYS
+from agent_metrics_pipeline.publish import checks
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     REPO_ROOT,

@@ -17,10 +17,10 @@ import dagster as dg
 import pytest
 from dagster._core.instance.ref import InstanceRef
 
-from agent_metrics_pipeline.alerts import FAILURE_SENSOR_NAME
-from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
-from agent_metrics_pipeline.watchdog import WATCHDOG_NAME
+from agent_metrics_pipeline.operations.alerts import FAILURE_SENSOR_NAME
+from agent_metrics_pipeline.operations.watchdog import WATCHDOG_NAME
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     calls_to_parquet,

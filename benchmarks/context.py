@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent_metrics_pipeline.config import SourceTable
+from agent_metrics_pipeline.core.measurement import SourceTable
 from benchmarks.processes import project_env
 from benchmarks.seeding import FIRST_DAY
 

@@ -2,8 +2,8 @@
 
 Workers configure the pipeline the way users do, through environment variables, and take
 ``defs`` from ``agent_metrics_pipeline.definitions``: the same asset, resources, checks and
-IO manager as ``dagster dev``. That module builds its definitions from the environment when it
-is imported, so it is only imported inside a worker, whose environment the goal has set.
+IO manager as ``dagster dev``. They are built from the environment when loaded, so they are only
+loaded inside a worker, whose environment the goal has set.
 """
 
 from __future__ import annotations
@@ -17,17 +17,18 @@ from dataclasses import replace
 import dagster as dg
 import polars as pl
 
-from agent_metrics_pipeline.assets import ASSET_NAME
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import Settings, SourceTable
-from agent_metrics_pipeline.sql import build_calls_per_day_query, build_metrics_query
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import SourceTable
+from agent_metrics_pipeline.core.names import ASSET_NAME
+from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.publish.queries import build_calls_per_day_query, build_metrics_query
 from benchmarks.seeding import day_window
 
 
 def definitions() -> dg.Definitions:
-    from agent_metrics_pipeline import definitions
+    from agent_metrics_pipeline.definitions import defs
 
-    return definitions.defs
+    return defs()
 
 
 def clickhouse_of(defs: dg.Definitions) -> ClickHouseResource:

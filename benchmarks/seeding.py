@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import time
 
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline.sql import source_table_ddl
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.measurement import SourceTable
+from agent_metrics_pipeline.demo.sample_calls import source_table_ddl
 
 # Well before today in any timezone, and on or after the default AGENT_METRICS_START_DATE.
 FIRST_DAY = dt.date(2025, 1, 1)
@@ -55,7 +55,7 @@ def seed_calls(
     it took to fill (0 when an earlier goal of the run already filled it)."""
     # The demo module builds the definitions from the environment when imported: only workers,
     # whose environment a goal has set, get this far.
-    from agent_metrics_pipeline.demo import seed_sample_calls
+    from agent_metrics_pipeline.demo.sample_calls import seed_sample_calls
 
     source = table_for(calls_per_day, days, agents, first_day)
     if _row_count(clickhouse, source) == calls_per_day * days:

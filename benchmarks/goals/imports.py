@@ -23,7 +23,12 @@ from benchmarks.report import Row, Section
 
 GOAL = "5"
 TARGET = 1.3
-MODULES = {"dagster": "import dagster", "definitions": "import agent_metrics_pipeline.definitions"}
+# The definitions are built when Dagster loads them, not at import: both are timed, as every
+# run process, the code server and the daemon do both.
+MODULES = {
+    "dagster": "import dagster",
+    "definitions": "from agent_metrics_pipeline.definitions import defs; defs()",
+}
 TIMED_IMPORT = (
     "import time; started = time.perf_counter(); {statement}; print(time.perf_counter() - started)"
 )
@@ -58,7 +63,7 @@ def measure(context: Context) -> Section:
             Row(GOAL, "import dagster (fresh interpreter)", cached["dagster"]),
             Row(
                 GOAL,
-                "import agent_metrics_pipeline.definitions",
+                "import and load agent_metrics_pipeline.definitions",
                 cached["definitions"],
                 ratio=ratio,
                 target=f"≤ {TARGET}×",
@@ -67,7 +72,7 @@ def measure(context: Context) -> Section:
             Row(GOAL, "import dagster, no bytecode cache", uncached["dagster"]),
             Row(
                 GOAL,
-                "import definitions, no bytecode cache",
+                "import and load definitions, no bytecode cache",
                 uncached["definitions"],
                 ratio=uncached_ratio,
             ),

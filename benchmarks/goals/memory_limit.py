@@ -19,9 +19,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from agent_metrics_pipeline.assets import ASSET_NAME
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
-from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.names import ASSET_NAME
+from agent_metrics_pipeline.core.settings import Settings
 from benchmarks import pipeline
 from benchmarks.context import Context
 from benchmarks.processes import project_env, run_worker

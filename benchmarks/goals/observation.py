@@ -94,9 +94,9 @@ def measure(context: Context) -> Section:
 
 
 def work(calls_per_day: int, rounds: int) -> dict:
-    from agent_metrics_pipeline.config import Settings
-    from agent_metrics_pipeline.source_parts import read_parts
-    from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
+    from agent_metrics_pipeline.core.names import OBSERVE_JOB_NAME
+    from agent_metrics_pipeline.core.settings import Settings
+    from agent_metrics_pipeline.observe.parts import read_parts
 
     defs = pipeline.definitions()
     clickhouse = pipeline.clickhouse_of(defs)

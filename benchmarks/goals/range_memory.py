@@ -32,9 +32,9 @@ import datetime as dt
 import statistics
 from dataclasses import dataclass
 
-from agent_metrics_pipeline.clickhouse import ClickHouseSession
-from agent_metrics_pipeline.config import Settings
-from agent_metrics_pipeline.sql import build_metrics_query
+from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
+from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.publish.queries import build_metrics_query
 from benchmarks import pipeline
 from benchmarks.context import Context
 from benchmarks.processes import WorkerResult, peak_rss_bytes, run_worker

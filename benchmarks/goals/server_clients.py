@@ -10,7 +10,7 @@ import time
 
 import polars as pl
 
-from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.core.settings import Settings
 from benchmarks import pipeline
 from benchmarks.seeding import FIRST_DAY
 
@@ -27,7 +27,7 @@ def run_pipeline() -> dict:
 
 def counted_queries() -> dict:
     """A one-day run that counts the queries it sends; the harness counts the requests."""
-    from agent_metrics_pipeline.clickhouse import ClickHouseSession
+    from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
 
     queries = 0
     original = ClickHouseSession.query_polars

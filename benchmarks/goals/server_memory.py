@@ -22,7 +22,7 @@ from __future__ import annotations
 import statistics
 from dataclasses import dataclass
 
-from agent_metrics_pipeline.clickhouse import ClickHouseResource
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from benchmarks.context import Context
 from benchmarks.processes import WorkerResult, project_env, run_worker
 from benchmarks.report import MB, Row, Section

@@ -16,32 +16,31 @@ import datetime as dt
 import gzip
 import json
 import math
-import os
 import re
-import tempfile
 from abc import abstractmethod
 from collections.abc import Callable
 from functools import partial
 from hashlib import sha256
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
-from agent_metrics_pipeline.config import DEFAULT_S3_PREFIX
-from agent_metrics_pipeline.deferred import polars as pl
-from agent_metrics_pipeline.errors import (
+from agent_metrics_pipeline.core.deferred import polars as pl
+from agent_metrics_pipeline.core.errors import (
     PermanentError,
     TransientError,
     no_retry_for_permanent_errors,
 )
-from agent_metrics_pipeline.metrics import (
-    StagedDays,
+from agent_metrics_pipeline.core.orphaned_steps import publishing
+from agent_metrics_pipeline.core.partitions import days_of
+from agent_metrics_pipeline.core.settings import DEFAULT_S3_PREFIX
+from agent_metrics_pipeline.storage.published_format import (
     from_csv_bytes,
     metrics_for_day,
+    refuse_rows_outside,
     to_csv_bytes,
 )
-from agent_metrics_pipeline.orphaned_steps import publishing
+from agent_metrics_pipeline.storage.staged_days import StagedDays
 
 MANIFEST_NAME = "manifest.json"
 PART_DIGEST_CHARS = 16
@@ -173,11 +172,11 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
                 f"{context.asset_key.to_user_string()} has no partitions."
             )
         partition_keys = list(context.asset_partition_keys)
-        days = {key: dt.date.fromisoformat(key) for key in partition_keys}
-        rows_of_day = _rows_by_day(obj, partition_keys)
+        days = days_of(partition_keys)
+        rows_of_day = _rows_by_day(obj, days)
         asset_name = context.asset_key.path[-1]
         uris: list[str] = []
-        for key, day in days.items():
+        for key, day in zip(partition_keys, days, strict=True):
             try:
                 with publishing():
                     object_key = self._publish_day(asset_name, key, rows_of_day(day))
@@ -216,28 +215,20 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
 
 
 def _rows_by_day(
-    obj: pl.DataFrame | StagedDays, partition_keys: list[str]
+    obj: pl.DataFrame | StagedDays, days: list[dt.date]
 ) -> Callable[[dt.date], pl.DataFrame]:
     """How to get one day's rows out of what the step handed over: a frame of every day, or
-    days staged one file each. Rows of a day outside the run's are refused, never dropped."""
-    run_days = {dt.date.fromisoformat(key) for key in partition_keys}
+    days staged one file each."""
     if isinstance(obj, StagedDays):
-        held_days = set(obj.days)
-        if not run_days <= held_days:
+        missing = sorted(set(days) - set(obj.days))
+        if missing:
             raise dg.DagsterInvariantViolationError(
-                f"No rows were staged for {sorted(map(str, run_days - held_days))}."
+                f"No rows were staged for {[day.isoformat() for day in missing]}."
             )
-        rows_of_day: Callable[[dt.date], pl.DataFrame] = obj.day
-    else:
-        held_days = set(obj.get_column("date").unique().to_list())
-        rows_of_day = partial(metrics_for_day, obj)
-    stray_days = held_days - run_days
-    if stray_days:
-        raise dg.DagsterInvariantViolationError(
-            f"The output holds rows for {sorted(map(str, stray_days))}, outside the run's "
-            f"partitions {partition_keys[0]}..{partition_keys[-1]}; refusing to drop them."
-        )
-    return rows_of_day
+        refuse_rows_outside(obj.days, days)
+        return obj.day
+    refuse_rows_outside(obj.get_column("date").unique().to_list(), days)
+    return partial(metrics_for_day, obj)
 
 
 def _partly_published(error: Exception, keys: list[str], written: int) -> str:
@@ -253,80 +244,3 @@ def _partly_published(error: Exception, keys: list[str], written: int) -> str:
         f"{error} Days published: {published}; not published: {', '.join(keys[written:])}. "
         "Running the range again rewrites every day."
     )
-
-
-PUBLISHED_FILE_MODE = 0o666
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-class LocalCsvIOManager(DailyCsvIOManager):
-    """The same layout under a local folder, written atomically (temp file, then rename)."""
-
-    base_dir: str = Field(description="Folder that plays the role of the bucket.")
-
-    def _path(self, key: str) -> Path:
-        base = Path(self.base_dir).resolve()
-        path = (base / key).resolve()
-        if not path.is_relative_to(base):
-            raise ObjectStoreError(f"Key {key!r} points outside {base}; check S3_PREFIX.")
-        return path
-
-    def uri(self, key: str) -> str:
-        return str(self._path(key))
-
-    def _write(self, key: str, data: bytes, content_type: str | None = None) -> None:
-        target = self._path(key)
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(
-                dir=target.parent, prefix=".tmp-", delete=False
-            ) as tmp:
-                try:
-                    tmp.write(data)
-                    tmp.flush()
-                    os.fsync(tmp.fileno())
-                    # Temp files are private (0600); published files get the usual permissions.
-                    os.chmod(tmp.name, PUBLISHED_FILE_MODE & ~_current_umask())
-                    os.replace(tmp.name, target)
-                except BaseException:
-                    os.unlink(tmp.name)
-                    raise
-        except OSError as error:
-            raise ObjectStoreError(
-                f"Cannot write {target}: {error.strerror}. Point AGENT_METRICS_HOME at a folder "
-                "this process can write."
-            ) from None
-
-    def _read(self, key: str) -> bytes:
-        path = self._path(key)
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            raise ObjectStoreError(
-                f"No file at {path}: materialize that partition before reading it."
-            ) from None
-
-    def _list(self, folder: str) -> list[str]:
-        path = self._path(folder)
-        if not path.is_dir():
-            return []
-        # Another writer's temporary files are not objects yet.
-        return [
-            f"{folder}/{entry.name}"
-            for entry in path.iterdir()
-            if entry.is_file() and not entry.name.startswith(".tmp-")
-        ]
-
-    def _delete(self, keys: list[str]) -> None:
-        for key in keys:
-            try:
-                self._path(key).unlink(missing_ok=True)
-            except OSError as error:
-                raise ObjectStoreError(
-                    f"Cannot remove {self._path(key)}: {error.strerror}."
-                ) from None

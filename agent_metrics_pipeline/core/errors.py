@@ -1,9 +1,14 @@
-"""Two kinds of failure, because they call for opposite reactions from the orchestrator."""
+"""The kinds of failure: a setting the pipeline cannot use, and the two kinds of fault that call
+for opposite reactions from the orchestrator (retry later, or stop until a person acts)."""
 
 import contextlib
 from collections.abc import Iterator
 
 import dagster as dg
+
+
+class ConfigError(ValueError):
+    """An environment variable holds a value the pipeline cannot use."""
 
 
 class TransientError(Exception):

@@ -28,10 +28,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from agent_metrics_pipeline.clickhouse import QueryRunner
-from agent_metrics_pipeline.config import SourceTable
-from agent_metrics_pipeline.source_relation import key_elements
-from agent_metrics_pipeline.sql import PARTS_QUERY
+from agent_metrics_pipeline.clickhouse.relation import key_elements
+from agent_metrics_pipeline.clickhouse.session import QueryRunner
+from agent_metrics_pipeline.core.measurement import SourceTable
+from agent_metrics_pipeline.observe.queries import build_parts_query
 
 # Lightweight updates keep their new values in patch parts, applied when the table is read.
 PATCH_PART_PREFIX = "patch-"
@@ -67,9 +67,7 @@ class PartsSnapshot:
 
 
 def read_parts(clickhouse: QueryRunner, source: SourceTable) -> PartsSnapshot:
-    row = clickhouse.query_polars(
-        PARTS_QUERY, {"database": source.database, "table": source.table}
-    ).row(0, named=True)
+    row = clickhouse.query_polars(*build_parts_query(source)).row(0, named=True)
     return PartsSnapshot(
         read_at=int(row["read_at"]),
         modified=dict(zip(row["parts"], (int(m) for m in row["modified"]), strict=True)),

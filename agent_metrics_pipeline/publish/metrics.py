@@ -1,4 +1,5 @@
-"""The shape of the published metrics and the pure steps that produce and serialise it."""
+"""The pure steps from the metrics query's rows to the published metrics: the metrics apart from
+the counts of source calls they could not measure, calls per status, escaped agent ids."""
 
 from __future__ import annotations
 
@@ -6,28 +7,9 @@ import datetime as dt
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-from agent_metrics_pipeline.deferred import polars as pl
-
-# The published columns and their types, as the catalog names them: the definitions read them
-# when they load, which needs no polars (see the package's __init__).
-METRIC_TYPES = {
-    "agent_id": "string",
-    "avg_call_length_sec": "float",
-    "p90_call_length_sec": "float",
-    "total_calls": "int",
-    "date": "date",
-}
-METRIC_COLUMNS = tuple(METRIC_TYPES)
-COLUMN_DESCRIPTIONS = {
-    "agent_id": "The agent, as spelled in the source's agent column.",
-    "avg_call_length_sec": "Mean length of the agent's counted calls that day, in seconds.",
-    "p90_call_length_sec": "90th percentile of those lengths (linear interpolation), in seconds.",
-    "total_calls": "Calls counted: a counted status and a measurable length.",
-    "date": "The day the calls started on, in the partitions' timezone.",
-}
-
+from agent_metrics_pipeline.core.deferred import polars as pl
+from agent_metrics_pipeline.storage.published_format import metrics_schema
 
 # Per agent, the calls of each counted status, in the measurement's order.
 CALLS_PER_COUNTED_STATUS = "calls_per_counted_status"
@@ -51,13 +33,6 @@ SAMPLE_IDS = (
     "duplicate_call_ids",
 )
 SAMPLE_SIZE = 5
-
-
-@functools.cache
-def metrics_schema() -> pl.Schema:
-    """The published columns' Polars types."""
-    polars_types = {"string": pl.String, "float": pl.Float64, "int": pl.Int64, "date": pl.Date}
-    return pl.Schema({name: polars_types[kind] for name, kind in METRIC_TYPES.items()})
 
 
 @functools.cache
@@ -175,50 +150,6 @@ def calls_per_status(statuses: pl.DataFrame, day: dt.date | None = None) -> dict
         statuses = statuses.filter(pl.col("date") == day)
     totals = statuses.group_by("status").agg(pl.col("calls").sum()).sort("status")
     return {status: int(calls) for status, calls in totals.iter_rows()}
-
-
-def metrics_for_day(metrics: pl.DataFrame, day: dt.date) -> pl.DataFrame:
-    return metrics.filter(pl.col("date") == day)
-
-
-class StagedDays:
-    """A run's publishable rows, one Parquet file per day in a local folder.
-
-    The step reads a chunk of days at a time and stages it here, so its memory follows the
-    chunk; the IO manager reads one day at a time once every day passed its checks.
-    """
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.days: list[dt.date] = []
-
-    def _path(self, day: dt.date) -> Path:
-        return self.folder / f"{day.isoformat()}.parquet"
-
-    def stage(self, metrics: pl.DataFrame, days: Sequence[dt.date]) -> None:
-        """Each of ``days``'s rows of ``metrics``; a row of another day has no file to go to."""
-        stray = set(metrics.get_column("date").unique().to_list()) - set(days)
-        if stray:
-            raise ValueError(
-                f"Rows dated {sorted(map(str, stray))} are outside the days read "
-                f"{days[0]}..{days[-1]}; refusing to drop them."
-            )
-        for day in days:
-            metrics_for_day(metrics, day).write_parquet(self._path(day))
-            self.days.append(day)
-
-    def day(self, day: dt.date) -> pl.DataFrame:
-        return pl.read_parquet(self._path(day))
-
-
-def to_csv_bytes(frame: pl.DataFrame) -> bytes:
-    """UTF-8 CSV with a header row and ``\\n`` line ends; an empty frame gives just the header."""
-    return frame.select(METRIC_COLUMNS).write_csv(line_terminator="\n").encode("utf-8")
-
-
-def from_csv_bytes(data: bytes) -> pl.DataFrame:
-    """Read a published file back with the published types (agent ids stay strings)."""
-    return pl.read_csv(data, schema=metrics_schema())
 
 
 def to_markdown(frame: pl.DataFrame) -> str:

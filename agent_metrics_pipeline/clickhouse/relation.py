@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from agent_metrics_pipeline.clickhouse import QueryRunner
-from agent_metrics_pipeline.config import ReadFinalPolicy, SourceTable
+from agent_metrics_pipeline.clickhouse.session import QueryRunner
+from agent_metrics_pipeline.core.measurement import ReadFinalPolicy, SourceTable
 
 # Engines whose unmerged parts may hold older versions of a row (or cancelled pairs of rows).
 VERSIONED_ENGINES = ("ReplacingMergeTree", "CollapsingMergeTree", "VersionedCollapsingMergeTree")
@@ -71,12 +71,12 @@ class SourceRelation:
             return self.keeps_row_versions
         return policy is ReadFinalPolicy.ALWAYS and self._base_engine != "MergeTree"
 
-    def describe(self, policy: ReadFinalPolicy) -> dict[str, object]:
+    def run_metadata(self, policy: ReadFinalPolicy) -> dict[str, object]:
         """What a run's metadata says of how it read the source."""
         return {"source_engine": self.engine or "unknown", "read_final": self.reads_final(policy)}
 
 
-def describe_source(clickhouse: QueryRunner, source: SourceTable) -> SourceRelation:
+def read_relation(clickhouse: QueryRunner, source: SourceTable) -> SourceRelation:
     """The source's engine, from the server's own table metadata."""
     rows = clickhouse.query_polars(
         ENGINE_QUERY, {"database": source.database, "table": source.table}

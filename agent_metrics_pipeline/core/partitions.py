@@ -1,13 +1,20 @@
-"""Daily partitions: one partition per calendar day in the configured timezone."""
+"""Daily partitions: one partition per calendar day in the configured timezone, and the days
+they stand for.
+
+Inside the package a day is a ``dt.date``; its partition key (``YYYY-MM-DD``) is only what
+Dagster is told and tells.
+"""
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import click
 import dagster as dg
 
-from agent_metrics_pipeline.config import Settings
+from agent_metrics_pipeline.core.settings import Settings
 
 if TYPE_CHECKING:
     from dagster._core.definitions.partitions.context import PartitionLoadingContext
@@ -38,3 +45,19 @@ def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     The newest partition is yesterday: today's calls are still arriving.
     """
     return DailyPartitions(start_date=settings.start_date, timezone=settings.timezone)
+
+
+def days_of(partition_keys: Iterable[str]) -> list[dt.date]:
+    """The days that partition keys name."""
+    return [dt.date.fromisoformat(key) for key in partition_keys]
+
+
+def keys_of(days: Iterable[dt.date]) -> list[str]:
+    """The partition keys of days."""
+    return [day.isoformat() for day in days]
+
+
+def format_days(days: Sequence[dt.date] | Sequence[str]) -> str:
+    """A day as itself, several as FIRST...LAST (as the CLI's --partition-range writes them)."""
+    first, last = str(days[0]), str(days[-1])
+    return first if len(days) == 1 else f"{first}...{last}"

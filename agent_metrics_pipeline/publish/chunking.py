@@ -14,37 +14,12 @@ each later chunk is sized by the most rows per call seen so far.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-# Ten million calls hold about 110 MB of quantile state: bounded, and still few queries.
-DEFAULT_MAX_CALLS_PER_QUERY = 10_000_000
-# Half a million agent-days are about 200 MB in the step at their peak: a day of 300 k agents
-# is then a chunk of its own, while 2 000 agents share a query for the whole range.
-DEFAULT_MAX_ROWS_PER_QUERY = 500_000
-DEFAULT_MAX_DAYS_PER_QUERY = 30
-# Past this a shard holds a thousandth of a day: a limit that still rejects it is not about size.
-MAX_AGENT_SHARDS = 1024
-
-
-@dataclass(frozen=True)
-class Chunking:
-    """The limits of one query: days, calls, rows (agent-days), and the fewest agent
-    shards to use."""
-
-    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY
-    max_calls_per_query: int = DEFAULT_MAX_CALLS_PER_QUERY
-    max_rows_per_query: int = DEFAULT_MAX_ROWS_PER_QUERY
-    agent_shards: int = 1
-
-    def describe(self) -> dict[str, int]:
-        return {
-            "max_days_per_query": self.max_days_per_query,
-            "max_calls_per_query": self.max_calls_per_query,
-            "max_rows_per_query": self.max_rows_per_query,
-            "agent_shards": self.agent_shards,
-        }
+from agent_metrics_pipeline.core.settings import MAX_AGENT_SHARDS, Chunking
 
 
 @dataclass(frozen=True)
@@ -59,7 +34,7 @@ class AgentShard:
 class Chunk:
     """Consecutive days read together, in ``shards`` queries (one per agent shard)."""
 
-    days: tuple[str, ...]
+    days: tuple[dt.date, ...]
     shards: int
 
     def agent_shards(self) -> list[AgentShard | None]:
@@ -69,8 +44,8 @@ class Chunk:
 
 
 def next_chunk(
-    days: Sequence[str],
-    calls_per_day: Mapping[str, int],
+    days: Sequence[dt.date],
+    calls_per_day: Mapping[dt.date, int],
     chunking: Chunking,
     rows_per_call: float | None,
 ) -> Chunk:
@@ -81,7 +56,7 @@ def next_chunk(
     is one day, which tells.
     """
 
-    def rows(day: str) -> float:
+    def rows(day: dt.date) -> float:
         return calls_per_day.get(day, 0) * (rows_per_call or 0)
 
     first = days[0]
@@ -110,3 +85,28 @@ def next_chunk(
             break
         taken += 1
     return Chunk(tuple(days[:taken]), chunking.agent_shards)
+
+
+class Chunker:
+    """A run's days, chunk after chunk, each sized by the most rows per call read so far."""
+
+    def __init__(
+        self, days: Sequence[dt.date], calls_per_day: Mapping[dt.date, int], chunking: Chunking
+    ) -> None:
+        self.days = list(days)
+        self.calls_per_day = calls_per_day
+        self.chunking = chunking
+        self.rows_per_call: float | None = None
+
+    def __iter__(self) -> Iterator[Chunk]:
+        remaining = self.days
+        while remaining:
+            chunk = next_chunk(remaining, self.calls_per_day, self.chunking, self.rows_per_call)
+            yield chunk
+            remaining = remaining[len(chunk.days) :]
+
+    def learn(self, chunk: Chunk, rows: int) -> None:
+        """The rows the chunk's queries returned: they size the chunks after it."""
+        calls = sum(self.calls_per_day.get(day, 0) for day in chunk.days)
+        if calls:
+            self.rows_per_call = max(self.rows_per_call or 0.0, rows / calls)

@@ -23,8 +23,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from agent_metrics_pipeline.alerts import ALERTED_TAG, alert_secrets, deliver, failure_alert
-from agent_metrics_pipeline.automation import targets_agent_metrics
+from agent_metrics_pipeline.operations.alerts import (
+    ALERTED_TAG,
+    alert_secrets,
+    deliver,
+    failure_alert,
+)
+from agent_metrics_pipeline.operations.schedule import targets_agent_metrics
 
 WATCHDOG_NAME = "agent_metrics_dead_run_watchdog"
 WATCHDOG_INTERVAL_SEC = 60

@@ -19,11 +19,11 @@ from botocore.handlers import disable_signing
 from dagster_aws.s3 import S3Resource
 from pydantic import Field, PrivateAttr
 
-from agent_metrics_pipeline.config import (
+from agent_metrics_pipeline.core.settings import (
     DEFAULT_S3_CONNECT_TIMEOUT_SEC,
     DEFAULT_S3_READ_TIMEOUT_SEC,
 )
-from agent_metrics_pipeline.io_managers import (
+from agent_metrics_pipeline.storage.io_manager import (
     DailyCsvIOManager,
     ObjectStoreError,
     ObjectStoreUnavailableError,

@@ -17,9 +17,15 @@ from collections.abc import Callable, Sequence
 import dagster as dg
 from dagster_shared.error import SerializableErrorInfo
 
-from agent_metrics_pipeline.assets import ASSET_NAME
-from agent_metrics_pipeline.automation import expected_day, targets_agent_metrics
-from agent_metrics_pipeline.sources import OBSERVE_JOB_NAME
+from agent_metrics_pipeline.core.names import (
+    ASSET_NAME,
+    OBSERVE_JOB_NAME,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+)
+from agent_metrics_pipeline.core.partitions import format_days
+from agent_metrics_pipeline.operations.schedule import expected_day, targets_agent_metrics
 
 FAILURE_SENSOR_NAME = "agent_metrics_failure_alert"
 LATE_DAY_SENSOR_NAME = "agent_metrics_late_day_alert"
@@ -33,11 +39,10 @@ ALERTED_TAG = "agent_metrics/failure_alerted"
 
 def _partitions_of(run: dg.DagsterRun) -> str:
     tags = run.tags
-    if "dagster/partition" in tags:
-        return tags["dagster/partition"]
-    start = tags.get("dagster/asset_partition_range_start")
-    end = tags.get("dagster/asset_partition_range_end")
-    return f"{start}...{end}" if start and end else "unpartitioned"
+    if PARTITION_TAG in tags:
+        return tags[PARTITION_TAG]
+    start, end = tags.get(RANGE_START_TAG), tags.get(RANGE_END_TAG)
+    return format_days([start, end]) if start and end else "unpartitioned"
 
 
 def _error_chain(error: SerializableErrorInfo) -> str:

@@ -11,30 +11,33 @@ the IO manager. WARN checks publish but flag.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import dagster as dg
 
-# Which materialization an evaluation judged: Dagster exports the evaluation but not this part
-# of it in 1.13 (pinned); the per-day check tests fail if it moves.
-from dagster._core.definitions.asset_checks.asset_check_evaluation import (
-    AssetCheckEvaluationTargetMaterializationData,
+from agent_metrics_pipeline.core.deferred import polars as pl
+from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy, Measurement
+from agent_metrics_pipeline.core.partitions import keys_of
+from agent_metrics_pipeline.publish.findings import (
+    ERROR,
+    WARN,
+    Check,
+    Evidence,
+    Finding,
+    Verdict,
+    days_in,
+    offending_rows,
+    source_counts,
 )
-
-from agent_metrics_pipeline.config import DuplicateCallsPolicy, Measurement
-from agent_metrics_pipeline.deferred import polars as pl
-from agent_metrics_pipeline.metrics import (
+from agent_metrics_pipeline.publish.metrics import (
     DUPLICATE_COUNT,
     FORMULA_ESCAPE,
-    METRIC_COLUMNS,
     SAMPLE_SIZE,
-    SourceQuality,
     calls_per_status,
     formula_like,
 )
+from agent_metrics_pipeline.storage.published_format import METRIC_COLUMNS, dated_outside
 
 NO_NULLS = "no_nulls"
 NO_NEGATIVE_VALUES = "no_negative_values"
@@ -48,111 +51,6 @@ STATUS_SPELLINGS = "status_spellings"
 NO_DUPLICATE_CALL_IDS = "no_duplicate_call_ids"
 SPREADSHEET_SAFE_AGENT_IDS = "spreadsheet_safe_agent_ids"
 
-ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """What the step holds when the checks run: nothing here costs a second query."""
-
-    metrics: pl.DataFrame
-    quality: SourceQuality
-    # Calls per day of each counted status and each status spelled like one (see
-    # sql.status_spelling): date, status, calls.
-    statuses: pl.DataFrame
-    partition_keys: Sequence[str]
-    measurement: Measurement
-
-    def for_day(self, key: str) -> Evidence:
-        """What concerns day ``key``: its rows, counts and samples, and any row dated outside
-        the run's days, which no day may publish."""
-        day = dt.date.fromisoformat(key)
-        run_days = [dt.date.fromisoformat(k) for k in self.partition_keys]
-        return Evidence(
-            metrics=self.metrics.filter((pl.col("date") == day) | ~pl.col("date").is_in(run_days)),
-            quality=self.quality.for_day(day),
-            statuses=self.statuses.filter(pl.col("date") == day),
-            partition_keys=[key],
-            measurement=self.measurement,
-        )
-
-
-@dataclass(frozen=True)
-class Finding:
-    """What one check found. A check fails exactly when it names failing days."""
-
-    failing_days: list[str]
-    metadata: dict[str, dg.RawMetadataValue]
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One check's evaluation of one day."""
-
-    check_name: str
-    day: str
-    passed: bool
-    severity: dg.AssetCheckSeverity
-    description: str
-    metadata: dict[str, dg.RawMetadataValue]
-
-    @property
-    def blocks_publication(self) -> bool:
-        return not self.passed and self.severity == ERROR
-
-    def evaluation(
-        self, asset_key: dg.AssetKey, judged: dg.EventLogRecord | None
-    ) -> dg.AssetCheckEvaluation:
-        """The evaluation Dagster records for the day, against ``judged``: the day's new
-        materialization, or the one still published when this run published nothing."""
-        target = (
-            AssetCheckEvaluationTargetMaterializationData(
-                run_id=judged.run_id, storage_id=judged.storage_id, timestamp=judged.timestamp
-            )
-            if judged is not None
-            else None
-        )
-        return dg.AssetCheckEvaluation(
-            asset_key=asset_key,
-            check_name=self.check_name,
-            passed=self.passed,
-            partition=self.day,
-            severity=self.severity,
-            blocking=self.severity == ERROR,
-            description=self.description,
-            metadata=self.metadata,
-            target_materialization_data=target,
-        )
-
-
-def _days(frame: pl.DataFrame) -> list[str]:
-    if frame.is_empty():
-        return []
-    return sorted({str(day) for day in frame.get_column("date").to_list()})
-
-
-def _offending_rows(
-    offending: pl.DataFrame, source_days: Sequence[str] = (), **metadata: dg.RawMetadataValue
-) -> Finding:
-    """A check over metric rows (and, optionally, days failed by source counts)."""
-    return Finding(
-        failing_days=sorted({*_days(offending), *source_days}),
-        metadata={
-            "offending_rows": offending.height,
-            "offending_days": _days(offending),
-            "sample_agent_ids": [
-                str(a) for a in offending.get_column("agent_id").head(SAMPLE_SIZE)
-            ],
-            **metadata,
-        },
-    )
-
-
-def _source_counts(quality: SourceQuality, columns: Sequence[str]) -> tuple[int, list[str]]:
-    """How many source calls the ``columns`` count, and on which days."""
-    per_day = quality.per_day.select("date", pl.sum_horizontal(columns).alias("calls"))
-    return int(per_day.get_column("calls").sum()), _days(per_day.filter(pl.col("calls") > 0))
-
 
 def _metrics_and_unmeasurable_calls(
     evidence: Evidence,
@@ -162,12 +60,12 @@ def _metrics_and_unmeasurable_calls(
     sample_name: str,
 ) -> Finding:
     """Under invalid_rows=fail, unmeasurable source calls fail the check as bad metrics do."""
-    calls, days = _source_counts(evidence.quality, count_columns)
+    calls, days = source_counts(evidence.quality, count_columns)
     blocked = evidence.measurement.fails_on_invalid_rows and calls > 0
-    return _offending_rows(
+    return offending_rows(
         offending,
         source_days=days if blocked else (),
-        source_offending_days=days,
+        source_offending_days=keys_of(days),
         sample_call_ids=evidence.quality.sample_ids(sample_name) if blocked else [],
         **{count_key: calls},
     )
@@ -207,8 +105,8 @@ def finite_durations(evidence: Evidence) -> Finding:
 
 def plausible_ranges(evidence: Evidence) -> Finding:
     metrics, max_length = evidence.metrics, evidence.measurement.max_call_length_sec
-    calls, days = _source_counts(evidence.quality, ["overlong_calls"])
-    return _offending_rows(
+    calls, days = source_counts(evidence.quality, ["overlong_calls"])
+    return offending_rows(
         metrics.filter(
             ~pl.col("avg_call_length_sec").is_between(0, max_length)
             | ~pl.col("p90_call_length_sec").is_between(0, max_length)
@@ -217,28 +115,27 @@ def plausible_ranges(evidence: Evidence) -> Finding:
         source_days=days,
         max_call_length_sec=max_length,
         source_calls_over_max=calls,
-        source_offending_days=days,
+        source_offending_days=keys_of(days),
         sample_call_ids=evidence.quality.sample_ids("overlong_call_ids"),
         longest_p90_call_length_sec=metrics.get_column("p90_call_length_sec").max() or 0.0,
     )
 
 
 def one_row_per_agent_per_day(evidence: Evidence) -> Finding:
-    run_days = [dt.date.fromisoformat(key) for key in evidence.partition_keys]
-    return _offending_rows(
+    return offending_rows(
         evidence.metrics.filter(
-            pl.struct("agent_id", "date").is_duplicated() | ~pl.col("date").is_in(run_days)
+            pl.struct("agent_id", "date").is_duplicated() | dated_outside(evidence.days)
         )
     )
 
 
 def calls_present(evidence: Evidence) -> Finding:
-    days_with_rows = set(_days(evidence.metrics))
-    empty_days = [key for key in evidence.partition_keys if key not in days_with_rows]
+    days_with_rows = set(days_in(evidence.metrics))
+    empty_days = [day for day in evidence.days if day not in days_with_rows]
     return Finding(
         failing_days=empty_days,
         metadata={
-            "empty_days": empty_days,
+            "empty_days": keys_of(empty_days),
             "calls_counted": int(evidence.metrics.get_column("total_calls").sum()),
         },
     )
@@ -246,9 +143,9 @@ def calls_present(evidence: Evidence) -> Finding:
 
 def excluded_source_rows(evidence: Evidence) -> Finding:
     quality, excluding = evidence.quality, not evidence.measurement.fails_on_invalid_rows
-    null_calls, null_days = _source_counts(quality, ["null_agent_calls", "null_duration_calls"])
-    negative_calls, negative_days = _source_counts(quality, ["negative_duration_calls"])
-    non_finite_calls, non_finite_days = _source_counts(quality, ["non_finite_duration_calls"])
+    null_calls, null_days = source_counts(quality, ["null_agent_calls", "null_duration_calls"])
+    negative_calls, negative_days = source_counts(quality, ["negative_duration_calls"])
+    non_finite_calls, non_finite_days = source_counts(quality, ["non_finite_duration_calls"])
     days = sorted({*null_days, *negative_days, *non_finite_days}) if excluding else []
     samples = [
         *quality.sample_ids("null_call_ids"),
@@ -263,7 +160,7 @@ def excluded_source_rows(evidence: Evidence) -> Finding:
             "excluded_null_agent_or_duration_calls": null_calls if excluding else 0,
             "excluded_negative_duration_calls": negative_calls if excluding else 0,
             "excluded_non_finite_duration_calls": non_finite_calls if excluding else 0,
-            "offending_days": days,
+            "offending_days": keys_of(days),
             "sample_call_ids": samples[:SAMPLE_SIZE] if excluding else [],
         },
     )
@@ -271,7 +168,7 @@ def excluded_source_rows(evidence: Evidence) -> Finding:
 
 def min_calls_per_agent(evidence: Evidence) -> Finding:
     minimum = evidence.measurement.min_calls_per_agent
-    return _offending_rows(
+    return offending_rows(
         evidence.metrics.filter(pl.col("total_calls") < minimum), min_calls_per_agent=minimum
     )
 
@@ -282,13 +179,13 @@ def status_spellings(evidence: Evidence) -> Finding:
     counted = evidence.measurement.statuses
     variants = evidence.statuses.filter(~pl.col("status").is_in(counted))
     return Finding(
-        failing_days=_days(variants),
+        failing_days=days_in(variants),
         metadata={
             "counted_statuses": list(counted),
             "statuses_seen": calls_per_status(evidence.statuses),
             "uncounted_variants": sorted(set(variants.get_column("status"))),
             "uncounted_variant_calls": int(variants.get_column("calls").sum()),
-            "offending_days": _days(variants),
+            "offending_days": keys_of(days_in(variants)),
         },
     )
 
@@ -306,14 +203,14 @@ def no_duplicate_call_ids(evidence: Evidence) -> Finding:
                 "call ids (about 4x the metrics query's time), count_once counts each once.",
             },
         )
-    calls, days = _source_counts(evidence.quality, [DUPLICATE_COUNT])
+    calls, days = source_counts(evidence.quality, [DUPLICATE_COUNT])
     return Finding(
         failing_days=[] if measurement.counts_each_call_once else days,
         metadata={
             "duplicate_calls_policy": measurement.duplicate_calls.value,
             "repeated_rows": calls,
             "repeated_rows_counted": 0 if measurement.counts_each_call_once else calls,
-            "offending_days": days,
+            "offending_days": keys_of(days),
             "sample_call_ids": evidence.quality.sample_ids("duplicate_call_ids"),
         },
     )
@@ -327,41 +224,11 @@ def spreadsheet_safe_agent_ids(evidence: Evidence) -> Finding:
         agent_id.str.starts_with(FORMULA_ESCAPE)
         & formula_like(agent_id.str.strip_prefix(FORMULA_ESCAPE))
     )
-    return _offending_rows(
+    return offending_rows(
         risky,
         spreadsheet_safety=evidence.measurement.spreadsheet_safety.value,
         escaped_agent_ids=escaped.height,
     )
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    severity: dg.AssetCheckSeverity
-    description: str
-    find: Callable[[Evidence], Finding]
-
-    def spec(self, asset_name: str, partitions_def: dg.PartitionsDefinition) -> dg.AssetCheckSpec:
-        return dg.AssetCheckSpec(
-            self.name,
-            asset=asset_name,
-            description=self.description,
-            blocking=self.severity == ERROR,
-            partitions_def=partitions_def,
-        )
-
-    def evaluate(self, day_evidence: Evidence) -> Verdict:
-        """This check on the evidence of one day (see :meth:`Evidence.for_day`)."""
-        (day,) = day_evidence.partition_keys
-        finding = self.find(day_evidence)
-        return Verdict(
-            check_name=self.name,
-            day=day,
-            passed=not finding.failing_days,
-            severity=self.severity,
-            description=self.description,
-            metadata=finding.metadata,
-        )
 
 
 CHECKS = (
@@ -471,21 +338,7 @@ def evaluate_checks(evidence: Evidence) -> list[Verdict]:
     """Every check on every day of the run, day by day, in the order of ``CHECKS``."""
     checks = checks_for(evidence.measurement)
     verdicts = []
-    for key in evidence.partition_keys:
-        day_evidence = evidence.for_day(key)
+    for day in evidence.days:
+        day_evidence = evidence.for_day(day)
         verdicts.extend(check.evaluate(day_evidence) for check in checks)
     return verdicts
-
-
-def describe_days(days: Sequence[str]) -> str:
-    """A day as itself, several as FIRST...LAST."""
-    return days[0] if len(days) == 1 else f"{days[0]}...{days[-1]}"
-
-
-def describe_failures(verdicts: Sequence[Verdict]) -> str:
-    """One entry per failed check, naming the days that failed it, for a run's failure message."""
-    days_by_check: dict[str, list[str]] = {}
-    for verdict in verdicts:
-        if not verdict.passed:
-            days_by_check.setdefault(verdict.check_name, []).append(verdict.day)
-    return "; ".join(f"{name} (days: {', '.join(days)})" for name, days in days_by_check.items())

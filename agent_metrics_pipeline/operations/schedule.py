@@ -7,10 +7,8 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from agent_metrics_pipeline.assets import ASSET_NAME
+from agent_metrics_pipeline.core.names import ASSET_NAME, JOB_NAME, SCHEDULE_NAME
 
-JOB_NAME = "agent_metrics_job"
-SCHEDULE_NAME = "agent_metrics_daily"
 SCHEDULE_HOUR = 2
 SCHEDULE_CRON = f"0 {SCHEDULE_HOUR} * * *"
 # The schedule and the freshness deadline share one clock, whatever the partitions' timezone.

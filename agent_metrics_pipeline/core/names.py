@@ -1,0 +1,17 @@
+"""The Dagster names the parts of the pipeline share, so that none imports another for a name."""
+
+ASSET_NAME = "agent_metrics"
+GROUP_NAME = "call_center"
+CSV_IO_MANAGER_KEY = "csv_io_manager"
+JOB_NAME = "agent_metrics_job"
+SCHEDULE_NAME = "agent_metrics_daily"
+CALLS_ASSET_NAME = "calls"
+OBSERVE_JOB_NAME = "observe_calls"
+# The embedded engine's folder can be opened by one process at a time; the instance limits
+# every pool to one slot, so runs that use it queue instead of failing on the lock.
+EMBEDDED_ENGINE_POOL = "embedded_clickhouse"
+
+# Tags Dagster sets on a run to select its days.
+PARTITION_TAG = "dagster/partition"
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"

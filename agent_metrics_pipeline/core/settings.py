@@ -1,0 +1,268 @@
+"""The environment contract: every setting the definitions need, read and validated at once.
+
+Definitions load through :func:`Settings.from_env`, so a typo in a variable fails at load time
+with a message naming the variable, instead of deep inside a run at 02:00. Every default lives
+once, on the dataclass field it belongs to: an unset variable leaves the field's default alone.
+
+``python -m agent_metrics_pipeline.core.settings`` checks the environment alone: one line and a
+non-zero exit on a bad setting, before a command that would start servers.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent_metrics_pipeline.core.environment import Environment, given, validate_timezone
+from agent_metrics_pipeline.core.errors import ConfigError
+from agent_metrics_pipeline.core.measurement import (
+    DuplicateCallsPolicy,
+    InvalidRowsPolicy,
+    Measurement,
+    ReadFinalPolicy,
+    SourceTable,
+    SpreadsheetSafety,
+    parse_column_mapping,
+)
+
+# Values of these variables are masked wherever an error message could carry them out.
+SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+DEFAULT_HOME = Path(".agent_metrics")
+DEFAULT_CLICKHOUSE_PORT = 8123
+DEFAULT_CONNECT_TIMEOUT_SEC = 10
+# A day of 10 M calls aggregates in about a second; two minutes leave room for far bigger days.
+DEFAULT_QUERY_TIMEOUT_SEC = 120
+DEFAULT_S3_CONNECT_TIMEOUT_SEC = 10
+DEFAULT_S3_READ_TIMEOUT_SEC = 30
+DEFAULT_S3_PREFIX = "agent_metrics"
+# The package's extra that installs the embedded engine (chdb), and the module it brings.
+EMBEDDED_ENGINE_EXTRA = "embedded"
+EMBEDDED_ENGINE_MODULE = "chdb"
+
+
+# Ten million calls hold about 110 MB of quantile state: bounded, and still few queries.
+DEFAULT_MAX_CALLS_PER_QUERY = 10_000_000
+# Half a million agent-days are about 200 MB in the step at their peak: a day of 300 k agents
+# is then a chunk of its own, while 2 000 agents share a query for the whole range.
+DEFAULT_MAX_ROWS_PER_QUERY = 500_000
+DEFAULT_MAX_DAYS_PER_QUERY = 30
+# Past this a shard holds a thousandth of a day: a limit that still rejects it is not about size.
+MAX_AGENT_SHARDS = 1024
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """The limits of one query: days, calls, rows (agent-days), and the fewest agent
+    shards to use."""
+
+    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY
+    max_calls_per_query: int = DEFAULT_MAX_CALLS_PER_QUERY
+    max_rows_per_query: int = DEFAULT_MAX_ROWS_PER_QUERY
+    agent_shards: int = 1
+
+    def catalog_metadata(self) -> dict[str, int]:
+        return {
+            "max_days_per_query": self.max_days_per_query,
+            "max_calls_per_query": self.max_calls_per_query,
+            "max_rows_per_query": self.max_rows_per_query,
+            "agent_shards": self.agent_shards,
+        }
+
+
+def embedded_engine_path(home: Path) -> Path:
+    """Where the embedded ClickHouse engine keeps its data under ``AGENT_METRICS_HOME``."""
+    return home / "clickhouse"
+
+
+def _check_folders(*folders: Path) -> None:
+    """Folders the pipeline will create must not already exist as files."""
+    for folder in folders:
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(
+                f"AGENT_METRICS_HOME: {folder} exists and is not a folder; point "
+                "AGENT_METRICS_HOME at a folder (it is created if missing)"
+            )
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the definitions need from the environment, already validated."""
+
+    home: Path = DEFAULT_HOME
+    timezone: str = "UTC"
+    start_date: str = "2025-01-01"
+    measurement: Measurement = field(default_factory=Measurement)
+    clickhouse_host: str | None = None
+    clickhouse_port: int = DEFAULT_CLICKHOUSE_PORT
+    clickhouse_user: str = "default"
+    clickhouse_password_set: bool = False
+    clickhouse_secure: bool = False
+    clickhouse_connect_timeout_sec: int = DEFAULT_CONNECT_TIMEOUT_SEC
+    clickhouse_query_timeout_sec: int = DEFAULT_QUERY_TIMEOUT_SEC
+    s3_bucket: str | None = None
+    s3_prefix: str = DEFAULT_S3_PREFIX
+    s3_endpoint_url: str | None = None
+    aws_region: str | None = None
+    s3_connect_timeout_sec: int = DEFAULT_S3_CONNECT_TIMEOUT_SEC
+    s3_read_timeout_sec: int = DEFAULT_S3_READ_TIMEOUT_SEC
+    # Retries at the write, with backoff: the step is not retried for S3 faults.
+    s3_max_retries: int = 4
+    gzip: bool = False
+    rows_per_file: int | None = None
+    # UTC, an hour after the daily schedule (02:00 UTC); never before it.
+    freshness_deadline_hour: int = 3
+    backfill_max_days_per_run: int | None = None
+    chunking: Chunking = Chunking()
+    schedule_lookback_days: int = 0
+    observe_window_days: int = 30
+    observe_cron: str = "5 * * * *"
+    max_retries: int = 3
+    retry_delay_sec: int = 30
+    alert_webhook_url: str | None = field(default=None, repr=False)
+    ui_url: str = "http://127.0.0.1:3000"
+    owners: tuple[str, ...] = ("team:data-platform",)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_host is None
+
+    @property
+    def embedded_clickhouse_path(self) -> Path:
+        return embedded_engine_path(self.home)
+
+    @property
+    def local_output_dir(self) -> Path:
+        return self.home / "output"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = Environment(os.environ if environ is None else environ)
+        columns = env.text("AGENT_METRICS_SOURCE_COLUMNS")
+        source = SourceTable(
+            **given(
+                database=env.text("CLICKHOUSE_DATABASE"),
+                table=env.text("AGENT_METRICS_SOURCE_TABLE"),
+                columns=parse_column_mapping(columns) if columns else None,
+            )
+        )
+        measurement = Measurement(
+            source=source,
+            **given(
+                statuses=env.items("AGENT_METRICS_STATUSES"),
+                invalid_rows=env.choice("AGENT_METRICS_INVALID_ROWS", InvalidRowsPolicy),
+                max_call_length_sec=env.number(
+                    "AGENT_METRICS_MAX_CALL_LENGTH_SEC", float, minimum=0.0
+                ),
+                min_calls_per_agent=env.number("AGENT_METRICS_MIN_CALLS_PER_AGENT", int, minimum=1),
+                duplicate_calls=env.choice("AGENT_METRICS_DUPLICATE_CALLS", DuplicateCallsPolicy),
+                read_final=env.choice("AGENT_METRICS_READ_FINAL", ReadFinalPolicy),
+                spreadsheet_safety=env.choice(
+                    "AGENT_METRICS_SPREADSHEET_SAFETY", SpreadsheetSafety
+                ),
+            ),
+        )
+        chunking = Chunking(
+            **given(
+                max_days_per_query=env.number("AGENT_METRICS_MAX_DAYS_PER_QUERY", int, minimum=1),
+                max_calls_per_query=env.number("AGENT_METRICS_MAX_CALLS_PER_QUERY", int, minimum=1),
+                max_rows_per_query=env.number("AGENT_METRICS_MAX_ROWS_PER_QUERY", int, minimum=1),
+                agent_shards=env.number(
+                    "AGENT_METRICS_AGENT_SHARDS", int, minimum=1, maximum=MAX_AGENT_SHARDS
+                ),
+            )
+        )
+        home = env.text("AGENT_METRICS_HOME")
+        timezone = env.text("AGENT_METRICS_TIMEZONE")
+        ui_url = env.url("AGENT_METRICS_UI_URL")
+        settings = cls(
+            measurement=measurement,
+            chunking=chunking,
+            clickhouse_password_set=env.text("CLICKHOUSE_PASSWORD") is not None,
+            secrets=tuple(value for name in SECRET_VARIABLES if (value := env.text(name))),
+            **given(
+                home=Path(home) if home else None,
+                timezone=validate_timezone(timezone) if timezone else None,
+                start_date=env.date("AGENT_METRICS_START_DATE"),
+                clickhouse_host=env.text("CLICKHOUSE_HOST"),
+                clickhouse_port=env.number("CLICKHOUSE_PORT", int, minimum=1, maximum=65535),
+                clickhouse_user=env.text("CLICKHOUSE_USER"),
+                clickhouse_secure=env.flag("CLICKHOUSE_SECURE"),
+                clickhouse_connect_timeout_sec=env.number(
+                    "CLICKHOUSE_CONNECT_TIMEOUT_SEC", int, minimum=1
+                ),
+                clickhouse_query_timeout_sec=env.number(
+                    "CLICKHOUSE_QUERY_TIMEOUT_SEC", int, minimum=1
+                ),
+                s3_bucket=env.text("S3_BUCKET"),
+                s3_prefix=env.s3_prefix("S3_PREFIX"),
+                s3_endpoint_url=env.text("S3_ENDPOINT_URL"),
+                aws_region=env.text("AWS_REGION"),
+                s3_connect_timeout_sec=env.number("S3_CONNECT_TIMEOUT_SEC", int, minimum=1),
+                s3_read_timeout_sec=env.number("S3_READ_TIMEOUT_SEC", int, minimum=1),
+                s3_max_retries=env.number("S3_MAX_RETRIES", int, minimum=0),
+                gzip=env.flag("AGENT_METRICS_GZIP"),
+                rows_per_file=env.number("AGENT_METRICS_ROWS_PER_FILE", int, minimum=1),
+                freshness_deadline_hour=env.number(
+                    "AGENT_METRICS_FRESHNESS_DEADLINE_HOUR", int, minimum=3, maximum=23
+                ),
+                backfill_max_days_per_run=env.number(
+                    "AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", int, minimum=1
+                ),
+                schedule_lookback_days=env.number(
+                    "AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", int, minimum=0
+                ),
+                observe_window_days=env.number("AGENT_METRICS_OBSERVE_WINDOW_DAYS", int, minimum=1),
+                observe_cron=env.cron("AGENT_METRICS_OBSERVE_CRON"),
+                max_retries=env.number("AGENT_METRICS_MAX_RETRIES", int, minimum=0),
+                retry_delay_sec=env.number("AGENT_METRICS_RETRY_DELAY_SEC", int, minimum=0),
+                alert_webhook_url=env.url("AGENT_METRICS_ALERT_WEBHOOK_URL"),
+                ui_url=ui_url.rstrip("/") if ui_url else None,
+                owners=env.owners("AGENT_METRICS_OWNERS"),
+            ),
+        )
+        home_folders = [settings.home]
+        if settings.embedded_clickhouse:
+            home_folders.append(settings.embedded_clickhouse_path)
+        if settings.s3_bucket is None:
+            home_folders.append(settings.local_output_dir)
+        _check_folders(*home_folders)
+        return settings
+
+
+def require_clickhouse_engine(settings: Settings) -> Settings:
+    """Fail at load, not in the first run, when the embedded engine is asked for but absent.
+
+    A production install leaves the engine out (about 530 MB); without CLICKHOUSE_HOST the
+    definitions would still pick it. Only the module's presence is looked up: importing it
+    costs seconds.
+    """
+    if settings.embedded_clickhouse and importlib.util.find_spec(EMBEDDED_ENGINE_MODULE) is None:
+        raise ConfigError(
+            "CLICKHOUSE_HOST is unset, which selects the embedded ClickHouse engine, but it is "
+            f"not installed: set CLICKHOUSE_HOST to your ClickHouse server, or install the "
+            f"package with its '{EMBEDDED_ENGINE_EXTRA}' extra "
+            f"(pip install 'agent-metrics-pipeline[{EMBEDDED_ENGINE_EXTRA}]', "
+            f"uv sync --extra {EMBEDDED_ENGINE_EXTRA})"
+        )
+    return settings
+
+
+def main() -> int:
+    """Check the environment's settings: one line naming what to fix, and exit 2, when one is
+    wrong."""
+    try:
+        require_clickhouse_engine(Settings.from_env())
+    except ConfigError as error:
+        print(f"Configuration error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

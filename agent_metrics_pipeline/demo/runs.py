@@ -1,0 +1,148 @@
+"""The demo's runs, launched through the code location as the UI's Materialize button launches
+them, so that each can be re-executed from the UI."""
+
+from __future__ import annotations
+
+import datetime as dt
+import multiprocessing
+import os
+import time
+from typing import NamedTuple, TextIO
+
+import dagster as dg
+
+# The UI launches runs through these; the demo does the same, so its runs can be re-executed.
+from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import ModuleTarget
+
+from agent_metrics_pipeline.core.names import (
+    JOB_NAME,
+    OBSERVE_JOB_NAME,
+    PARTITION_TAG,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+)
+from agent_metrics_pipeline.core.partitions import format_days
+from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.demo.sample_calls import demo_days, seed_demo_calls
+
+# The code location as `make dev` (pyproject's [tool.dg]) and workspace.yaml name it.
+DEFINITIONS_MODULE = "agent_metrics_pipeline.definitions"
+CODE_LOCATION_NAME = "agent_metrics_pipeline"
+RUN_TIMEOUT_SEC = 600
+
+
+class DemoRun(NamedTuple):
+    """One run the demo launches: what it does, and the tags that select its days."""
+
+    title: str
+    job_name: str
+    tags: dict[str, str]
+    fails_on_purpose: bool = False
+
+
+def demo_runs(today: dt.date) -> list[DemoRun]:
+    """The broken day first, yesterday last: the latest materialization is a healthy day."""
+    _, broken_day, range_days, yesterday = demo_days(today)
+    first, last = range_days[0].isoformat(), range_days[-1].isoformat()
+    return [
+        DemoRun("Observe the calls table", OBSERVE_JOB_NAME, {}),
+        DemoRun(
+            f"{broken_day} (broken rows on purpose)",
+            JOB_NAME,
+            {PARTITION_TAG: broken_day.isoformat()},
+            fails_on_purpose=True,
+        ),
+        DemoRun(
+            f"{format_days([first, last])} as one run",
+            JOB_NAME,
+            {RANGE_START_TAG: first, RANGE_END_TAG: last},
+        ),
+        DemoRun(f"{yesterday}", JOB_NAME, {PARTITION_TAG: yesterday.isoformat()}),
+    ]
+
+
+LAUNCH_MUTATION = """
+mutation Launch($executionParams: ExecutionParams!) {
+  launchPipelineExecution(executionParams: $executionParams) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on Error { message }
+  }
+}
+"""
+
+
+def launch(workspace: WorkspaceProcessContext, run: DemoRun) -> str:
+    """Launch ``run`` as the UI's Materialize button does: through the code location, so the
+    run can be re-executed from the UI."""
+    from dagster_graphql.cli import execute_query
+
+    params = {
+        "selector": {
+            "repositoryLocationName": CODE_LOCATION_NAME,
+            "repositoryName": SINGLETON_REPOSITORY_NAME,
+            "pipelineName": run.job_name,
+        },
+        "runConfigData": {},
+        "executionMetadata": {"tags": [{"key": k, "value": v} for k, v in run.tags.items()]},
+    }
+    answer = execute_query(workspace, LAUNCH_MUTATION, {"executionParams": params})
+    launched = (answer.get("data") or {}).get("launchPipelineExecution") or {}
+    if launched.get("__typename") != "LaunchRunSuccess":
+        raise RuntimeError(f"Could not launch {run.title}: {launched or answer.get('errors')}")
+    return launched["run"]["runId"]
+
+
+def wait_for(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun:
+    deadline = time.monotonic() + RUN_TIMEOUT_SEC
+    while time.monotonic() < deadline:
+        run = instance.get_run_by_id(run_id)
+        if run is not None and run.is_finished:
+            return run
+        time.sleep(0.5)
+    raise TimeoutError(f"Run {run_id} did not finish within {RUN_TIMEOUT_SEC} s")
+
+
+def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    records = instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION
+    ).records
+    return sorted(
+        {
+            record.event_log_entry.dagster_event.asset_check_evaluation_data.check_name
+            for record in records
+            if not record.event_log_entry.dagster_event.asset_check_evaluation_data.passed
+        }
+    )
+
+
+def run_demo(settings: Settings, today: dt.date, instance: dg.DagsterInstance, out: TextIO) -> bool:
+    """Seed sample calls, then launch the demo's runs one after another; True when each ended
+    as planned (the broken day failing)."""
+    # Seeding opens the engine's folder, which one process at a time may hold: the runs, each
+    # in a process of its own, open it after the seeding process has ended.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        seeded = pool.apply(seed_demo_calls, (settings, today))
+    first_day = demo_days(today)[0]
+    print(f"Seeded {seeded:,} sample calls from {first_day} into the embedded engine.", file=out)
+    as_planned = True
+    target = ModuleTarget(
+        module_name=DEFINITIONS_MODULE,
+        attribute=None,
+        working_directory=os.getcwd(),
+        location_name=CODE_LOCATION_NAME,
+    )
+    with WorkspaceProcessContext(instance, target) as workspace:
+        for demo_run in demo_runs(today):
+            run_id = launch(workspace, demo_run)
+            run = wait_for(instance, run_id)
+            succeeded = run.status == dg.DagsterRunStatus.SUCCESS
+            as_planned &= succeeded != demo_run.fails_on_purpose
+            outcome = "succeeded" if succeeded else "failed"
+            if demo_run.fails_on_purpose and not succeeded:
+                checks = ", ".join(failed_checks(instance, run_id))
+                outcome = f"failed on purpose: checks {checks} failed, nothing published"
+            print(f"  {demo_run.title}: {outcome} (run {run_id[:8]})", file=out)
+    return as_planned

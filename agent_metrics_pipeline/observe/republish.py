@@ -1,0 +1,87 @@
+"""Republishing the days whose source changed: the observation's job and schedule, the
+condition that finds a published day's fingerprint changed, and the sensor that evaluates it."""
+
+import datetime as dt
+import warnings
+
+import dagster as dg
+
+# The resolver behind the UI's stale badge; Dagster has no public equivalent in 1.13 (pinned).
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory
+
+from agent_metrics_pipeline.core.names import ASSET_NAME, OBSERVE_JOB_NAME
+
+OBSERVE_SCHEDULE_NAME = "observe_calls_hourly"
+REPUBLISH_SENSOR_NAME = "agent_metrics_republish_changed_days"
+REPUBLISH_INTERVAL_SEC = 300
+
+
+class SourceChangedSinceMaterialization(dg.AutomationCondition):
+    """The day's ``calls`` fingerprint differs from the one it was last materialized from."""
+
+    @property
+    def name(self) -> str:
+        return "source_changed_since_materialization"
+
+    def evaluate(self, context: dg.AutomationContext) -> dg.AutomationResult:
+        view = context.asset_graph_view
+        resolver = CachingStaleStatusResolver(view.instance, context.asset_graph, view)
+        changed = {
+            day
+            for day in context.candidate_subset.expensively_compute_partition_keys()
+            if any(
+                cause.category == StaleCauseCategory.DATA
+                for cause in resolver.get_stale_causes(context.key, day)
+            )
+        }
+        return dg.AutomationResult(
+            context,
+            true_subset=context.candidate_subset.compute_intersection_with_partition_keys(changed),
+        )
+
+
+def republish_changed_days(window_days: int) -> dg.AutomationCondition:
+    """Published days of the window whose source changed, not already running; a day whose
+    run failed waits for its source to change again rather than failing every tick."""
+    return (
+        dg.AutomationCondition.in_latest_time_window(dt.timedelta(days=window_days))
+        & ~dg.AutomationCondition.missing()
+        & ~dg.AutomationCondition.in_progress()
+        & (~dg.AutomationCondition.execution_failed() | dg.AutomationCondition.any_deps_updated())
+        & SourceChangedSinceMaterialization()
+    ).with_label("republish_changed_days")
+
+
+def build_observation_automation(
+    calls: dg.SourceAsset, cron_schedule: str, timezone: str
+) -> "tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition, dg.SensorDefinition]":
+    """The observation job and its schedule, and the sensor evaluating the condition."""
+    job = dg.define_asset_job(
+        OBSERVE_JOB_NAME,
+        selection=dg.AssetSelection.assets(calls.key),
+        # The observation and the late-calls check are quick: one process, not one per step.
+        executor_def=dg.in_process_executor,
+        description="Fingerprints the recent days of the calls table and looks for late calls.",
+    )
+    schedule = dg.ScheduleDefinition(
+        name=OBSERVE_SCHEDULE_NAME,
+        job=job,
+        cron_schedule=cron_schedule,
+        execution_timezone=timezone,
+        default_status=dg.DefaultScheduleStatus.RUNNING,
+        description="Observes the calls table; days whose fingerprint changed turn stale.",
+    )
+    # The condition is code, so it must run in the code server (Dagster cannot serialize it);
+    # that option is beta in Dagster 1.13.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        sensor = dg.AutomationConditionSensorDefinition(
+            REPUBLISH_SENSOR_NAME,
+            target=dg.AssetSelection.assets(ASSET_NAME),
+            use_user_code_server=True,
+            # Sources change at the pace of the hourly observation, not of the daemon's loop.
+            minimum_interval_seconds=REPUBLISH_INTERVAL_SEC,
+            default_status=dg.DefaultSensorStatus.RUNNING,
+            description="Requests the published days whose source changed (stale days).",
+        )
+    return job, schedule, sensor

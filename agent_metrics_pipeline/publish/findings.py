@@ -1,0 +1,201 @@
+"""What the checks hold and what they conclude: the evidence of a run's days, one check's
+finding, and each check's verdict on each day, recorded against that day's partition."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import dagster as dg
+
+# Which materialization an evaluation judged: Dagster exports the evaluation but not this part
+# of it in 1.13 (pinned); the per-day check tests fail if it moves.
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+
+from agent_metrics_pipeline.core.deferred import polars as pl
+from agent_metrics_pipeline.core.measurement import Measurement
+from agent_metrics_pipeline.core.partitions import keys_of
+from agent_metrics_pipeline.publish.metrics import SAMPLE_SIZE, SourceQuality
+from agent_metrics_pipeline.storage.published_format import dated_outside
+
+ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the step holds when the checks run: nothing here costs a second query."""
+
+    metrics: pl.DataFrame
+    quality: SourceQuality
+    # Calls per day of each counted status and each status spelled like one (see
+    # queries.status_spelling): date, status, calls.
+    statuses: pl.DataFrame
+    days: Sequence[dt.date]
+    measurement: Measurement
+
+    def for_day(self, day: dt.date) -> Evidence:
+        """What concerns ``day``: its rows, counts and samples, and any row dated outside the
+        run's days, which no day may publish."""
+        return Evidence(
+            metrics=self.metrics.filter((pl.col("date") == day) | dated_outside(self.days)),
+            quality=self.quality.for_day(day),
+            statuses=self.statuses.filter(pl.col("date") == day),
+            days=[day],
+            measurement=self.measurement,
+        )
+
+
+@dataclass(frozen=True)
+class Finding:
+    """What one check found. A check fails exactly when it names failing days."""
+
+    failing_days: list[dt.date]
+    metadata: dict[str, dg.RawMetadataValue]
+
+
+def days_in(frame: pl.DataFrame) -> list[dt.date]:
+    """The days ``frame`` has rows of."""
+    return sorted(set(frame.get_column("date").to_list()))
+
+
+def offending_rows(
+    offending: pl.DataFrame, source_days: Sequence[dt.date] = (), **metadata: dg.RawMetadataValue
+) -> Finding:
+    """A check over metric rows (and, optionally, days failed by source counts)."""
+    return Finding(
+        failing_days=sorted({*days_in(offending), *source_days}),
+        metadata={
+            "offending_rows": offending.height,
+            "offending_days": keys_of(days_in(offending)),
+            "sample_agent_ids": [
+                str(a) for a in offending.get_column("agent_id").head(SAMPLE_SIZE)
+            ],
+            **metadata,
+        },
+    )
+
+
+def source_counts(quality: SourceQuality, columns: Sequence[str]) -> tuple[int, list[dt.date]]:
+    """How many source calls the ``columns`` count, and on which days."""
+    per_day = quality.per_day.select("date", pl.sum_horizontal(columns).alias("calls"))
+    return int(per_day.get_column("calls").sum()), days_in(per_day.filter(pl.col("calls") > 0))
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One check's evaluation of one day."""
+
+    check_name: str
+    day: dt.date
+    passed: bool
+    severity: dg.AssetCheckSeverity
+    description: str
+    metadata: dict[str, dg.RawMetadataValue]
+
+    @property
+    def blocks_publication(self) -> bool:
+        return not self.passed and self.severity == ERROR
+
+    def evaluation(
+        self, asset_key: dg.AssetKey, judged: dg.EventLogRecord | None
+    ) -> dg.AssetCheckEvaluation:
+        """The evaluation Dagster records for the day, against ``judged``: the day's new
+        materialization, or the one still published when this run published nothing."""
+        target = (
+            AssetCheckEvaluationTargetMaterializationData(
+                run_id=judged.run_id, storage_id=judged.storage_id, timestamp=judged.timestamp
+            )
+            if judged is not None
+            else None
+        )
+        return dg.AssetCheckEvaluation(
+            asset_key=asset_key,
+            check_name=self.check_name,
+            passed=self.passed,
+            partition=self.day.isoformat(),
+            severity=self.severity,
+            blocking=self.severity == ERROR,
+            description=self.description,
+            metadata=self.metadata,
+            target_materialization_data=target,
+        )
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    severity: dg.AssetCheckSeverity
+    description: str
+    find: Callable[[Evidence], Finding]
+
+    def spec(self, asset_name: str, partitions_def: dg.PartitionsDefinition) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(
+            self.name,
+            asset=asset_name,
+            description=self.description,
+            blocking=self.severity == ERROR,
+            partitions_def=partitions_def,
+        )
+
+    def evaluate(self, day_evidence: Evidence) -> Verdict:
+        """This check on the evidence of one day (see :meth:`Evidence.for_day`)."""
+        (day,) = day_evidence.days
+        finding = self.find(day_evidence)
+        return Verdict(
+            check_name=self.name,
+            day=day,
+            passed=not finding.failing_days,
+            severity=self.severity,
+            description=self.description,
+            metadata=finding.metadata,
+        )
+
+
+def format_failures(verdicts: Sequence[Verdict]) -> str:
+    """One entry per failed check, naming the days that failed it, for a run's failure message."""
+    days_by_check: dict[str, list[dt.date]] = {}
+    for verdict in verdicts:
+        if not verdict.passed:
+            days_by_check.setdefault(verdict.check_name, []).append(verdict.day)
+    return "; ".join(
+        f"{name} (days: {', '.join(keys_of(days))})" for name, days in days_by_check.items()
+    )
+
+
+def record_verdicts(
+    context: dg.AssetExecutionContext, verdicts: Sequence[Verdict], published: bool
+) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
+    """Each verdict recorded against its day, then the step's check outputs.
+
+    A published day's evaluations judge the materialization this run just recorded. When
+    nothing was published, a day that failed is judged against what is still published for it
+    (so the day shows failed); a day that passed judges nothing new and is said so.
+    """
+    asset_key = context.asset_key
+    failed_days = keys_of(sorted({v.day for v in verdicts if v.blocks_publication}))
+    # This run's materializations are the newest of its days; otherwise, only the failed days
+    # are judged, each against its own newest.
+    judged_days = keys_of(sorted({v.day for v in verdicts})) if published else failed_days
+    latest: dict[str, dg.EventLogRecord] = {}
+    for keys in [judged_days] if published else [[key] for key in failed_days]:
+        for record in context.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=keys), limit=len(keys)
+        ).records:
+            latest.setdefault(record.partition_key, record)
+    for verdict in verdicts:
+        key = verdict.day.isoformat()
+        if not published and key not in failed_days:
+            verdict = dataclasses.replace(
+                verdict,
+                metadata={**verdict.metadata, "unpublished_because_of_days": failed_days},
+            )
+        yield verdict.evaluation(asset_key, latest.get(key))
+    # Every check is an output of the step: the per-day evaluations above are its results.
+    for check_key in context.selected_asset_check_keys:
+        yield dg.Output(
+            None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key)
+        )
