@@ -7,7 +7,7 @@ import warnings
 
 import dagster as dg
 
-from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.clickhouse.resource import clickhouse_resource
 from agent_metrics_pipeline.core.names import (
     CSV_IO_MANAGER_KEY,
     EMBEDDED_ENGINE_POOL,
@@ -33,53 +33,7 @@ from agent_metrics_pipeline.operations.schedule import (
 )
 from agent_metrics_pipeline.operations.watchdog import build_dead_run_watchdog
 from agent_metrics_pipeline.publish.asset import build_agent_metrics_asset
-from agent_metrics_pipeline.storage.io_manager import DailyCsvIOManager
-from agent_metrics_pipeline.storage.local import LocalCsvIOManager
-
-
-def clickhouse_resource(settings: Settings) -> ClickHouseResource:
-    if settings.embedded_clickhouse:
-        return ClickHouseResource(
-            embedded_path=str(settings.embedded_clickhouse_path),
-            query_timeout_sec=settings.clickhouse_query_timeout_sec,
-        )
-    return ClickHouseResource(
-        host=settings.clickhouse_host,
-        port=settings.clickhouse_port,
-        username=settings.clickhouse_user,
-        # An EnvVar keeps the secret out of the UI's resource view and out of run config.
-        password=dg.EnvVar("CLICKHOUSE_PASSWORD") if settings.clickhouse_password_set else "",
-        database=settings.measurement.source.database,
-        secure=settings.clickhouse_secure,
-        connect_timeout_sec=settings.clickhouse_connect_timeout_sec,
-        query_timeout_sec=settings.clickhouse_query_timeout_sec,
-    )
-
-
-def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
-    if settings.s3_bucket is None:
-        return LocalCsvIOManager(
-            base_dir=str(settings.local_output_dir),
-            prefix=settings.s3_prefix,
-            gzip=settings.gzip,
-            rows_per_file=settings.rows_per_file,
-        )
-    # Only a bucket needs dagster-aws, whose import costs seconds.
-    from agent_metrics_pipeline.storage.s3 import S3CsvIOManager, TimedS3Resource
-
-    return S3CsvIOManager(
-        s3=TimedS3Resource(
-            endpoint_url=settings.s3_endpoint_url,
-            region_name=settings.aws_region,
-            max_attempts=settings.s3_max_retries,
-            connect_timeout_sec=settings.s3_connect_timeout_sec,
-            read_timeout_sec=settings.s3_read_timeout_sec,
-        ),
-        bucket=settings.s3_bucket,
-        prefix=settings.s3_prefix,
-        gzip=settings.gzip,
-        rows_per_file=settings.rows_per_file,
-    )
+from agent_metrics_pipeline.storage.destination import csv_io_manager
 
 
 def backfill_policy(settings: Settings) -> dg.BackfillPolicy:

@@ -10,8 +10,7 @@ import uuid
 
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
-from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, SourceTable
-from agent_metrics_pipeline.core.settings import Chunking
+from agent_metrics_pipeline.core.measurement import Chunking, InvalidRowsPolicy, SourceTable
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,

@@ -23,11 +23,10 @@ from agent_metrics_pipeline.clickhouse.errors import (
     ClickHouseQueryError,
     ClickHouseUnavailableError,
 )
-from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource, clickhouse_resource
 from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
-from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, SourceTable
-from agent_metrics_pipeline.core.settings import Chunking, Settings
-from agent_metrics_pipeline.definitions import clickhouse_resource
+from agent_metrics_pipeline.core.measurement import Chunking, InvalidRowsPolicy, SourceTable
+from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     READER,

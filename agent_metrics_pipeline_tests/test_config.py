@@ -8,12 +8,13 @@ import pytest
 
 from agent_metrics_pipeline.core.errors import ConfigError
 from agent_metrics_pipeline.core.measurement import (
+    Chunking,
     DuplicateCallsPolicy,
     InvalidRowsPolicy,
     ReadFinalPolicy,
     SpreadsheetSafety,
 )
-from agent_metrics_pipeline.core.settings import Chunking, Settings
+from agent_metrics_pipeline.core.settings import Settings
 
 
 def test_defaults_are_the_embedded_engine_and_a_local_folder():

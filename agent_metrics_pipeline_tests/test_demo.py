@@ -13,7 +13,8 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.instance.ref import InstanceRef
 
-from agent_metrics_pipeline.demo.sample_calls import BROKEN_CALLS, SEED_DAYS
+from agent_metrics_pipeline.demo.runs import SEED_DAYS
+from agent_metrics_pipeline.demo.sample_calls import BROKEN_CALLS
 from agent_metrics_pipeline_tests.helpers import run_ok
 from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
 

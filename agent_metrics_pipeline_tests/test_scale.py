@@ -24,8 +24,12 @@ import pytest
 
 from agent_metrics_pipeline.clickhouse.relation import SourceRelation, read_relation
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
-from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, SourceTable
-from agent_metrics_pipeline.core.settings import MAX_AGENT_SHARDS, Chunking
+from agent_metrics_pipeline.core.measurement import (
+    MAX_AGENT_SHARDS,
+    Chunking,
+    InvalidRowsPolicy,
+    SourceTable,
+)
 from agent_metrics_pipeline.demo.sample_calls import source_table_ddl
 from agent_metrics_pipeline.publish.chunking import Chunk, next_chunk
 from agent_metrics_pipeline.publish.reading import calls_held_per_day

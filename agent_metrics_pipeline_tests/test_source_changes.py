@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 
 from agent_metrics_pipeline.clickhouse.errors import ClickHouseQueryError
-from agent_metrics_pipeline.clickhouse.relation import key_elements
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.clickhouse.syntax import key_elements
 from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME, CSV_IO_MANAGER_KEY, OBSERVE_JOB_NAME
 from agent_metrics_pipeline.core.settings import Settings

@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from agent_metrics_pipeline.clickhouse.session import QueryRunner
-from agent_metrics_pipeline.core.measurement import ReadFinalPolicy, SourceTable
+from agent_metrics_pipeline.clickhouse.syntax import key_elements
+from agent_metrics_pipeline.core.measurement import ReadFinalPolicy
+
+if TYPE_CHECKING:
+    from agent_metrics_pipeline.clickhouse.session import QueryRunner
+    from agent_metrics_pipeline.core.measurement import SourceTable
 
 # Engines whose unmerged parts may hold older versions of a row (or cancelled pairs of rows).
 VERSIONED_ENGINES = ("ReplacingMergeTree", "CollapsingMergeTree", "VersionedCollapsingMergeTree")
@@ -85,18 +90,3 @@ def read_relation(clickhouse: QueryRunner, source: SourceTable) -> SourceRelatio
     if not rows.height:
         return SourceRelation("")
     return SourceRelation(rows.item(0, "engine"), rows.item(0, "sorting_key") or "")
-
-
-def key_elements(sorting_key: str) -> tuple[str, ...]:
-    """A sorting key's top-level elements, as ``system.tables`` spells them: a column name
-    alone, or an expression (whose commas inside brackets do not split it)."""
-    elements, depth, current = [], 0, ""
-    for character in sorting_key:
-        depth += {"(": 1, "[": 1, ")": -1, "]": -1}.get(character, 0)
-        if character == "," and depth == 0:
-            elements.append(current)
-            current = ""
-        else:
-            current += character
-    elements.append(current)
-    return tuple(element.strip().strip("`") for element in elements if element.strip())

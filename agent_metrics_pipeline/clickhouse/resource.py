@@ -28,6 +28,7 @@ from agent_metrics_pipeline.core.settings import (
     DEFAULT_CONNECT_TIMEOUT_SEC,
     DEFAULT_HOME,
     DEFAULT_QUERY_TIMEOUT_SEC,
+    Settings,
     embedded_engine_path,
 )
 
@@ -246,3 +247,23 @@ class ClickHouseResource(dg.ConfigurableResource):
         """One query on a client of its own; see ``ClickHouseSession.query_polars``."""
         with self.session() as session:
             return session.query_polars(sql, parameters)
+
+
+def clickhouse_resource(settings: Settings) -> ClickHouseResource:
+    """The resource the settings ask for: the embedded engine unless CLICKHOUSE_HOST is set."""
+    if settings.embedded_clickhouse:
+        return ClickHouseResource(
+            embedded_path=str(settings.embedded_clickhouse_path),
+            query_timeout_sec=settings.clickhouse_query_timeout_sec,
+        )
+    return ClickHouseResource(
+        host=settings.clickhouse_host,
+        port=settings.clickhouse_port,
+        username=settings.clickhouse_user,
+        # An EnvVar keeps the secret out of the UI's resource view and out of run config.
+        password=dg.EnvVar("CLICKHOUSE_PASSWORD") if settings.clickhouse_password_set else "",
+        database=settings.measurement.source.database,
+        secure=settings.clickhouse_secure,
+        connect_timeout_sec=settings.clickhouse_connect_timeout_sec,
+        query_timeout_sec=settings.clickhouse_query_timeout_sec,
+    )

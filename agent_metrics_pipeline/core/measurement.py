@@ -1,5 +1,5 @@
-"""The model of what is measured: the source table and its columns, which calls count, and the
-bounds the checks apply.
+"""The model of what is measured: the source table and its columns, which calls count, the
+bounds the checks apply, and the limits of one query (days, calls, agent shards).
 
 The asset closes over a :class:`Measurement`, as it closes over its partitions: changing what is
 measured is a change of the definitions, visible in the UI, not run configuration.
@@ -153,4 +153,33 @@ class Measurement:
             "duplicate_calls_policy": self.duplicate_calls.value,
             "read_final": self.read_final.value,
             "spreadsheet_safety": self.spreadsheet_safety.value,
+        }
+
+
+# Ten million calls hold about 110 MB of quantile state: bounded, and still few queries.
+DEFAULT_MAX_CALLS_PER_QUERY = 10_000_000
+# Half a million agent-days are about 200 MB in the step at their peak: a day of 300 k agents
+# is then a chunk of its own, while 2 000 agents share a query for the whole range.
+DEFAULT_MAX_ROWS_PER_QUERY = 500_000
+DEFAULT_MAX_DAYS_PER_QUERY = 30
+# Past this a shard holds a thousandth of a day: a limit that still rejects it is not about size.
+MAX_AGENT_SHARDS = 1024
+
+
+@dataclass(frozen=True)
+class Chunking:
+    """The limits of one query: days, calls, rows (agent-days), and the fewest agent
+    shards to use."""
+
+    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY
+    max_calls_per_query: int = DEFAULT_MAX_CALLS_PER_QUERY
+    max_rows_per_query: int = DEFAULT_MAX_ROWS_PER_QUERY
+    agent_shards: int = 1
+
+    def catalog_metadata(self) -> dict[str, int]:
+        return {
+            "max_days_per_query": self.max_days_per_query,
+            "max_calls_per_query": self.max_calls_per_query,
+            "max_rows_per_query": self.max_rows_per_query,
+            "agent_shards": self.agent_shards,
         }

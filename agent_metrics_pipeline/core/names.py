@@ -1,4 +1,5 @@
-"""The Dagster names the parts of the pipeline share, so that none imports another for a name."""
+"""The names the parts of the pipeline share, so that none imports another for a name: Dagster's
+(asset, job, pool, tags) and the few of the published contract."""
 
 ASSET_NAME = "agent_metrics"
 GROUP_NAME = "call_center"
@@ -15,3 +16,8 @@ EMBEDDED_ENGINE_POOL = "embedded_clickhouse"
 PARTITION_TAG = "dagster/partition"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
+
+# The key prefix the days are published under, unless S3_PREFIX names another.
+DEFAULT_S3_PREFIX = "agent_metrics"
+# How many call or agent ids a check's metadata shows, of each kind.
+SAMPLE_SIZE = 5

@@ -8,16 +8,16 @@ Dagster is told and tells.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import click
 import dagster as dg
 
-from agent_metrics_pipeline.core.settings import Settings
-
 if TYPE_CHECKING:
     from dagster._core.definitions.partitions.context import PartitionLoadingContext
+
+    from agent_metrics_pipeline.core.settings import Settings
 
 
 class InvalidPartitionKeyError(click.ClickException):
@@ -61,3 +61,14 @@ def format_days(days: Sequence[dt.date] | Sequence[str]) -> str:
     """A day as itself, several as FIRST...LAST (as the CLI's --partition-range writes them)."""
     first, last = str(days[0]), str(days[-1])
     return first if len(days) == 1 else f"{first}...{last}"
+
+
+def refuse_rows_outside(held_days: Collection[dt.date], days: Sequence[dt.date]) -> None:
+    """Rows of a day outside ``days`` (the days a run reads or publishes) have nowhere to be
+    published: they are refused, never dropped."""
+    stray = sorted(set(held_days) - set(days))
+    if stray:
+        raise dg.DagsterInvariantViolationError(
+            f"Rows dated {keys_of(stray)} are outside the run's days "
+            f"{format_days(sorted(days))}; refusing to drop them."
+        )

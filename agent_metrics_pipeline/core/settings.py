@@ -20,6 +20,8 @@ from pathlib import Path
 from agent_metrics_pipeline.core.environment import Environment, given, validate_timezone
 from agent_metrics_pipeline.core.errors import ConfigError
 from agent_metrics_pipeline.core.measurement import (
+    MAX_AGENT_SHARDS,
+    Chunking,
     DuplicateCallsPolicy,
     InvalidRowsPolicy,
     Measurement,
@@ -28,6 +30,7 @@ from agent_metrics_pipeline.core.measurement import (
     SpreadsheetSafety,
     parse_column_mapping,
 )
+from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
 
 # Values of these variables are masked wherever an error message could carry them out.
 SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -39,39 +42,9 @@ DEFAULT_CONNECT_TIMEOUT_SEC = 10
 DEFAULT_QUERY_TIMEOUT_SEC = 120
 DEFAULT_S3_CONNECT_TIMEOUT_SEC = 10
 DEFAULT_S3_READ_TIMEOUT_SEC = 30
-DEFAULT_S3_PREFIX = "agent_metrics"
 # The package's extra that installs the embedded engine (chdb), and the module it brings.
 EMBEDDED_ENGINE_EXTRA = "embedded"
 EMBEDDED_ENGINE_MODULE = "chdb"
-
-
-# Ten million calls hold about 110 MB of quantile state: bounded, and still few queries.
-DEFAULT_MAX_CALLS_PER_QUERY = 10_000_000
-# Half a million agent-days are about 200 MB in the step at their peak: a day of 300 k agents
-# is then a chunk of its own, while 2 000 agents share a query for the whole range.
-DEFAULT_MAX_ROWS_PER_QUERY = 500_000
-DEFAULT_MAX_DAYS_PER_QUERY = 30
-# Past this a shard holds a thousandth of a day: a limit that still rejects it is not about size.
-MAX_AGENT_SHARDS = 1024
-
-
-@dataclass(frozen=True)
-class Chunking:
-    """The limits of one query: days, calls, rows (agent-days), and the fewest agent
-    shards to use."""
-
-    max_days_per_query: int = DEFAULT_MAX_DAYS_PER_QUERY
-    max_calls_per_query: int = DEFAULT_MAX_CALLS_PER_QUERY
-    max_rows_per_query: int = DEFAULT_MAX_ROWS_PER_QUERY
-    agent_shards: int = 1
-
-    def catalog_metadata(self) -> dict[str, int]:
-        return {
-            "max_days_per_query": self.max_days_per_query,
-            "max_calls_per_query": self.max_calls_per_query,
-            "max_rows_per_query": self.max_rows_per_query,
-            "agent_shards": self.agent_shards,
-        }
 
 
 def embedded_engine_path(home: Path) -> Path:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -16,6 +17,8 @@ from typing import TextIO
 
 import dagster as dg
 from dagster._core.instance.ref import InstanceRef
+from dagster._core.workspace.context import WorkspaceProcessContext
+from dagster._core.workspace.load_target import ModuleTarget
 
 import agent_metrics_pipeline.demo
 from agent_metrics_pipeline.core.deferred import polars as pl
@@ -23,17 +26,55 @@ from agent_metrics_pipeline.core.errors import ConfigError
 from agent_metrics_pipeline.core.names import ASSET_NAME
 from agent_metrics_pipeline.core.partitions import format_days
 from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.definitions import csv_io_manager
-from agent_metrics_pipeline.demo.runs import run_demo
-from agent_metrics_pipeline.demo.sample_calls import demo_days
-from agent_metrics_pipeline.publish.reading import PREVIEW_ROWS
+from agent_metrics_pipeline.demo.runs import (
+    CODE_LOCATION_NAME,
+    DEFINITIONS_MODULE,
+    demo_days,
+    demo_runs,
+    failed_checks,
+    launch,
+    wait_for,
+)
+from agent_metrics_pipeline.demo.sample_calls import seed_demo_calls
+from agent_metrics_pipeline.storage.destination import csv_io_manager
 
 DEMO_ENV_FILE = "demo.env"
 DEMO_LOG_FILE = "demo.log"
 START_DATE_VARIABLE = "AGENT_METRICS_START_DATE"
+SUMMARY_ROWS = 10
 LAUNCH_AT_ONCE = {
     "run_coordinator": {"module": "dagster._core.run_coordinator", "class": "DefaultRunCoordinator"}
 }
+
+
+def run_demo(settings: Settings, today: dt.date, instance: dg.DagsterInstance, out: TextIO) -> bool:
+    """Seed sample calls, then launch the demo's runs one after another; True when each ended
+    as planned (the broken day failing)."""
+    # Seeding opens the engine's folder, which one process at a time may hold: the runs, each
+    # in a process of its own, open it after the seeding process has ended.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        seeded = pool.apply(seed_demo_calls, (settings, today))
+    first_day = demo_days(today)[0]
+    print(f"Seeded {seeded:,} sample calls from {first_day} into the embedded engine.", file=out)
+    as_planned = True
+    target = ModuleTarget(
+        module_name=DEFINITIONS_MODULE,
+        attribute=None,
+        working_directory=os.getcwd(),
+        location_name=CODE_LOCATION_NAME,
+    )
+    with WorkspaceProcessContext(instance, target) as workspace:
+        for demo_run in demo_runs(today):
+            run_id = launch(workspace, demo_run)
+            run = wait_for(instance, run_id)
+            succeeded = run.status == dg.DagsterRunStatus.SUCCESS
+            as_planned &= succeeded != demo_run.fails_on_purpose
+            outcome = "succeeded" if succeeded else "failed"
+            if demo_run.fails_on_purpose and not succeeded:
+                checks = ", ".join(failed_checks(instance, run_id))
+                outcome = f"failed on purpose: checks {checks} failed, nothing published"
+            print(f"  {demo_run.title}: {outcome} (run {run_id[:8]})", file=out)
+    return as_planned
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,7 +151,7 @@ def print_summary(settings: Settings, today: dt.date, log_path: Path, out: TextI
     )
     print(f"  {first_uri}", file=out)
     print("  ...", file=out)
-    with pl.Config(tbl_rows=PREVIEW_ROWS, tbl_cols=-1):
+    with pl.Config(tbl_rows=SUMMARY_ROWS, tbl_cols=-1):
         frame = io_manager.load_day(ASSET_NAME, yesterday.isoformat())
         print(f"\n{yesterday}:\n{frame}", file=out)
     print(

@@ -1,20 +1,17 @@
-"""The demo's runs, launched through the code location as the UI's Materialize button launches
-them, so that each can be re-executed from the UI."""
+"""The demo's days and runs: the runs launched through the code location as the UI's
+Materialize button launches them, so that each can be re-executed from the UI."""
 
 from __future__ import annotations
 
 import datetime as dt
-import multiprocessing
-import os
 import time
-from typing import NamedTuple, TextIO
+from typing import NamedTuple
 
 import dagster as dg
 
 # The UI launches runs through these; the demo does the same, so its runs can be re-executed.
 from dagster._core.definitions.repository_definition import SINGLETON_REPOSITORY_NAME
 from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import ModuleTarget
 
 from agent_metrics_pipeline.core.names import (
     JOB_NAME,
@@ -24,13 +21,21 @@ from agent_metrics_pipeline.core.names import (
     RANGE_START_TAG,
 )
 from agent_metrics_pipeline.core.partitions import format_days
-from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.demo.sample_calls import demo_days, seed_demo_calls
 
 # The code location as `make dev` (pyproject's [tool.dg]) and workspace.yaml name it.
 DEFINITIONS_MODULE = "agent_metrics_pipeline.definitions"
 CODE_LOCATION_NAME = "agent_metrics_pipeline"
 RUN_TIMEOUT_SEC = 600
+SEED_DAYS = 35
+RANGE_DAYS = 7
+
+
+def demo_days(today: dt.date) -> tuple[dt.date, dt.date, list[dt.date], dt.date]:
+    """The first seeded day, the broken day, the range's days and yesterday."""
+    yesterday = today - dt.timedelta(days=1)
+    range_days = [yesterday - dt.timedelta(days=offset) for offset in range(RANGE_DAYS, 0, -1)]
+    broken_day = range_days[0] - dt.timedelta(days=1)
+    return today - dt.timedelta(days=SEED_DAYS), broken_day, range_days, yesterday
 
 
 class DemoRun(NamedTuple):
@@ -116,33 +121,3 @@ def failed_checks(instance: dg.DagsterInstance, run_id: str) -> list[str]:
             if not record.event_log_entry.dagster_event.asset_check_evaluation_data.passed
         }
     )
-
-
-def run_demo(settings: Settings, today: dt.date, instance: dg.DagsterInstance, out: TextIO) -> bool:
-    """Seed sample calls, then launch the demo's runs one after another; True when each ended
-    as planned (the broken day failing)."""
-    # Seeding opens the engine's folder, which one process at a time may hold: the runs, each
-    # in a process of its own, open it after the seeding process has ended.
-    with multiprocessing.get_context("spawn").Pool(1) as pool:
-        seeded = pool.apply(seed_demo_calls, (settings, today))
-    first_day = demo_days(today)[0]
-    print(f"Seeded {seeded:,} sample calls from {first_day} into the embedded engine.", file=out)
-    as_planned = True
-    target = ModuleTarget(
-        module_name=DEFINITIONS_MODULE,
-        attribute=None,
-        working_directory=os.getcwd(),
-        location_name=CODE_LOCATION_NAME,
-    )
-    with WorkspaceProcessContext(instance, target) as workspace:
-        for demo_run in demo_runs(today):
-            run_id = launch(workspace, demo_run)
-            run = wait_for(instance, run_id)
-            succeeded = run.status == dg.DagsterRunStatus.SUCCESS
-            as_planned &= succeeded != demo_run.fails_on_purpose
-            outcome = "succeeded" if succeeded else "failed"
-            if demo_run.fails_on_purpose and not succeeded:
-                checks = ", ".join(failed_checks(instance, run_id))
-                outcome = f"failed on purpose: checks {checks} failed, nothing published"
-            print(f"  {demo_run.title}: {outcome} (run {run_id[:8]})", file=out)
-    return as_planned

@@ -10,15 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import zoneinfo
 
-from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource, clickhouse_resource
 from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.definitions import clickhouse_resource
+from agent_metrics_pipeline.demo.runs import SEED_DAYS, demo_days
 
-SEED_DAYS = 35
 SEED_AGENTS = 300
 SEED_CALLS_PER_DAY = 20_000
-RANGE_DAYS = 7
 # Source rows no metric can be computed from, on the day before the range: the blocking
 # checks stop that day, and the checks tab shows these call ids.
 BROKEN_CALLS = (
@@ -113,11 +111,3 @@ def seed_demo_calls(settings: Settings, today: dt.date) -> int:
     seeded = seed_sample_calls(clickhouse, source, first_day, SEED_DAYS, timezone=settings.timezone)
     add_broken_calls(clickhouse, source, broken_day, settings.timezone)
     return seeded + len(BROKEN_CALLS)
-
-
-def demo_days(today: dt.date) -> tuple[dt.date, dt.date, list[dt.date], dt.date]:
-    """The first seeded day, the broken day, the range's days and yesterday."""
-    yesterday = today - dt.timedelta(days=1)
-    range_days = [yesterday - dt.timedelta(days=offset) for offset in range(RANGE_DAYS, 0, -1)]
-    broken_day = range_days[0] - dt.timedelta(days=1)
-    return today - dt.timedelta(days=SEED_DAYS), broken_day, range_days, yesterday

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from agent_metrics_pipeline.clickhouse.relation import key_elements
-from agent_metrics_pipeline.clickhouse.session import QueryRunner
-from agent_metrics_pipeline.core.measurement import SourceTable
+from agent_metrics_pipeline.clickhouse.syntax import key_elements
 from agent_metrics_pipeline.observe.queries import build_parts_query
+
+if TYPE_CHECKING:
+    from agent_metrics_pipeline.clickhouse.session import QueryRunner
+    from agent_metrics_pipeline.core.measurement import SourceTable
 
 # Lightweight updates keep their new values in patch parts, applied when the table is read.
 PATCH_PART_PREFIX = "patch-"

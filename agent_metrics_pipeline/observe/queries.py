@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from typing import TYPE_CHECKING
 
-from agent_metrics_pipeline.clickhouse.parameters import utc_literal
-from agent_metrics_pipeline.core.measurement import Measurement, SourceTable
+from agent_metrics_pipeline.clickhouse.syntax import utc_literal
+
+if TYPE_CHECKING:
+    from agent_metrics_pipeline.core.measurement import Measurement, SourceTable
 
 
 def _fingerprint_select(measurement: Measurement, final: bool, with_parts: bool = False) -> str:

@@ -18,6 +18,7 @@ import dagster as dg
 
 from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy, Measurement
+from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.core.partitions import keys_of
 from agent_metrics_pipeline.publish.findings import (
     ERROR,
@@ -33,7 +34,6 @@ from agent_metrics_pipeline.publish.findings import (
 from agent_metrics_pipeline.publish.metrics import (
     DUPLICATE_COUNT,
     FORMULA_ESCAPE,
-    SAMPLE_SIZE,
     calls_per_status,
     formula_like,
 )

@@ -19,7 +19,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from agent_metrics_pipeline.core.settings import MAX_AGENT_SHARDS, Chunking
+from agent_metrics_pipeline.core.measurement import MAX_AGENT_SHARDS, Chunking
 
 
 @dataclass(frozen=True)

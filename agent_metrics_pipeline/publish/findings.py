@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
@@ -17,10 +18,13 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from agent_metrics_pipeline.core.deferred import polars as pl
-from agent_metrics_pipeline.core.measurement import Measurement
+from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.core.partitions import keys_of
-from agent_metrics_pipeline.publish.metrics import SAMPLE_SIZE, SourceQuality
 from agent_metrics_pipeline.storage.published_format import dated_outside
+
+if TYPE_CHECKING:
+    from agent_metrics_pipeline.core.measurement import Measurement
+    from agent_metrics_pipeline.publish.metrics import SourceQuality
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from agent_metrics_pipeline.core.deferred import polars as pl
+from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.storage.published_format import metrics_schema
 
 # Per agent, the calls of each counted status, in the measurement's order.
@@ -32,7 +33,6 @@ SAMPLE_IDS = (
     "overlong_call_ids",
     "duplicate_call_ids",
 )
-SAMPLE_SIZE = 5
 
 
 @functools.cache

@@ -1,5 +1,7 @@
-"""The metrics reads: one aggregation per (day, agent), pushed down to ClickHouse, and the
-count of each day's calls that sizes the work.
+"""The metrics reads: one aggregation per (day, agent), pushed down to ClickHouse; the count of
+each day's calls that sizes the work; and, only on a day with something to show, a few call ids
+of each kind of call the metrics could not measure or count, and the statuses spelled like a
+counted one (reading every call's id costs more than the rest of the aggregation).
 
 ClickHouse returns one row per agent and day, so the pipeline's memory follows the number of
 agents, never the number of calls. Identifiers come from a validated :class:`SourceTable`;
@@ -9,18 +11,27 @@ every value (window, timezone, statuses) is bound as a query parameter.
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
+from typing import TYPE_CHECKING
 from zoneinfo import ZoneInfo
 
-from agent_metrics_pipeline.clickhouse.parameters import utc_literal, window_parameters
-from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy, Measurement
-from agent_metrics_pipeline.publish.chunking import AgentShard
+from agent_metrics_pipeline.clickhouse.syntax import utc_literal, window_parameters
+from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy
+from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.publish.metrics import (
     CALLS_PER_COUNTED_STATUS,
     UNCOUNTED_VARIANT_CALLS,
 )
+from agent_metrics_pipeline.publish.query_parts import (
+    COPIES,
+    classified_calls,
+    measurement_parameters,
+    window_filter,
+)
 
-# The rows of a counted status behind each call, when each call counts once.
-COPIES = "counted_rows_of_call"
+if TYPE_CHECKING:
+    from agent_metrics_pipeline.core.measurement import Measurement
+    from agent_metrics_pipeline.publish.chunking import AgentShard
 
 
 def _date_of_call(
@@ -74,7 +85,7 @@ def build_metrics_query(
     The scan also reads the calls whose status is spelled like a counted one (see
     :func:`status_spelling`) without being one: they count nowhere but in
     ``uncounted_variant_calls``, so the ``status_spellings`` check needs no scan of its own
-    (``sample_queries`` names the variants, only on a day that has any);
+    (:func:`build_status_variants_query` names the variants, only on a day that has any);
     ``calls_per_counted_status`` holds the calls of each counted status, in the measurement's
     order. Filtering on the spelling costs what filtering on the status does on a
     ``LowCardinality`` column (ClickHouse computes it once per distinct status), and about a
@@ -141,106 +152,6 @@ def _shard_filter(measurement: Measurement, shard: AgentShard | None) -> str:
   AND {agent_hash} % {{agent_shards:UInt32}} = {{agent_shard:UInt32}}"""
 
 
-def classified_calls(measurement: Measurement) -> str:
-    """How each call is classified, shared by the metrics and the samples queries."""
-    source = measurement.source
-    agent, duration, status = (
-        f"src.`{source.column(role)}`" for role in ("agent_id", "duration_sec", "status")
-    )
-    return f"""WITH
-    {status} IN {{statuses:Array(String)}} AS counted,
-    nullIf({agent}, '') AS call_agent,
-    assumeNotNull({duration}) AS call_length,
-    counted AND call_agent IS NOT NULL AND {duration} IS NOT NULL AS has_length,
-    has_length AND NOT isFinite(call_length) AS non_finite,
-    has_length AND isFinite(call_length) AND call_length < 0 AS negative,
-    has_length AND isFinite(call_length) AND call_length >= 0 AS measurable,
-    measurable AND call_length > {{max_call_length_sec:Float64}} AS overlong"""
-
-
-def window_filter(measurement: Measurement, final: bool, spelled: bool = False) -> str:
-    """The source's calls of the window with a counted status (``spelled``: with a status
-    spelled like a counted one), as ``src``."""
-    source = measurement.source
-    started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
-    relation = (
-        f"{_calls_counted_once(measurement, final)} AS src"
-        if measurement.counts_each_call_once
-        else f"{source.qualified_name} AS src{' FINAL' if final else ''}"
-    )
-    of_status = (
-        f"{status_spelling(status)} IN {{spellings:Array(String)}}"
-        if spelled
-        else f"{status} IN {{statuses:Array(String)}}"
-    )
-    return f"""FROM {relation}
-WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
-  AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
-  AND {of_status}"""
-
-
-def status_spelling(status: str) -> str:
-    """How ``status`` (an SQL expression) is spelled: without surrounding spaces, in lower case
-    (A to Z only). :func:`spelling` is the same rule in Python, so each counted status always
-    matches its own spelling.
-
-    Every ClickHouse version has these two functions, and they cost little even on a plain
-    ``String`` column (trimming tabs and line breaks too takes a regular expression, or a
-    second argument servers before 25.4 lack, and tripled the filter's cost there); toString
-    reads an ``Enum`` status as its name.
-    """
-    return f"lower(trimBoth(toString({status})))"
-
-
-def spelling(status: str) -> str:
-    """:func:`status_spelling` of a status given as text."""
-    return "".join(c.lower() if "A" <= c <= "Z" else c for c in status.strip(" "))
-
-
-def _calls_counted_once(measurement: Measurement, final: bool) -> str:
-    """One row per call id of the window, with the number of its rows of a counted status.
-
-    Of rows sharing a call id, the one with the smallest hash of its other columns stands for
-    the call: the same choice whatever order the rows come in, so a re-run publishes the same
-    bytes. A call whose rows start on different sides of the window's bounds is counted in each
-    window it has a row in.
-    """
-    source = measurement.source
-    call_id = f"`{source.column('call_id')}`"
-    others = [f"`{source.column(role)}`" for role in ("agent_id", "started_at", "duration_sec")]
-    status = f"`{source.column('status')}`"
-    fields = ", ".join([*others, status])
-    unpacked = ", ".join(
-        f"tupleElement(picked_row, {position}) AS {column}"
-        for position, column in enumerate([*others, status], start=1)
-    )
-    started_at = others[1]
-    return f"""(
-    SELECT {call_id}, {unpacked}, {COPIES}
-    FROM (
-        SELECT
-            {call_id},
-            argMin(tuple({fields}), cityHash64(tuple({fields}))) AS picked_row,
-            countIf({status} IN {{statuses:Array(String)}}) AS {COPIES}
-        FROM {source.qualified_name}{" FINAL" if final else ""}
-        WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
-          AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
-        GROUP BY {call_id}
-    )
-)"""
-
-
-def measurement_parameters(
-    measurement: Measurement, window_start: dt.datetime, window_end: dt.datetime, timezone: str
-) -> dict[str, object]:
-    return {
-        **window_parameters(window_start, window_end, timezone),
-        "statuses": list(measurement.statuses),
-        "spellings": sorted({spelling(status) for status in measurement.statuses}),
-        "max_call_length_sec": float(measurement.max_call_length_sec),
-    }
-
-
 def build_calls_per_day_query(
     measurement: Measurement,
     days: list[tuple[dt.date, dt.datetime, dt.datetime]],
@@ -276,3 +187,89 @@ WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
 GROUP BY date
 """
     return sql, window_parameters(days[0][1], days[-1][2], timezone)
+
+
+def build_samples_query(
+    measurement: Measurement,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    timezone: str,
+    final: bool = False,
+) -> tuple[str, dict[str, object]]:
+    """A few call ids of each kind of unmeasurable or overlong call, one row per day that has any.
+
+    Run only when the metrics query counted such calls: reading the call ids of every call costs
+    more than the rest of the aggregation, and almost every day has nothing to show.
+    """
+    source = measurement.source
+    call_id, duration, started_at = (
+        f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec", "started_at")
+    )
+    sql = f"""
+{classified_calls(measurement)}
+SELECT
+    toDate({started_at}, {{timezone:String}}) AS date,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
+        AS null_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), non_finite) AS non_finite_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
+{window_filter(measurement, final)}
+  AND NOT (measurable AND NOT overlong)
+GROUP BY date
+ORDER BY date
+"""
+    return sql, measurement_parameters(measurement, window_start, window_end, timezone)
+
+
+def build_duplicate_samples_query(
+    measurement: Measurement,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    timezone: str,
+    final: bool = False,
+) -> tuple[str, dict[str, object]]:
+    """The first few call ids (in sort order) that counted rows of a day repeat, one row per
+    day that has any: repeated for the same agent, as the metrics query counts them, or for any
+    agent when each call counts once. Run only when the metrics query counted such rows."""
+    source = measurement.source
+    call_id, agent, started_at = (
+        f"src.`{source.column(role)}`" for role in ("call_id", "agent_id", "started_at")
+    )
+    per_agent = "" if measurement.counts_each_call_once else f", {agent}"
+    as_stored = replace(measurement, duplicate_calls=DuplicateCallsPolicy.WARN)
+    sql = f"""
+SELECT date, groupArraySorted({SAMPLE_SIZE})(repeated_id) AS duplicate_call_ids
+FROM (
+    SELECT toDate({started_at}, {{timezone:String}}) AS date, toString({call_id}) AS repeated_id
+    {window_filter(as_stored, final)}
+    GROUP BY date, repeated_id{per_agent}
+    HAVING count() > 1
+)
+GROUP BY date
+ORDER BY date
+"""
+    return sql, measurement_parameters(measurement, window_start, window_end, timezone)
+
+
+def build_status_variants_query(
+    measurement: Measurement,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    timezone: str,
+    final: bool = False,
+) -> tuple[str, dict[str, object]]:
+    """Calls per day of each status spelled like a counted one without being one (``answered``
+    for ``Answered``), read as the metrics query reads them. Run only when the metrics query
+    counted such calls."""
+    source = measurement.source
+    started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
+    sql = f"""
+SELECT toDate({started_at}, {{timezone:String}}) AS date, toString({status}) AS status,
+    count() AS calls
+{window_filter(measurement, final, spelled=True)}
+  AND {status} NOT IN {{statuses:Array(String)}}
+GROUP BY date, status
+ORDER BY date, status
+"""
+    return sql, measurement_parameters(measurement, window_start, window_end, timezone)

@@ -14,9 +14,8 @@ from agent_metrics_pipeline.clickhouse.errors import ClickHouseMemoryLimitError
 from agent_metrics_pipeline.clickhouse.relation import SourceRelation, read_relation
 from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
 from agent_metrics_pipeline.core.deferred import polars as pl
-from agent_metrics_pipeline.core.measurement import Measurement
+from agent_metrics_pipeline.core.measurement import MAX_AGENT_SHARDS, Chunking, Measurement
 from agent_metrics_pipeline.core.partitions import format_days
-from agent_metrics_pipeline.core.settings import MAX_AGENT_SHARDS, Chunking
 from agent_metrics_pipeline.publish.checks import evaluate_checks
 from agent_metrics_pipeline.publish.chunking import Chunk, Chunker
 from agent_metrics_pipeline.publish.findings import Evidence, Verdict
@@ -31,9 +30,10 @@ from agent_metrics_pipeline.publish.metrics import (
     shape_metrics,
     to_markdown,
 )
-from agent_metrics_pipeline.publish.queries import build_calls_per_day_query, build_metrics_query
-from agent_metrics_pipeline.publish.sample_queries import (
+from agent_metrics_pipeline.publish.queries import (
+    build_calls_per_day_query,
     build_duplicate_samples_query,
+    build_metrics_query,
     build_samples_query,
     build_status_variants_query,
 )

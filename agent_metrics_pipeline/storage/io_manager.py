@@ -21,6 +21,7 @@ from abc import abstractmethod
 from collections.abc import Callable
 from functools import partial
 from hashlib import sha256
+from typing import Protocol
 
 import dagster as dg
 from pydantic import Field
@@ -31,20 +32,26 @@ from agent_metrics_pipeline.core.errors import (
     TransientError,
     no_retry_for_permanent_errors,
 )
+from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
 from agent_metrics_pipeline.core.orphaned_steps import publishing
-from agent_metrics_pipeline.core.partitions import days_of
-from agent_metrics_pipeline.core.settings import DEFAULT_S3_PREFIX
+from agent_metrics_pipeline.core.partitions import days_of, refuse_rows_outside
 from agent_metrics_pipeline.storage.published_format import (
     from_csv_bytes,
     metrics_for_day,
-    refuse_rows_outside,
     to_csv_bytes,
 )
-from agent_metrics_pipeline.storage.staged_days import StagedDays
 
 MANIFEST_NAME = "manifest.json"
 PART_DIGEST_CHARS = 16
 PART_NAME = re.compile(rf"part-\d{{5}}-[0-9a-f]{{{PART_DIGEST_CHARS}}}\.csv(\.gz)?")
+
+
+class StagedRows(Protocol):
+    """Days staged one file each, as a range step hands them over (``StagedDays``)."""
+
+    days: list[dt.date]
+
+    def day(self, day: dt.date) -> pl.DataFrame: ...
 
 
 class ObjectStoreUnavailableError(TransientError):
@@ -165,7 +172,7 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
     def _decode(self, data: bytes) -> pl.DataFrame:
         return from_csv_bytes(gzip.decompress(data) if self.gzip else data)
 
-    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | StagedDays) -> None:
+    def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame | StagedRows) -> None:
         if not context.has_asset_partitions:
             raise dg.DagsterInvariantViolationError(
                 f"{type(self).__name__} stores daily-partitioned assets only; "
@@ -215,11 +222,11 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
 
 
 def _rows_by_day(
-    obj: pl.DataFrame | StagedDays, days: list[dt.date]
+    obj: pl.DataFrame | StagedRows, days: list[dt.date]
 ) -> Callable[[dt.date], pl.DataFrame]:
     """How to get one day's rows out of what the step handed over: a frame of every day, or
     days staged one file each."""
-    if isinstance(obj, StagedDays):
+    if not isinstance(obj, pl.DataFrame):
         missing = sorted(set(days) - set(obj.days))
         if missing:
             raise dg.DagsterInvariantViolationError(

@@ -1,19 +1,18 @@
 """The published table: its columns and types, one day's rows, and the CSV bytes of a day.
 
 Every day of a run is published on its own, so rows dated outside the run's days have nowhere
-to go: they are refused wherever they could be dropped (see :func:`refuse_rows_outside`).
+to go: they are refused wherever they could be dropped (``core.partitions.refuse_rows_outside``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Collection, Sequence
+from collections.abc import Collection
 
 import dagster as dg
 
 from agent_metrics_pipeline.core.deferred import polars as pl
-from agent_metrics_pipeline.core.partitions import format_days
 
 # The published columns and their types, as the catalog names them: the definitions read them
 # when they load, which needs no polars (see ``core.deferred``).
@@ -58,17 +57,6 @@ def metrics_for_day(metrics: pl.DataFrame, day: dt.date) -> pl.DataFrame:
 def dated_outside(days: Collection[dt.date]) -> pl.Expr:
     """Rows dated on none of ``days``."""
     return ~pl.col("date").is_in(list(days))
-
-
-def refuse_rows_outside(held_days: Collection[dt.date], days: Sequence[dt.date]) -> None:
-    """Rows of a day outside ``days`` (the days a run reads or publishes) are refused, never
-    dropped."""
-    stray = sorted(set(held_days) - set(days))
-    if stray:
-        raise dg.DagsterInvariantViolationError(
-            f"Rows dated {[day.isoformat() for day in stray]} are outside the run's days "
-            f"{format_days(sorted(days))}; refusing to drop them."
-        )
 
 
 def to_csv_bytes(frame: pl.DataFrame) -> bytes:

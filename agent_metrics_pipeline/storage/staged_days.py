@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent_metrics_pipeline.core.deferred import polars as pl
-from agent_metrics_pipeline.storage.published_format import metrics_for_day, refuse_rows_outside
+from agent_metrics_pipeline.core.partitions import refuse_rows_outside
+from agent_metrics_pipeline.storage.published_format import metrics_for_day
 
 
 class StagedDays:
