@@ -104,7 +104,8 @@ def run_in(
 
 
 def load_definitions(python: Path, env: Mapping[str, str], cwd: Path):
-    return run_in(python, ["python", "-c", "import agent_metrics_pipeline.definitions"], env, cwd)
+    load = "from agent_metrics_pipeline.definitions import defs; defs()"
+    return run_in(python, ["python", "-c", load], env, cwd)
 
 
 def test_the_engine_is_an_extra_of_half_a_gigabyte(production_python, tmp_path):
@@ -129,7 +130,9 @@ def test_asking_for_the_engine_without_it_fails_at_load(production_python, tmp_p
     result = load_definitions(production_python, {"AGENT_METRICS_HOME": str(tmp_path)}, tmp_path)
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]
-    assert message.startswith("agent_metrics_pipeline.config.ConfigError: CLICKHOUSE_HOST is unset")
+    assert message.startswith(
+        "agent_metrics_pipeline.core.errors.ConfigError: CLICKHOUSE_HOST is unset"
+    )
     assert "agent-metrics-pipeline[embedded]" in message
     assert "set CLICKHOUSE_HOST" in message
 
