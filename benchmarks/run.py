@@ -14,7 +14,7 @@ Goals (each row of the table says how it is measured; ``benchmarks/goals/`` has 
 4. range-memory: a 30-day range as one run peaks ≤ 1.5× one day, a 365-day range no higher than
    the 30-day one, a day in agent shards no higher than in one query (not in the default run: it
    seeds a year of 300 k agents a day; ``--only range-memory``).
-5. imports: ``import agent_metrics_pipeline.definitions`` ≤ 1.3× ``import dagster``.
+5. imports: loading ``agent_metrics_pipeline.definitions`` ≤ 1.3× ``import dagster``.
 6. s3: a day at 5 M calls end to end to S3 ≤ 2× ClickHouse writing the same aggregate to S3.
 7. memory-limit: a 40 M-call day read by a user whose profile caps each query at 250 MB
    publishes the same bytes as an unlimited user (not in the default run: ``--only

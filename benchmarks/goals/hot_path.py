@@ -40,14 +40,16 @@ MARKER = "profiled_runs"
 LIBRARY_ROOT = re.compile(r"^.*/lib/python3\.\d+/(site-packages/)?")
 # (phase, file, functions): a sample belongs to the innermost listed frame it is under.
 PHASES = (
-    ("ClickHouse query", "clickhouse.py", {"query_polars"}),
-    ("ClickHouse client open and close", "clickhouse.py", {"get_client"}),
-    ("Arrow → Polars", "clickhouse.py", {"_binary_as_text"}),
+    ("ClickHouse query", "clickhouse/session.py", {"query_polars"}),
+    ("ClickHouse client open and close", "clickhouse/resource.py", {"get_client"}),
+    ("Arrow → Polars", "clickhouse/session.py", {"_binary_as_text"}),
     ("Arrow → Polars", "convert/general.py", {"from_arrow"}),
-    ("shaping the frame", "metrics.py", {"shape_metrics"}),
-    ("checks", "checks.py", None),
-    ("CSV write (IO manager)", "io_managers.py", {"handle_output"}),
-    ("asset body, other (SQL, metadata)", "assets.py", None),
+    ("shaping the frame", "publish/metrics.py", {"shape_metrics"}),
+    ("checks", "publish/checks.py", None),
+    ("checks", "publish/findings.py", None),
+    ("CSV write (IO manager)", "storage/io_manager.py", {"handle_output"}),
+    ("asset body, other (SQL, metadata)", "publish/reading.py", None),
+    ("asset body, other (SQL, metadata)", "publish/asset.py", None),
 )
 DAGSTER = "Dagster (run, events, instance)"
 
