@@ -78,17 +78,29 @@ What it cannot show (check these against a real server):
   server spills them to disk). Functions that read local files (``file()``) see the stand-in's
   working directory, not a server's user_files.
 
-The modules, each importing only those above it (type hints aside):
+The modules, each importing only those above it:
 
 - ``errors``: ``ServerError``, the engine's errors in the server's form, the exception-code to
   HTTP-status table and the hint texts.
 - ``statements``: quoting, and a statement's shape (FORMAT clause, INSERT data, KILL QUERY).
+- ``engine``: the embedded engine, the users and their profiles.
 - ``formats``: content types, the formats that stream, request and response compression,
   Arrow streams joined.
-- ``engine``: the embedded engine, the users and their profiles, the sessions.
-- ``protocol``: the HTTP request handler and its replies.
-- ``server``: the HTTP server, ``serve`` and ``main`` (the command line), ``start_server``
-  and ``ServerProcess``.
+- ``request``: a request's body and form fields, and the query request parsed from them.
+- ``sessions``: the named sessions, and a request's session from its parameters.
+- ``host``: what the request handler needs from its server, as a protocol (so the handler
+  never imports the server).
+- ``authentication``: the user and password of a request, checked.
+- ``reply``: the response, its chunked and compressed body, errors with their status or in
+  the body.
+- ``settings``: a query's settings on its connection, and those the HTTP layer reads.
+- ``kill_query``: KILL QUERY over the requests' query ids and users.
+- ``streaming``: results sent block by block.
+- ``execution``: a request's statement and its answer.
+- ``query``: a query request's run, from its session and connection to its statement.
+- ``handler``: the HTTP request handler: routes, errors, the log line.
+- ``server``: the HTTP server, ``serve``, ``start_server`` and ``ServerProcess``.
+- ``__main__``: the command line.
 """
 
 from clickhouse_stand_in.server import ServerProcess, start_server

@@ -1,12 +1,10 @@
-"""The embedded engine on one data folder, the users of the users file with their settings
-profiles, and the named sessions that keep SET and USE statements between requests."""
+"""The embedded engine on one data folder, and the users of the users file with their
+settings profiles."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +16,6 @@ from clickhouse_stand_in.errors import ServerError, engine_error
 from clickhouse_stand_in.statements import quote_identifier, quote_string
 
 DEFAULT_USERS: dict[str, dict[str, Any]] = {"default": {"password": "", "profile": {}}}
-DEFAULT_SESSION_TIMEOUT = 60
-MAX_SESSION_TIMEOUT = 3600
 
 
 @dataclass(frozen=True)
@@ -112,49 +108,3 @@ class Engine:
 
     def close(self) -> None:
         self._anchor.close()
-
-
-@dataclass
-class _Session:
-    """What a session keeps between requests: its SET and USE statements, replayed in order
-    on each request's fresh connection."""
-
-    statements: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
-    timeout: int = DEFAULT_SESSION_TIMEOUT
-    expires: float = 0.0
-    busy: bool = False
-
-
-class Sessions:
-    """Named sessions per user, locked while a request uses them, as the server's
-    NamedSessionsStorage does."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._lock = threading.Lock()
-        self._sessions: dict[tuple[str, str], _Session] = {}
-
-    def acquire(self, user: str, session_id: str, timeout: int, check: bool) -> _Session:
-        with self._lock:
-            now = time.monotonic()
-            for key in [k for k, s in self._sessions.items() if not s.busy and s.expires < now]:
-                del self._sessions[key]
-            session = self._sessions.get((user, session_id))
-            if session is None:
-                if check:
-                    raise self._engine.error("SESSION_NOT_FOUND", f"Session {session_id} not found")
-                session = self._sessions[(user, session_id)] = _Session()
-            elif session.busy:
-                raise self._engine.error(
-                    "SESSION_IS_LOCKED", f"Session {session_id} is locked by a concurrent client"
-                )
-            session.busy = True
-            session.timeout = timeout
-            return session
-
-    def release(self, user: str, session_id: str, session: _Session, close: bool) -> None:
-        with self._lock:
-            session.busy = False
-            session.expires = time.monotonic() + session.timeout
-            if close:
-                self._sessions.pop((user, session_id), None)

@@ -1,6 +1,6 @@
 """Errors as the server reports them: ``ServerError`` (``Code: N. DB::Exception: ...``) with
-the HTTP status of its code, the engine's errors in that form, and the hint texts the server
-adds to some answers."""
+the HTTP status of its code, the engine's errors in that form (worded for the request's user),
+and the hint texts the server adds to some answers."""
 
 from __future__ import annotations
 
@@ -95,3 +95,16 @@ def engine_error(error: BaseException) -> ServerError:
             return ServerError(int(code), name, message)
         text = inner
     return ServerError(1001, "STD_EXCEPTION", text)
+
+
+def request_error(error: BaseException, user: str, method: str) -> ServerError:
+    """The engine's error as the server words it to a request's user: the engine runs as
+    ``default``, the server names the HTTP user, and adds a hint when GET made the query
+    readonly."""
+    parsed = engine_error(error)
+    message = parsed.message
+    if message.startswith("default: ") and user != "default":
+        message = f"{user}: " + message[len("default: ") :]
+    if method == "GET" and message.endswith(": Cannot execute query in readonly mode."):
+        message += GET_READONLY_HINT
+    return ServerError(parsed.code, parsed.name, message)

@@ -109,7 +109,7 @@ def _lz4_frames(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-class _Encoder:
+class Encoder:
     """Compresses a response body as one stream, the way the server wraps its output buffer."""
 
     def __init__(self, method: str, level: int) -> None:
@@ -140,7 +140,7 @@ def choose_response_compression(accept_encoding: str) -> str | None:
     return next((m for m in RESPONSE_COMPRESSION_PREFERENCE if m in accept_encoding), None)
 
 
-def _join_arrow_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
+def join_arrow_stream(chunks: Iterator[bytes]) -> Iterator[bytes]:
     """One Arrow IPC stream out of the engine's per-block streams: each block comes as a
     whole stream (schema, batches, end marker), and a server sends one, so every schema but
     the first and every end marker but the last are dropped."""

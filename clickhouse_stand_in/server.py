@@ -1,10 +1,9 @@
-"""The stand-in's process: the threading HTTP server over the engine, ``serve`` and ``main``
-(the command line of ``python -m clickhouse_stand_in``), and ``start_server``, which starts
-that process from Python and waits until it listens."""
+"""The stand-in's process: the threading HTTP server over the engine with its list of
+queries in flight, ``serve``, which runs it until told to stop, and ``start_server``, which
+starts that process from Python and waits until it listens."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import logging
@@ -21,37 +20,31 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from clickhouse_stand_in.engine import DEFAULT_USERS, Engine, Sessions, User, load_users
-from clickhouse_stand_in.protocol import _Handler
+from clickhouse_stand_in.engine import Engine, User, load_users
+from clickhouse_stand_in.handler import Handler
+from clickhouse_stand_in.host import RunningQuery
+from clickhouse_stand_in.sessions import Sessions
 
 logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 
 
-@dataclass(frozen=True)
-class _Running:
-    """A query in flight: its user, and the native id of the thread the engine runs it on."""
-
-    user: str
-    thread: int
-
-
 class StandInServer(ThreadingHTTPServer):
     """The threading HTTP server; requests run in parallel, each on its own engine
-    connection (the engine serves concurrent connections)."""
+    connection (the engine serves concurrent connections). Its handler sees it as a ``Host``."""
 
     daemon_threads = True
 
     def __init__(self, port: int, engine: Engine, users: Mapping[str, User]) -> None:
-        super().__init__((HOST, port), _Handler)
+        super().__init__((HOST, port), Handler)
         self.engine = engine
         self.users = dict(users)
         self.sessions = Sessions(engine)
         self.display_name = socket.getfqdn()
         self._active = 0
         self._idle = threading.Condition()
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, RunningQuery] = {}
         self._running_lock = threading.Lock()
 
     @contextlib.contextmanager
@@ -65,14 +58,14 @@ class StandInServer(ThreadingHTTPServer):
                     "QUERY_WITH_SAME_ID_IS_ALREADY_RUNNING",
                     f"Query with id = {query_id} is already running{by}.",
                 )
-            self._running[query_id] = _Running(user, threading.get_native_id())
+            self._running[query_id] = RunningQuery(user, threading.get_native_id())
         try:
             yield
         finally:
             with self._running_lock:
                 del self._running[query_id]
 
-    def running_queries(self) -> dict[str, _Running]:
+    def running_queries(self) -> dict[str, RunningQuery]:
         with self._running_lock:
             return dict(self._running)
 
@@ -135,35 +128,6 @@ def serve(
     finally:
         engine.close()
         logger.info("engine closed")
-
-
-def main(argv: list[str] | None = None) -> None:
-    import clickhouse_stand_in  # imported before this module: its docstring names the tool
-
-    parser = argparse.ArgumentParser(
-        prog=f"python -m {__package__}",
-        description=clickhouse_stand_in.__doc__.splitlines()[0],
-    )
-    parser.add_argument("--data", required=True, type=Path, help="engine data folder")
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
-    parser.add_argument(
-        "--users",
-        type=Path,
-        help="users JSON (default: user 'default', no password, empty profile)",
-    )
-    parser.add_argument(
-        "--stop-on-stdin-eof",
-        action="store_true",
-        help="also stop when stdin closes (start_server uses it, so that the stand-in does not "
-        "outlive a test process that dies)",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
-    )
-    users = json.loads(args.users.read_text()) if args.users else DEFAULT_USERS
-    args.data.mkdir(parents=True, exist_ok=True)
-    serve(args.data, args.port, users, args.stop_on_stdin_eof)
 
 
 @dataclass

@@ -47,7 +47,7 @@ _TOKENS = re.compile(
 
 
 @dataclass(frozen=True)
-class _InlineData:
+class InlineData:
     """An INSERT's own data, split off as ParserInsertQuery does: the statement up to its
     FORMAT (or VALUES) clause, the input format, and where the data starts, in bytes."""
 
@@ -57,7 +57,7 @@ class _InlineData:
 
 
 @dataclass(frozen=True)
-class _KillQuery:
+class KillQuery:
     """``KILL QUERY WHERE condition [SYNC|ASYNC|TEST]``, as ParserKillQueryQuery reads it."""
 
     condition: str
@@ -74,8 +74,8 @@ class _Shape:
     output_format: str | None
     into_outfile: bool
     from_infile: bool
-    inline: _InlineData | None
-    kill_query: _KillQuery | None = None
+    inline: InlineData | None
+    kill_query: KillQuery | None = None
 
 
 def statement_shape(sql: bytes) -> _Shape:
@@ -99,7 +99,7 @@ def statement_shape(sql: bytes) -> _Shape:
         if top[-1][1] in ("SELECT", "WITH") and kind == "word":
             break
         if top[-1][1] == "VALUES" and kind == "word":
-            inline = _InlineData(match.start(), "Values", match.end())
+            inline = InlineData(match.start(), "Values", match.end())
             break
         if (
             len(top) > 3
@@ -108,7 +108,7 @@ def statement_shape(sql: bytes) -> _Shape:
             and top[-3][1] not in ("INTO", "TABLE", ".")
         ):
             name = token[1:-1] if kind == "quoted" else token
-            inline = _InlineData(top[-2][2].start(), name, _data_start(sql, match.end()))
+            inline = InlineData(top[-2][2].start(), name, _data_start(sql, match.end()))
             break
     words = [token for _, token, _ in top]
     pairs = set(zip(words, words[1:], strict=False))
@@ -122,7 +122,7 @@ def statement_shape(sql: bytes) -> _Shape:
     )
 
 
-def _kill_query_parts(sql: bytes, top: list[tuple[str, str, re.Match[bytes]]]) -> _KillQuery | None:
+def _kill_query_parts(sql: bytes, top: list[tuple[str, str, re.Match[bytes]]]) -> KillQuery | None:
     """The condition and mode of ``KILL QUERY WHERE ...`` (not ON CLUSTER: no cluster here)."""
     if [token for _, token, _ in top[:3]] != ["KILL", "QUERY", "WHERE"]:
         return None
@@ -137,7 +137,7 @@ def _kill_query_parts(sql: bytes, top: list[tuple[str, str, re.Match[bytes]]]) -
         end -= 1
     stop = top[end][2].start() if end < len(top) else len(sql)
     condition = sql[top[2][2].end() : stop].decode(errors="replace").strip()
-    return _KillQuery(condition, mode)
+    return KillQuery(condition, mode)
 
 
 def _data_start(sql: bytes, position: int) -> int:
