@@ -66,7 +66,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         pool=pool,
         owners=settings.owners,
         freshness_policy=freshness_policy(settings.freshness_deadline_hour),
-        source=calls,
+        calls=calls,
         automation_condition=republish_changed_days(window_days),
         chunking=settings.chunking,
     )

@@ -11,6 +11,7 @@ from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Measurement
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
 from agent_metrics_pipeline.core.orphaned_steps import stop_with_run_process
+from agent_metrics_pipeline.core.partitions import keys_of
 from agent_metrics_pipeline.observe.queries import build_recently_written_days_query
 from agent_metrics_pipeline.observe.readings import (
     fingerprints,
@@ -47,7 +48,7 @@ def build_late_calls_check(
         stop_with_run_process(context.log)
         instance = context.instance
         window_start = partitions_def.time_window_for_partition_key(
-            observation_window(partitions_def, window_days)[0]
+            observation_window(partitions_def, window_days)[0].isoformat()
         ).start
         previous = [
             record
@@ -83,11 +84,11 @@ def build_late_calls_check(
                     measurement, window_start, since - PARTS_CLOCK_MARGIN, partitions_def.timezone
                 )
             )
-            first_day = partitions_def.get_first_partition_key()
+            first_key = partitions_def.get_first_partition_key()
             candidates = [
-                date.isoformat()
+                date
                 for date in written.get_column("date")
-                if first_day is not None and date.isoformat() >= first_day
+                if first_key is not None and date >= dt.date.fromisoformat(first_key)
             ]
             changed = []
             if candidates:
@@ -102,12 +103,12 @@ def build_late_calls_check(
             passed=not changed,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={
-                "late_days": changed,
+                "late_days": keys_of(changed),
                 "window_starts": window_start.date().isoformat(),
-                "days_looked_at": candidates,
+                "days_looked_at": keys_of(candidates),
             },
             description=(
-                f"Calls arrived late for {', '.join(changed)}, older than the observation "
+                f"Calls arrived late for {', '.join(keys_of(changed))}, older than the observation "
                 "window: materialize these days to republish them."
                 if changed
                 else None

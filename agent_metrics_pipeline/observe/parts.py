@@ -25,6 +25,7 @@ observation fingerprints every day again too.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -98,13 +99,13 @@ class ObservationPlan:
     """The days whose recorded fingerprint holds if no part in ``parts_to_look_into`` holds
     their calls, and for each of them the parts known to hold none."""
 
-    unchanged: frozenset[str]
+    unchanged: frozenset[dt.date]
     parts_to_look_into: tuple[str, ...]
-    known_parts: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    known_parts: Mapping[dt.date, frozenset[str]] = field(default_factory=dict)
     # Why every day is fingerprinted again, when it is:
     everything_because: str | None = None
 
-    def changed_days(self, day_parts: Iterable[tuple[str, str]]) -> set[str]:
+    def changed_days(self, day_parts: Iterable[tuple[dt.date, str]]) -> set[dt.date]:
         """The planned-unchanged days found, in the parts looked into, in a part they did not
         know."""
         return {
@@ -115,8 +116,8 @@ class ObservationPlan:
 
 
 def plan_observation(
-    days: Sequence[str],
-    previous: Mapping[str, DayReading | None],
+    days: Sequence[dt.date],
+    previous: Mapping[dt.date, DayReading | None],
     snapshot: PartsSnapshot,
     basis: str,
     final: bool,

@@ -15,6 +15,7 @@ from agent_metrics_pipeline.clickhouse.session import QueryRunner
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Measurement
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
+from agent_metrics_pipeline.core.partitions import days_of, keys_of
 from agent_metrics_pipeline.observe.parts import (
     DayReading,
     ObservationPlan,
@@ -39,20 +40,22 @@ class Readings:
     """Each day's reading, the days fingerprinted again, and the plan that kept the others
     (none for a source without parts)."""
 
-    by_day: dict[str, DayReading]
-    fingerprinted: list[str]
+    by_day: dict[dt.date, DayReading]
+    fingerprinted: list[dt.date]
     plan: ObservationPlan | None = None
 
 
-def observation_window(partitions_def: dg.DailyPartitionsDefinition, window_days: int) -> list[str]:
+def observation_window(
+    partitions_def: dg.DailyPartitionsDefinition, window_days: int
+) -> list[dt.date]:
     """The newest ``window_days`` days that have ended."""
-    return partitions_def.get_partition_keys()[-window_days:]
+    return days_of(partitions_def.get_partition_keys()[-window_days:])
 
 
 def _bounds(
-    partitions_def: dg.DailyPartitionsDefinition, days: Sequence[str]
+    partitions_def: dg.DailyPartitionsDefinition, days: Sequence[dt.date]
 ) -> list[tuple[dt.datetime, dt.datetime]]:
-    windows = [partitions_def.time_window_for_partition_key(day) for day in days]
+    windows = [partitions_def.time_window_for_partition_key(day.isoformat()) for day in days]
     return [(window.start, window.end) for window in windows]
 
 
@@ -60,10 +63,10 @@ def fingerprints(
     clickhouse: QueryRunner,
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
-    days: Sequence[str],
+    days: Sequence[dt.date],
     relation: SourceRelation,
     snapshot: PartsSnapshot | None = None,
-) -> dict[str, DayReading]:
+) -> dict[dt.date, DayReading]:
     """Calls counted and fingerprint of each day, from one query, of the rows as the metrics
     read them (the latest versions only, when they read FINAL). With the table's parts
     ``snapshot``, taken before this query, each day also records the parts holding its calls."""
@@ -93,9 +96,9 @@ def fingerprints(
     parts_of = dict.fromkeys(days, ())
     if snapshot is not None:
         for date, parts in parts_rows.select("date", "parts").iter_rows():
-            parts_of[date.isoformat()] = snapshot.listed(parts)
+            parts_of[date] = snapshot.listed(parts)
     found = {
-        date.isoformat(): (calls, f"{calls}:{row_hash}")
+        date: (calls, f"{calls}:{row_hash}")
         for date, calls, row_hash in rows.select("date", "calls", "row_hash").iter_rows()
     }
     basis = fingerprint_basis(measurement, partitions_def.timezone, final)
@@ -122,7 +125,7 @@ def take_readings(
     instance: dg.DagsterInstance,
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
-    days: Sequence[str],
+    days: Sequence[dt.date],
     relation: SourceRelation,
 ) -> Readings:
     """Each day's reading: taken again for the days whose parts changed, kept for the others.
@@ -175,9 +178,7 @@ def take_readings(
         if still_active < len(plan.parts_to_look_into):
             # A merge took a part away before the query read it: what it held is unknown.
             unchanged.clear()
-        unchanged -= plan.changed_days(
-            (date.isoformat(), part) for date, part in found.select("date", "part").iter_rows()
-        )
+        unchanged -= plan.changed_days(found.select("date", "part").iter_rows())
     changed = [day for day in days if day not in unchanged]
     readings = (
         fingerprints(clickhouse, measurement, partitions_def, changed, relation, snapshot)
@@ -190,12 +191,14 @@ def take_readings(
     return Readings({day: readings[day] for day in days}, changed, plan)
 
 
-def last_readings(instance: dg.DagsterInstance, days: Sequence[str]) -> dict[str, DayReading]:
+def last_readings(
+    instance: dg.DagsterInstance, days: Sequence[dt.date]
+) -> dict[dt.date, DayReading]:
     """What the latest observation of each of ``days`` recorded, for the days observed: two
     reads of the event log, however many days."""
     asset_key = dg.AssetKey(CALLS_ASSET_NAME)
     latest = instance.event_log_storage.get_latest_storage_id_by_partition(
-        asset_key, dg.DagsterEventType.ASSET_OBSERVATION, partitions=set(days)
+        asset_key, dg.DagsterEventType.ASSET_OBSERVATION, partitions=set(keys_of(days))
     )
     if not latest:
         return {}
@@ -208,7 +211,7 @@ def last_readings(instance: dg.DagsterInstance, days: Sequence[str]) -> dict[str
         observation = record.asset_observation
         metadata = {key: value.value for key, value in observation.metadata.items()}
         parts = metadata.get("source_parts")
-        readings[observation.partition] = DayReading(
+        readings[dt.date.fromisoformat(observation.partition)] = DayReading(
             calls=int(metadata.get("calls") or 0),
             fingerprint=observation.tags.get(DATA_VERSION_TAG, ""),
             parts=tuple(parts) if isinstance(parts, list) else None,
@@ -219,7 +222,7 @@ def last_readings(instance: dg.DagsterInstance, days: Sequence[str]) -> dict[str
     return readings
 
 
-def observation_event(day: str, reading: DayReading) -> dg.AssetObservation:
+def observation_event(day: dt.date, reading: DayReading) -> dg.AssetObservation:
     """What the instance records of a reading: the day's fingerprint as its data version."""
     metadata: dict[str, object] = {"calls": reading.calls, "fingerprint": reading.fingerprint}
     if reading.parts is not None:
@@ -231,7 +234,7 @@ def observation_event(day: str, reading: DayReading) -> dg.AssetObservation:
         }
     return dg.AssetObservation(
         asset_key=CALLS_ASSET_NAME,
-        partition=day,
+        partition=day.isoformat(),
         tags={DATA_VERSION_TAG: reading.fingerprint},
         metadata=metadata,
     )

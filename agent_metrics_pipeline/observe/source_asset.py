@@ -9,6 +9,7 @@ older than the window are not observed every hour: a check looks for late calls 
 the table parts written since its last run.
 """
 
+import datetime as dt
 import warnings
 from collections.abc import Sequence
 
@@ -19,7 +20,7 @@ from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Measurement
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
-from agent_metrics_pipeline.core.partitions import format_days
+from agent_metrics_pipeline.core.partitions import format_days, keys_of
 from agent_metrics_pipeline.observe.readings import (
     Readings,
     observation_event,
@@ -75,7 +76,7 @@ def build_calls_source(
     return calls
 
 
-def _observation_summary(days: Sequence[str], readings: Readings) -> str:
+def _observation_summary(days: Sequence[dt.date], readings: Readings) -> str:
     span, changed, plan = format_days(days), readings.fingerprinted, readings.plan
     if plan is None:
         return f"Fingerprinted {len(days)} day(s), {span}: the source has no parts to compare"
@@ -84,6 +85,6 @@ def _observation_summary(days: Sequence[str], readings: Readings) -> str:
     kept = len(days) - len(changed)
     return (
         f"Fingerprinted {len(changed)} of {len(days)} day(s), {span}"
-        + (f" ({', '.join(changed)})" if 0 < len(changed) <= 5 else "")
+        + (f" ({', '.join(keys_of(changed))})" if 0 < len(changed) <= 5 else "")
         + f"; {kept} kept their fingerprints: no part holding their calls changed"
     )

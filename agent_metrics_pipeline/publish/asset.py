@@ -27,7 +27,7 @@ def build_agent_metrics_asset(
     pool: str | None = None,
     owners: Sequence[str] = (),
     freshness_policy: dg.FreshnessPolicy | None = None,
-    source: dg.SourceAsset | None = None,
+    calls: dg.SourceAsset | None = None,
     automation_condition: dg.AutomationCondition | None = None,
     chunking: Chunking | None = None,
 ) -> dg.AssetsDefinition:
@@ -38,7 +38,7 @@ def build_agent_metrics_asset(
     read, and nothing is published unless every day passed.
     ``pool`` serialises the steps that share a resource only one process may hold (the
     embedded engine's folder); ``retry_policy`` applies
-    to transient faults only. With ``source``, the observed calls table, Dagster knows which
+    to transient faults only. With ``calls``, the observed calls table, Dagster knows which
     source fingerprint each day was computed from; ``automation_condition`` acts on that.
     """
     chunking = chunking or Chunking()
@@ -59,7 +59,7 @@ def build_agent_metrics_asset(
             group_name=GROUP_NAME,
             owners=list(owners),
             freshness_policy=freshness_policy,
-            deps=[source] if source is not None else None,
+            deps=[calls] if calls is not None else None,
             automation_condition=automation_condition,
             metadata={
                 "dagster/column_schema": published_schema(),
