@@ -80,6 +80,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         assets = dg.with_source_code_references([agent_metrics])
     return dg.Definitions(
         assets=[calls, *assets],
+        # Every run, however launched (the UI's, the CLI's and backfills use the implicit asset
+        # job, which takes this one), does its one step in its own process: no second process
+        # to start, and none left working when the run's process is killed.
+        executor=dg.in_process_executor,
         asset_checks=[
             build_late_calls_check(partitions_def, settings.measurement, window_days, pool)
         ],

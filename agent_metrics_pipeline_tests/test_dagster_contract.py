@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import multiprocessing
 import os
-from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -97,26 +95,20 @@ def test_pool_slots_of_a_run_can_be_listed_and_freed():
 
 
 @dg.op
-def record_parent_pid(context) -> None:
-    parent = multiprocessing.parent_process()
-    Path(context.op_config["path"]).write_text(str(parent.pid if parent else None))
+def one_step() -> None:
+    pass
 
 
-@dg.job(executor_def=dg.multiprocess_executor)
-def one_step_in_a_process_of_its_own():
-    record_parent_pid()
+@dg.job(executor_def=dg.in_process_executor)
+def one_step_in_the_run_process():
+    one_step()
 
 
-def test_run_and_step_processes_are_recorded_as_the_watchdog_reads_them(tmp_path):
-    from dagster._core.definitions.reconstruct import reconstructable
-
-    written = tmp_path / "parent.pid"
+def test_the_run_process_is_recorded_as_the_watchdog_reads_it():
+    """The project's runs execute their step in the run's own process (the in-process
+    executor): the watchdog finds that process by the pid of its announcement."""
     with dg.instance_for_test() as instance:
-        result = dg.execute_job(
-            reconstructable(one_step_in_a_process_of_its_own),
-            instance=instance,
-            run_config={"ops": {"record_parent_pid": {"config": {"path": str(written)}}}},
-        )
+        result = dg.execute_job(dg.reconstructable(one_step_in_the_run_process), instance=instance)
         assert result.success
         run_processes, step_processes = recorded_processes(instance, result.run_id)
 
@@ -124,11 +116,4 @@ def test_run_and_step_processes_are_recorded_as_the_watchdog_reads_them(tmp_path
         f"The run process no longer announces its pid in an engine event starting "
         f"{RUN_PROCESS_EVENT_PREFIX!r} (watchdog.py reads it) {UPGRADE_HINT}"
     )
-    assert len(step_processes) == 1 and step_processes[0][0] != os.getpid(), (
-        f"The step process no longer records its pid in STEP_WORKER_STARTED (watchdog.py reads "
-        f"it) {UPGRADE_HINT}"
-    )
-    assert written.read_text() == str(os.getpid()), (
-        "A step process is no longer a multiprocessing child of the run process; "
-        f"orphaned_steps.py waits on that parent to notice the run process die {UPGRADE_HINT}"
-    )
+    assert step_processes == [], f"The in-process executor started a process {UPGRADE_HINT}"

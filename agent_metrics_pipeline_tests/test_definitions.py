@@ -11,6 +11,7 @@ import dagster as dg
 import pytest
 
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
+from agent_metrics_pipeline.core.names import JOB_NAME, OBSERVE_JOB_NAME
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
@@ -184,3 +185,15 @@ def test_loading_the_definitions_leaves_polars_for_the_first_run(project_env, tm
         check=True,
     )
     assert loaded.stdout.strip() == "[]", loaded.stdout[:500]
+
+
+def test_every_run_does_its_step_in_the_run_s_own_process():
+    """The UI's, the CLI's and backfills' runs go through the implicit asset job; the schedule's
+    and the observation's through their jobs: none starts a second process for its step."""
+    defs = build_definitions(Settings())
+    jobs = [
+        defs.resolve_implicit_global_asset_job_def(),
+        defs.resolve_job_def(JOB_NAME),
+        defs.resolve_job_def(OBSERVE_JOB_NAME),
+    ]
+    assert [job.executor_def.name for job in jobs] == [dg.in_process_executor.name] * 3

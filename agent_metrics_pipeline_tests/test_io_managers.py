@@ -330,3 +330,42 @@ def test_throttling_and_server_trouble_are_transient(status, code):
             output._write("agent_metrics/x.csv", b"x")
     finally:
         server.shutdown()
+
+
+def test_writing_a_day_sweeps_the_half_written_file_of_a_killed_run_only(
+    clickhouse, calls_table, tmp_path
+):
+    calls = random_calls(FIRST_DAY, days=1, calls_per_day=50, seed=5)
+    insert_calls(clickhouse, calls_table, calls)
+    day_folder = tmp_path / key_for(FIRST_DAY).rsplit("/", 1)[0]
+    day_folder.mkdir(parents=True)
+    # A run killed mid-write left this, named after its process (which has exited since).
+    ended = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from agent_metrics_pipeline.core.processes import owner_tag; print(owner_tag())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    left = day_folder / f".tmp-{ended}half"
+    left.write_bytes(b"agent_id,avg_call")
+    with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as writer:
+        try:
+            start = (Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split())[19]
+            writing = day_folder / f".tmp-{writer.pid}.{start}-now"
+            writing.write_bytes(b"another run still writing this day")
+            materialize(
+                clickhouse,
+                measuring(calls_table),
+                LocalCsvIOManager(base_dir=str(tmp_path)),
+                str(FIRST_DAY),
+            )
+        finally:
+            writer.kill()
+    assert not left.exists()
+    assert writing.exists()
+    published = (tmp_path / key_for(FIRST_DAY)).read_bytes()
+    assert_csv_matches(published, expected_metrics(calls)[FIRST_DAY], FIRST_DAY)

@@ -1,6 +1,6 @@
 """A run killed mid-step never blocks the next one: real CLI runs on one Dagster instance with
-the project's pool of one, the first SIGKILLed while its step holds the pool: the whole run,
-or its run process alone."""
+the project's pool of one, the first SIGKILLed while its step holds the pool (waiting on S3, or
+publishing its days), and what it leaves is swept by the next."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -27,7 +28,6 @@ from agent_metrics_pipeline_tests.helpers import (
     key_for,
     load_into_engine,
     random_calls,
-    run_in_engine,
 )
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
 
@@ -36,7 +36,11 @@ pytestmark = pytest.mark.e2e
 DAY = dt.date(2026, 11, 20)
 MATERIALIZE = ["dagster", "asset", "materialize", "-m", "agent_metrics_pipeline.definitions"]
 WAIT_SEC = 120
-RANGE_DAYS = 10
+# Fast local writes, many small days: a day lands every few tens of milliseconds.
+KILLED_RANGE_DAYS = 30
+KILLED_RANGE_AGENTS = 20_000
+# The watchdog's minute, the daemon's loop and the run itself.
+NEXT_RUN_SEC = 150
 
 
 def _wait_for(condition, what: str) -> None:
@@ -118,88 +122,111 @@ def test_a_run_killed_mid_step_never_blocks_the_next_one(
     assert_csv_matches(published.read_bytes(), expected_metrics(calls)[DAY], DAY)
 
 
-def _step_process(instance: dg.DagsterInstance) -> int | None:
-    """The pid of the step process of the instance's only run, once it has started."""
-    runs = instance.get_runs()
-    if not runs:
-        return None
-    started = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED)
-    return (
-        int(started[0].dagster_event.event_specific_data.metadata["pid"].value) if started else None
+def _published(output: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in output.glob("agent_metrics/*/*.csv")}
+
+
+def _seed(engine_dir: Path, first_day: dt.date, days: int, calls_per_day: int, agents: int) -> None:
+    """Deterministic calls generated inside the engine, from a process of its own."""
+    seed = (
+        "import datetime as dt; "
+        "from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource; "
+        "from agent_metrics_pipeline.core.measurement import SourceTable; "
+        "from agent_metrics_pipeline.demo.sample_calls import seed_sample_calls; "
+        f"seed_sample_calls(ClickHouseResource(embedded_path={str(engine_dir)!r}), SourceTable(), "
+        f"dt.date.fromisoformat({first_day.isoformat()!r}), {days}, {calls_per_day}, {agents})"
     )
+    subprocess.run([sys.executable, "-c", seed], check=True, capture_output=True, timeout=300)
 
 
-def _running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state not in ("Z", "X")
-
-
-def test_a_step_whose_run_process_is_killed_leaves_at_once_and_publishes_nothing_more(
+def test_a_run_killed_while_it_publishes_stops_there_and_leaves_nothing_behind(
     project_env, tmp_path
 ):
+    """Many days of many agents to a local folder, the run's process SIGKILLed as soon as the
+    first day lands, the daemon serving the sensors: the run does nothing more, and the range
+    run again publishes every day, sweeping what the killed run left."""
     dagster_home = Path(project_env["DAGSTER_HOME"])
     shutil.copy(DEV_INSTANCE_SETTINGS, dagster_home / "dagster.yaml")
-    first_day = DAY - dt.timedelta(days=RANGE_DAYS - 1)
-    calls = random_calls(first_day, days=RANGE_DAYS, calls_per_day=200, seed=73)
-    calls_to_parquet(calls, tmp_path / "calls.parquet")
     home = Path(project_env["AGENT_METRICS_HOME"])
-    load_into_engine(home / "clickhouse", tmp_path / "calls.parquet")
-    # Every query of the view takes a second: the range reads for ten seconds and more before
-    # it publishes anything, so the run process dies mid-range.
-    run_in_engine(
+    first_day = DAY - dt.timedelta(days=KILLED_RANGE_DAYS - 1)
+    _seed(
         home / "clickhouse",
-        "CREATE VIEW default.slow_calls AS SELECT * FROM default.calls WHERE sleep(1) = 0",
+        first_day,
+        KILLED_RANGE_DAYS,
+        3 * KILLED_RANGE_AGENTS,
+        KILLED_RANGE_AGENTS,
     )
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    slow_range = {
+    env = {
         **project_env,
-        "AGENT_METRICS_SOURCE_TABLE": "slow_calls",
-        "AGENT_METRICS_MAX_DAYS_PER_QUERY": "1",
         "TMPDIR": str(scratch),
+        # No observation run competes for the pool during the test.
+        "AGENT_METRICS_OBSERVE_CRON": "0 0 1 1 *",
     }
-    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
-    range_run = subprocess.Popen(
-        [*MATERIALIZE, "--select", "agent_metrics", "--partition-range", f"{first_day}...{DAY}"],
+    output = home / "output"
+    the_range = [
+        *MATERIALIZE,
+        "--select",
+        "agent_metrics",
+        "--partition-range",
+        f"{first_day}...{DAY}",
+    ]
+    daemon = subprocess.Popen(
+        ["dagster-daemon", "run", "-m", "agent_metrics_pipeline.definitions"],
         cwd=tmp_path,
-        env=slow_range,
+        env=env,
+        start_new_session=True,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for(lambda: _step_process(instance), "the range's step process to start")
+        run = subprocess.Popen(
+            the_range, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            # The test must see the first day land before the run goes on to the next ones.
+            os.setpriority(os.PRIO_PROCESS, run.pid, 19)
+            deadline = time.monotonic() + WAIT_SEC
+            while not (at_kill := _published(output)) and time.monotonic() < deadline:
+                pass
+        finally:
+            run.kill()  # SIGKILL, the run's process: the step runs in it
+            run.wait(timeout=30)
+        assert at_kill, "the range published nothing in time"
+        after_kill = _published(output)
+        assert len(after_kill) <= len(at_kill) + 1, "at most the day being written lands"
+        instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
+        (killed,) = instance.get_runs()
+        assert not instance.all_logs(
+            killed.run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED
+        ), "no process of the run but its own, so nothing of it outlives the kill"
+
+        # Run again as an operator would; its step waits for the pool slot the killed run held
+        # until the daemon's watchdog gives it back.
+        started = time.monotonic()
+        again = subprocess.run(
+            the_range, cwd=tmp_path, env=env, capture_output=True, timeout=2 * NEXT_RUN_SEC
+        )
+        waited = time.monotonic() - started
     finally:
-        range_run.kill()  # the run process alone: its step process lives on
-        range_run.wait(timeout=30)
-    step_pid = _step_process(instance)
-    assert step_pid is not None and step_pid != range_run.pid
+        os.killpg(daemon.pid, signal.SIGINT)
+        try:
+            daemon.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+    assert again.returncode == 0, again.stdout.decode()[-3000:] + again.stderr.decode()[-3000:]
+    assert waited <= NEXT_RUN_SEC, f"the next run took {waited:.0f} s"
 
-    try:
-        _wait_for(lambda: not _running(step_pid), "the orphaned step process to leave")
-    finally:
-        if _running(step_pid):
-            os.kill(step_pid, signal.SIGKILL)  # no test leaves a process behind
-
-    output = home / "output"
-    assert not (output.exists() and any(output.rglob("*"))), "nothing of the range is published"
-    assert not any(scratch.iterdir()), "the step's staging folder is removed"
-    (killed,) = instance.get_runs()
-    messages = [entry.message for entry in instance.all_logs(killed.run_id)]
-    assert any("this step stops here" in message for message in messages)
-    defs = build_definitions(Settings.from_env(project_env))
-    tick = defs.get_sensor_def(WATCHDOG_NAME)(dg.build_sensor_context(instance=instance))
-    assert "failed" in tick.skip_message and "gave back the pool slots" in tick.skip_message
-
-    # The next run gets the pool slot at once and publishes its day.
-    next_run = subprocess.run(
-        [*MATERIALIZE, "--select", "agent_metrics", "--partition", str(DAY)],
-        cwd=tmp_path,
-        env=project_env,
-        capture_output=True,
-        timeout=WAIT_SEC,
+    republished = _published(output)
+    assert len(republished) == KILLED_RANGE_DAYS
+    assert {name: republished[name] for name in after_kill} == after_kill, (
+        "what the killed run published are whole days, as the range writes them again"
     )
-    assert next_run.returncode == 0, next_run.stdout.decode()[-3000:]
-    assert_csv_matches((output / key_for(DAY)).read_bytes(), expected_metrics(calls)[DAY], DAY)
+    assert not [p for p in output.rglob("*") if p.name.startswith(".tmp-")], "no half-written file"
+    assert not any(scratch.iterdir()), "no staging folder of the killed run"
+    instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
+    killed = instance.get_run_by_id(killed.run_id)
+    assert killed.status == dg.DagsterRunStatus.FAILURE
+    failure = instance.all_logs(killed.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
+    assert WATCHDOG_NAME in failure[-1].message

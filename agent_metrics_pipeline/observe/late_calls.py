@@ -10,7 +10,6 @@ from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Measurement
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
-from agent_metrics_pipeline.core.orphaned_steps import stop_with_run_process
 from agent_metrics_pipeline.core.partitions import keys_of
 from agent_metrics_pipeline.observe.queries import build_recently_written_days_query
 from agent_metrics_pipeline.observe.readings import (
@@ -45,7 +44,6 @@ def build_late_calls_check(
     def no_late_calls_outside_window(
         context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
     ) -> dg.AssetCheckResult:
-        stop_with_run_process(context.log)
         instance = context.instance
         window_start = partitions_def.time_window_for_partition_key(
             observation_window(partitions_def, window_days)[0].isoformat()

@@ -59,8 +59,6 @@ def build_observation_automation(
     job = dg.define_asset_job(
         OBSERVE_JOB_NAME,
         selection=dg.AssetSelection.assets(calls.key),
-        # The observation and the late-calls check are quick: one process, not one per step.
-        executor_def=dg.in_process_executor,
         description="Fingerprints the recent days of the calls table and looks for late calls.",
     )
     schedule = dg.ScheduleDefinition(

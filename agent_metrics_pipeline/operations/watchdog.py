@@ -8,7 +8,7 @@ pool, the daily schedule's included, waits for it. Every minute this sensor
 - marks failed each started run of ``agent_metrics`` whose run process is gone, and alerts
   for it, and
 - gives back the pool slots still held by finished runs of ``agent_metrics``, once none of their
-  step processes is alive: a step orphaned by its killed run never overlaps the next one.
+  processes is alive: a run marked failed while it still works never overlaps the next one.
 
 It recognises a process by the pid and the time Dagster recorded for it, so it only judges runs
 that are processes of this machine: with Dagster's default run launcher, on Linux. Anywhere
@@ -17,12 +17,11 @@ else (Kubernetes, say) it does nothing, and the instance's run monitoring is the
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import dagster as dg
 
+from agent_metrics_pipeline.core.processes import PROC, started_at
 from agent_metrics_pipeline.operations.alerts import (
     ALERTED_TAG,
     alert_secrets,
@@ -37,28 +36,13 @@ WATCHDOG_INTERVAL_SEC = 60
 RUN_PROCESS_EVENT_PREFIX = "Executing steps"
 # A process that started this long after Dagster recorded its pid is another one, reusing it.
 PID_REUSE_MARGIN_SEC = 2.0
-PROC = Path("/proc")
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
-
-
-def _boot_time() -> float:
-    for line in (PROC / "stat").read_text().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    raise RuntimeError("/proc/stat has no btime")
 
 
 def _alive(pid: int, recorded_at: float) -> bool:
     """Whether ``pid`` still runs the process Dagster recorded at ``recorded_at`` (epoch s)."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
-        return False
-    started = _boot_time() + int(fields[19]) / os.sysconf("SC_CLK_TCK")
-    return started <= recorded_at + PID_REUSE_MARGIN_SEC
+    started = started_at(pid)
+    return started is not None and started <= recorded_at + PID_REUSE_MARGIN_SEC
 
 
 def recorded_processes(
@@ -96,7 +80,7 @@ def _fail_dead_runs(instance: dg.DagsterInstance) -> Iterator[tuple[dg.DagsterRu
             continue
         message = (
             f"The run's process (pid {pid}) is gone: killed, or out of memory. Marked failed by "
-            f"{WATCHDOG_NAME}, which gives its pool slot back once no step process of it runs."
+            f"{WATCHDOG_NAME}, which gives its pool slot back."
         )
         instance.add_run_tags(run.run_id, {ALERTED_TAG: "true"})
         instance.report_run_failed(run, message)
@@ -113,8 +97,8 @@ def _free_slots_of_finished_runs(instance: dg.DagsterInstance) -> Iterator[str]:
         run = record.dagster_run
         if not targets_agent_metrics(instance, run):
             continue
-        _, step_processes = recorded_processes(instance, run.run_id)
-        if any(_alive(pid, recorded_at) for pid, recorded_at in step_processes):
+        run_processes, step_processes = recorded_processes(instance, run.run_id)
+        if any(_alive(pid, at) for pid, at in [*run_processes, *step_processes]):
             continue
         storage.free_concurrency_slots_for_run(run.run_id)
         yield f"gave back the pool slots of finished run {run.run_id}"

@@ -10,8 +10,8 @@ from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Chunking, Measurement
 from agent_metrics_pipeline.core.names import ASSET_NAME, CSV_IO_MANAGER_KEY, GROUP_NAME
-from agent_metrics_pipeline.core.orphaned_steps import scratch_folder, stop_with_run_process
 from agent_metrics_pipeline.core.partitions import days_of, format_days
+from agent_metrics_pipeline.core.processes import scratch_folder
 from agent_metrics_pipeline.publish.checks import check_specs
 from agent_metrics_pipeline.publish.findings import format_failures, record_verdicts
 from agent_metrics_pipeline.publish.reading import read_days
@@ -75,7 +75,6 @@ def build_agent_metrics_asset(
         def agent_metrics(
             context: dg.AssetExecutionContext, clickhouse: ClickHouseResource
         ) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
-            stop_with_run_process(context.log)
             days = _run_days(context)
             window = context.partition_time_window
             context.log.info(

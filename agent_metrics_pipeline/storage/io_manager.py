@@ -33,7 +33,6 @@ from agent_metrics_pipeline.core.errors import (
     no_retry_for_permanent_errors,
 )
 from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
-from agent_metrics_pipeline.core.orphaned_steps import publishing
 from agent_metrics_pipeline.core.partitions import days_of, refuse_rows_outside
 from agent_metrics_pipeline.storage.published_format import (
     from_csv_bytes,
@@ -185,8 +184,7 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         uris: list[str] = []
         for key, day in zip(partition_keys, days, strict=True):
             try:
-                with publishing():
-                    object_key = self._publish_day(asset_name, key, rows_of_day(day))
+                object_key = self._publish_day(asset_name, key, rows_of_day(day))
             except (ObjectStoreError, ObjectStoreUnavailableError) as error:
                 # Transient faults were retried at the write already: a step retry would only
                 # run the query again.

@@ -8,9 +8,12 @@ from pathlib import Path
 
 from pydantic import Field
 
+from agent_metrics_pipeline.core.processes import owner_tag, sweep
 from agent_metrics_pipeline.storage.io_manager import DailyCsvIOManager, ObjectStoreError
 
 PUBLISHED_FILE_MODE = 0o666
+# A file being written, named after its process: one a killed run left is swept by the next.
+TEMPORARY_PREFIX = ".tmp-"
 
 
 def _current_umask() -> int:
@@ -38,8 +41,9 @@ class LocalCsvIOManager(DailyCsvIOManager):
         target = self._path(key)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            sweep(target.parent, TEMPORARY_PREFIX)
             with tempfile.NamedTemporaryFile(
-                dir=target.parent, prefix=".tmp-", delete=False
+                dir=target.parent, prefix=f"{TEMPORARY_PREFIX}{owner_tag()}", delete=False
             ) as tmp:
                 try:
                     tmp.write(data)
@@ -74,7 +78,7 @@ class LocalCsvIOManager(DailyCsvIOManager):
         return [
             f"{folder}/{entry.name}"
             for entry in path.iterdir()
-            if entry.is_file() and not entry.name.startswith(".tmp-")
+            if entry.is_file() and not entry.name.startswith(TEMPORARY_PREFIX)
         ]
 
     def _delete(self, keys: list[str]) -> None:

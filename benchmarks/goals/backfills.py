@@ -10,7 +10,7 @@ once with one run per day (``AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN=1``); each 
 Through the CLI: one ``dagster asset materialize --partition-range FIRST...LAST`` call against
 single ``--partition DAY`` calls, each a fresh process with its own instance. Running thirty
 single calls would take most of the run's time budget, so a few are run and their total is
-scaled to thirty; the output says so. The step processes of a one-day CLI run are counted from
+scaled to thirty; the output says so. The steps of a one-day CLI run are counted from
 its STEP_START events in the instance (and the distinct pids that logged them).
 """
 
@@ -119,7 +119,7 @@ def measure(context: Context) -> Section:
         ),
         Row(
             GOAL,
-            f"step processes of a one-day CLI run ({', '.join(sorted(set(steps)))})",
+            f"steps of a one-day CLI run ({', '.join(sorted(set(steps)))})",
             [len(steps)],
             unit="",
             target="1",
