@@ -15,18 +15,14 @@ from agent_metrics_pipeline.core.names import (
 )
 from agent_metrics_pipeline.core.partitions import daily_partitions
 from agent_metrics_pipeline.core.settings import Settings, require_clickhouse_engine
-from agent_metrics_pipeline.observe.late_calls import build_late_calls_check
-from agent_metrics_pipeline.observe.republish import (
-    build_observation_automation,
-    republish_changed_days,
-)
-from agent_metrics_pipeline.observe.source_asset import build_calls_source
+from agent_metrics_pipeline.observe.republish import build_republish_sensor, republish_changed_days
+from agent_metrics_pipeline.observe.source_asset import build_calls_source, build_late_calls_check
 from agent_metrics_pipeline.operations.alerts import (
     build_failure_alert_sensor,
     build_late_day_alert_sensor,
 )
+from agent_metrics_pipeline.operations.observation import build_observation_sensor
 from agent_metrics_pipeline.operations.schedule import (
-    SCHEDULE_TIMEZONE,
     build_agent_metrics_job,
     build_daily_schedule,
     freshness_policy,
@@ -71,9 +67,6 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         chunking=settings.chunking,
     )
     job = build_agent_metrics_job(agent_metrics)
-    observe_job, observe_schedule, republish_sensor = build_observation_automation(
-        calls, settings.observe_cron, SCHEDULE_TIMEZONE
-    )
     # Code references are beta in Dagster 1.13; the UI links the asset to its source with them.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
@@ -87,13 +80,19 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         asset_checks=[
             build_late_calls_check(partitions_def, settings.measurement, window_days, pool)
         ],
-        jobs=[job, observe_job],
-        schedules=[
-            build_daily_schedule(job, partitions_def, settings.schedule_lookback_days),
-            observe_schedule,
-        ],
+        jobs=[job],
+        schedules=[build_daily_schedule(job, partitions_def, settings.schedule_lookback_days)],
         sensors=[
-            republish_sensor,
+            build_observation_sensor(
+                partitions_def,
+                settings.measurement,
+                window_days,
+                settings.observe_cron,
+                settings.alert_webhook_url,
+                settings.ui_url,
+                settings.secrets,
+            ),
+            build_republish_sensor(),
             build_late_day_alert_sensor(
                 partitions_def,
                 settings.freshness_deadline_hour,

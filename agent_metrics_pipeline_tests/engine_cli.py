@@ -6,7 +6,7 @@ session's folder; subprocess tests (CLI, demo) use this to reach their own folde
     python -m agent_metrics_pipeline_tests.engine_cli load ENGINE_DIR CALLS.parquet
     python -m agent_metrics_pipeline_tests.engine_cli dump ENGINE_DIR CALLS.parquet
     python -m agent_metrics_pipeline_tests.engine_cli hold ENGINE_DIR    # until terminated
-    python -m agent_metrics_pipeline_tests.engine_cli probe ENGINE_DIR   # prints the error, if any
+    python -m agent_metrics_pipeline_tests.engine_cli probe ENGINE_DIR [WAIT_SEC]  # the error
     python -m agent_metrics_pipeline_tests.engine_cli command ENGINE_DIR STATEMENT
 """
 
@@ -24,7 +24,8 @@ from agent_metrics_pipeline_tests.oracle import Call
 
 
 def main(command: str, engine_dir: str, path: str = "") -> None:
-    """``path`` is the Parquet file of ``load`` and ``dump``, the SQL of ``command``."""
+    """``path`` is the Parquet file of ``load`` and ``dump``, the SQL of ``command``, the
+    seconds ``probe`` waits for an engine another process holds."""
     clickhouse = ClickHouseResource(embedded_path=engine_dir)
     source = SourceTable()
     if command == "load":
@@ -42,7 +43,8 @@ def main(command: str, engine_dir: str, path: str = "") -> None:
             time.sleep(600)
     elif command == "probe":
         try:
-            clickhouse.query_polars("SELECT 1")
+            with clickhouse.session(engine_wait_sec=float(path or 0)) as session:
+                session.query_polars("SELECT 1")
             print("ok")
         except Exception as error:
             print(f"{type(error).__name__}: {error}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import os
 import pwd
 import random
@@ -25,7 +26,11 @@ import requests
 
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, Measurement, SourceTable
-from agent_metrics_pipeline.core.names import CSV_IO_MANAGER_KEY
+from agent_metrics_pipeline.core.names import (
+    CALLS_ASSET_NAME,
+    CSV_IO_MANAGER_KEY,
+    OBSERVE_SENSOR_NAME,
+)
 from agent_metrics_pipeline.core.partitions import daily_partitions
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.demo.sample_calls import source_table_ddl
@@ -515,3 +520,37 @@ def graphql(url: str, query: str, variables: dict | None = None) -> dict:
     if "errors" in body:
         raise RuntimeError(f"GraphQL errors: {body['errors']}")
     return body["data"]
+
+
+def observe(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    clickhouse: ClickHouseResource,
+    cursor: str | None = None,
+):
+    """One tick of the observation sensor, due, as the daemon runs it: its events recorded in
+    ``instance``. ``cursor``, the previous tick's, keeps where late calls were last looked for."""
+    previous = json.loads(cursor) if cursor else {}
+    due = json.dumps({**previous, "observed": None}) if previous else None
+    sensor = defs.get_sensor_def(OBSERVE_SENSOR_NAME)
+    tick = sensor.evaluate_tick(
+        dg.build_sensor_context(instance=instance, cursor=due, resources={"clickhouse": clickhouse})
+    )
+    for event in tick.asset_events:
+        instance.report_runless_asset_event(event)
+    return tick
+
+
+def latest_observations(
+    instance: dg.DagsterInstance, days: Sequence[dt.date]
+) -> dict[str, dg.AssetObservation]:
+    """The newest recorded observation of each of ``days`` that has one, by partition key."""
+    asset_key = dg.AssetKey(CALLS_ASSET_NAME)
+    latest = instance.event_log_storage.get_latest_storage_id_by_partition(
+        asset_key, dg.DagsterEventType.ASSET_OBSERVATION, partitions={str(day) for day in days}
+    )
+    records = instance.fetch_observations(
+        dg.AssetRecordsFilter(asset_key=asset_key, storage_ids=list(latest.values())),
+        limit=max(1, len(latest)),
+    ).records
+    return {record.partition_key: record.asset_observation for record in records if latest}

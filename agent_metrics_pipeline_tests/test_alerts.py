@@ -18,7 +18,7 @@ from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline.core.names import (
     CSV_IO_MANAGER_KEY,
     JOB_NAME,
-    OBSERVE_JOB_NAME,
+    OBSERVE_SENSOR_NAME,
     SCHEDULE_NAME,
 )
 from agent_metrics_pipeline.core.partitions import daily_partitions
@@ -31,6 +31,7 @@ from agent_metrics_pipeline.operations.alerts import (
     build_late_day_alert_sensor,
     failure_alert,
 )
+from agent_metrics_pipeline.operations.observation import build_observation_sensor
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
@@ -102,38 +103,38 @@ def test_a_run_alerted_where_it_failed_is_not_alerted_again(webhook, tmp_path):
     assert webhook.bodies == []
 
 
-def test_a_failed_observation_of_the_source_is_alerted(webhook, tmp_path):
+def test_a_failed_observation_of_the_source_is_alerted_once(webhook):
+    """The observation is a sensor: its failure raises no run failure for the failure alert to
+    see, so the sensor alerts for itself, once for the observation that failed however often
+    its next ticks try again."""
     instance = dg.DagsterInstance.ephemeral()
     dead = ClickHouseResource(host="127.0.0.1", port=free_port(), password=SECRET)
-    built = build_definitions(Settings(start_date=str(DAY - dt.timedelta(days=3))))
-    defs = dg.Definitions(
-        assets=built.assets,
-        asset_checks=built.asset_checks,
-        jobs=built.jobs,
-        resources={
-            "clickhouse": dead,
-            CSV_IO_MANAGER_KEY: LocalCsvIOManager(base_dir=str(tmp_path)),
-        },
+    settings = Settings(start_date=str(DAY - dt.timedelta(days=3)))
+    sensor = build_observation_sensor(
+        daily_partitions(settings),
+        settings.measurement,
+        settings.observe_window_days,
+        settings.observe_cron,
+        webhook.url,
+        "http://dagster.example:3000",
+        # Both ticks within the same hour: the same observation is due.
+        clock=lambda: dt.datetime(2026, 11, 21, 9, 30, tzinfo=UTC),
     )
-    result = defs.resolve_job_def(OBSERVE_JOB_NAME).execute_in_process(
-        instance=instance, raise_on_error=False
-    )
-    assert not result.success
-    failure_event = next(
-        e for e in result.all_events if e.event_type == dg.DagsterEventType.RUN_FAILURE
-    )
-    context = dg.build_run_status_sensor_context(
-        sensor_name=FAILURE_SENSOR_NAME,
-        dagster_instance=instance,
-        dagster_run=instance.get_run_by_id(result.run_id),
-        dagster_event=failure_event,
-    ).for_run_failure()
 
-    build_failure_alert_sensor(webhook.url, "http://dagster.example:3000")(context)
+    def tick(cursor: str | None = None):
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"clickhouse": dead}
+        )
+        return sensor.evaluate_tick(context)
 
+    first = tick()
+    again = tick(first.cursor)
+
+    assert "failed" in first.skip_message and "failed" in again.skip_message
+    assert not first.asset_events and not again.asset_events
     (body,) = webhook.bodies
     payload = json.loads(body)
-    assert payload["job"] == OBSERVE_JOB_NAME
+    assert payload["sensor"] == OBSERVE_SENSOR_NAME
     assert "Could not reach the ClickHouse server http://127.0.0.1" in payload["error"]
     assert SECRET.encode() not in body
 

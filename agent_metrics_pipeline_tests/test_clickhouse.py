@@ -19,6 +19,7 @@ import uuid
 import pytest
 
 from agent_metrics_pipeline.clickhouse.errors import (
+    ClickHouseEngineBusyError,
     ClickHouseMemoryLimitError,
     ClickHouseQueryError,
     ClickHouseUnavailableError,
@@ -146,33 +147,60 @@ def test_server_errors_are_classified_and_never_show_the_password(
     assert SECRET not in str(raised.value)
 
 
-def test_embedded_engine_held_by_another_process_is_a_transient_error(tmp_path):
-    engine_dir = tmp_path / "engine"
+def _probe(engine_dir, wait_sec: float) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent_metrics_pipeline_tests.engine_cli",
+            "probe",
+            str(engine_dir),
+            str(wait_sec),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _hold(engine_dir) -> subprocess.Popen:
     holder = subprocess.Popen(
         [sys.executable, "-m", "agent_metrics_pipeline_tests.engine_cli", "hold", str(engine_dir)],
         stdout=subprocess.PIPE,
         text=True,
     )
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def test_embedded_engine_held_by_another_process_is_a_transient_error(tmp_path):
+    engine_dir = tmp_path / "engine"
+    holder = _hold(engine_dir)
     try:
-        assert holder.stdout.readline().strip() == "holding"
-        probe = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "agent_metrics_pipeline_tests.engine_cli",
-                "probe",
-                str(engine_dir),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        stdout, stderr = _probe(engine_dir, wait_sec=0).communicate(timeout=120)
     finally:
         holder.kill()
         holder.wait(timeout=30)
-    error_class, _, message = probe.stdout.strip().partition(": ")
-    assert error_class == "ClickHouseUnavailableError", probe.stdout + probe.stderr
+    error_class, _, message = stdout.strip().partition(": ")
+    assert error_class == "ClickHouseEngineBusyError", stdout + stderr
+    assert issubclass(ClickHouseEngineBusyError, ClickHouseUnavailableError)
     assert "in use by another process" in message
+
+
+def test_a_client_waits_for_the_engine_another_process_releases(tmp_path):
+    """A run waits out the second or two an observation holds the engine for."""
+    engine_dir = tmp_path / "engine"
+    holder = _hold(engine_dir)
+    probe = _probe(engine_dir, wait_sec=60)
+    try:
+        # The probe is waiting: the folder is held until the holder ends.
+        with pytest.raises(subprocess.TimeoutExpired):
+            probe.wait(timeout=2)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    stdout, stderr = probe.communicate(timeout=120)
+    assert stdout.strip() == "ok", stdout + stderr
 
 
 def test_missing_table_names_the_variable_to_fix(clickhouse, tmp_path):

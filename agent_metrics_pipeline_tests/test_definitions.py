@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
-from agent_metrics_pipeline.core.names import JOB_NAME, OBSERVE_JOB_NAME
+from agent_metrics_pipeline.core.names import JOB_NAME, OBSERVE_SENSOR_NAME, SCHEDULE_NAME
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
@@ -188,12 +188,16 @@ def test_loading_the_definitions_leaves_polars_for_the_first_run(project_env, tm
 
 
 def test_every_run_does_its_step_in_the_run_s_own_process():
-    """The UI's, the CLI's and backfills' runs go through the implicit asset job; the schedule's
-    and the observation's through their jobs: none starts a second process for its step."""
+    """The UI's, the CLI's and backfills' runs go through the implicit asset job, the
+    schedule's through its job: none starts a second process for its step."""
     defs = build_definitions(Settings())
-    jobs = [
-        defs.resolve_implicit_global_asset_job_def(),
-        defs.resolve_job_def(JOB_NAME),
-        defs.resolve_job_def(OBSERVE_JOB_NAME),
-    ]
-    assert [job.executor_def.name for job in jobs] == [dg.in_process_executor.name] * 3
+    jobs = [defs.resolve_implicit_global_asset_job_def(), defs.resolve_job_def(JOB_NAME)]
+    assert [job.executor_def.name for job in jobs] == [dg.in_process_executor.name] * 2
+
+
+def test_unattended_operation_launches_only_publications():
+    """The one job is the publication's; the source is observed by a sensor, with no run."""
+    defs = build_definitions(Settings())
+    assert [job.name for job in defs.jobs] == [JOB_NAME]
+    assert [schedule.name for schedule in defs.schedules] == [SCHEDULE_NAME]
+    assert OBSERVE_SENSOR_NAME in [sensor.name for sensor in defs.sensors]

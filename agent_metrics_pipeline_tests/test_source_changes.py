@@ -17,12 +17,17 @@ from agent_metrics_pipeline.clickhouse.errors import ClickHouseQueryError
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.clickhouse.syntax import key_elements
 from agent_metrics_pipeline.core.measurement import SourceTable
-from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME, CSV_IO_MANAGER_KEY, OBSERVE_JOB_NAME
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.observe.parts import DayReading, PartsSnapshot, plan_observation
-from agent_metrics_pipeline.storage.local import LocalCsvIOManager
-from agent_metrics_pipeline_tests.helpers import insert_calls, measuring, random_calls, writer
+from agent_metrics_pipeline_tests.helpers import (
+    insert_calls,
+    latest_observations,
+    measuring,
+    observe,
+    random_calls,
+    writer,
+)
 from agent_metrics_pipeline_tests.oracle import Call
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -32,10 +37,11 @@ COUNTED = "Answered"
 
 
 class Observer:
-    """The observation job on one instance, as the hourly schedule runs it."""
+    """The observation sensor on one instance, ticking as the daemon runs it when an
+    observation is due."""
 
     def __init__(self, clickhouse, source: SourceTable, read_final: str = "auto") -> None:
-        built = build_definitions(
+        self.defs = build_definitions(
             Settings(
                 start_date=str(DAYS[0] - dt.timedelta(days=30)),
                 measurement=dataclasses.replace(
@@ -44,26 +50,16 @@ class Observer:
                 observe_window_days=WINDOW_DAYS,
             )
         )
-        self.defs = dg.Definitions(
-            assets=built.assets,
-            jobs=built.jobs,
-            # Observing publishes nothing: the folder stays empty.
-            resources={
-                "clickhouse": clickhouse,
-                CSV_IO_MANAGER_KEY: LocalCsvIOManager(base_dir="unused"),
-            },
-        )
+        self.clickhouse = clickhouse
         self.instance = dg.DagsterInstance.ephemeral()
+        self.cursor: str | None = None
 
     def observe(self) -> dict[str, dg.AssetObservation]:
-        result = self.defs.resolve_job_def(OBSERVE_JOB_NAME).execute_in_process(
-            instance=self.instance
-        )
-        return {
-            event.partition: event
-            for event in result.asset_observations_for_node(CALLS_ASSET_NAME)
-            if event.partition is not None
-        }
+        """Each day's observation as the instance holds it after the tick: the ones it
+        recorded, and the ones it kept."""
+        self.cursor = observe(self.defs, self.instance, self.clickhouse, self.cursor).cursor
+        window = [TODAY - dt.timedelta(days=offset) for offset in range(WINDOW_DAYS, 0, -1)]
+        return latest_observations(self.instance, window)
 
 
 def versions(observations: dict[str, dg.AssetObservation]) -> dict[str, str]:
@@ -339,8 +335,8 @@ def test_a_reader_refused_the_parts_still_gets_every_day_fingerprinted(
     opened = ClickHouseResource.session
 
     @contextlib.contextmanager
-    def refusing(self):
-        with opened(self) as session:
+    def refusing(self, **options):
+        with opened(self, **options) as session:
             yield RefusingParts(session)
 
     monkeypatch.setattr(ClickHouseResource, "session", refusing)

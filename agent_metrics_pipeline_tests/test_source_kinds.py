@@ -17,7 +17,7 @@ from agent_metrics_pipeline.core.measurement import (
     SourceTable,
     SpreadsheetSafety,
 )
-from agent_metrics_pipeline.observe.late_calls import LATE_CALLS_CHECK
+from agent_metrics_pipeline.observe.late_calls import LATE_CALLS_CHECK_KEY
 from agent_metrics_pipeline.publish.checks import NO_DUPLICATE_CALL_IDS, SPREADSHEET_SAFE_AGENT_IDS
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
@@ -89,9 +89,14 @@ def test_a_view_or_merge_source_observes_again_and_again(
     insert_calls(clickhouse, calls_table, random_calls(DAYS[0], days=len(DAYS), calls_per_day=50))
     pipeline = Pipeline(project(clickhouse, relation_over(kind), bucket))
     for _ in range(3):
-        result = pipeline.observe()
-        assert result.success
-        late = evaluation(result, LATE_CALLS_CHECK)
+        tick = pipeline.observe()
+        assert "failed" not in (tick.skip_message or "")
+        (late,) = [
+            record.event.dagster_event.asset_check_evaluation_data
+            for record in pipeline.instance.event_log_storage.get_asset_check_execution_history(
+                LATE_CALLS_CHECK_KEY, limit=1
+            )
+        ]
         assert late.passed
     # Without storage parts the late-calls check says it did not look, and why.
     assert late.metadata["source_engine"].value == kind

@@ -12,7 +12,6 @@ from agent_metrics_pipeline.core.names import (
     CALLS_ASSET_NAME,
     CSV_IO_MANAGER_KEY,
     JOB_NAME,
-    OBSERVE_JOB_NAME,
 )
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
@@ -22,7 +21,9 @@ from agent_metrics_pipeline_tests.helpers import (
     UTC,
     insert_calls,
     key_for,
+    latest_observations,
     measuring,
+    observe,
     random_calls,
 )
 from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expected_metrics
@@ -51,6 +52,14 @@ def project(clickhouse, calls_table, bucket, window_days: int = 30) -> dg.Defini
     )
 
 
+def late_calls_evaluations(tick) -> list[dg.AssetCheckEvaluation]:
+    return [
+        event
+        for event in tick.asset_events
+        if isinstance(event, dg.AssetCheckEvaluation) and event.check_name == LATE_CALLS_CHECK
+    ]
+
+
 def late_call(day: dt.date, call_id: str = "late-1") -> Call:
     return Call(call_id, "agent-001", dt.datetime.combine(day, dt.time(13), UTC), 42.5, "Answered")
 
@@ -62,10 +71,14 @@ class Pipeline:
         self.defs = defs
         self.instance = dg.DagsterInstance.ephemeral()
         self.cursor = None
+        self.observation_cursor: str | None = None
 
-    def observe(self, defs: dg.Definitions | None = None) -> dg.ExecuteInProcessResult:
-        job = (defs or self.defs).resolve_job_def(OBSERVE_JOB_NAME)
-        return job.execute_in_process(instance=self.instance)
+    def observe(self, defs: dg.Definitions | None = None):
+        """One due tick of the observation sensor; what it recorded is in the instance."""
+        defs = defs or self.defs
+        tick = observe(defs, self.instance, defs.resources["clickhouse"], self.observation_cursor)
+        self.observation_cursor = tick.cursor
+        return tick
 
     def requested(self) -> list[str]:
         result = dg.evaluate_automation_conditions(
@@ -106,12 +119,9 @@ def head(bucket, day: dt.date) -> tuple[str, dt.datetime]:
 
 def test_observation_fingerprints_each_day_of_the_window_in_one_query(published):
     pipeline, calls = published
-    result = pipeline.observe()
-    observations = {
-        event.partition: event
-        for event in result.asset_observations_for_node(CALLS_ASSET_NAME)
-        if event.partition is not None
-    }
+    pipeline.observe()
+    window = [TODAY - dt.timedelta(days=offset) for offset in range(30, 0, -1)]
+    observations = latest_observations(pipeline.instance, window)
     assert len(observations) == 30
     for day in DAYS:
         counted = sum(c.started_at.date() == day and c.status == "Answered" for c in calls)
@@ -177,10 +187,8 @@ def test_a_late_call_older_than_the_window_is_reported_with_its_day(
     pipeline.observe(narrow)  # the late-calls check's first run sets its baseline
 
     insert_calls(clickhouse, calls_table, [late_call(DAYS[0])])
-    result = pipeline.observe(narrow)
-    (evaluation,) = [
-        e for e in result.get_asset_check_evaluations() if e.check_name == LATE_CALLS_CHECK
-    ]
+    tick = pipeline.observe(narrow)
+    (evaluation,) = late_calls_evaluations(tick)
     assert not evaluation.passed
     assert evaluation.severity == dg.AssetCheckSeverity.WARN
     assert evaluation.metadata["late_days"].value == [str(DAYS[0])]
@@ -189,7 +197,5 @@ def test_a_late_call_older_than_the_window_is_reported_with_its_day(
     assert pipeline.requested() == []
 
     quiet = pipeline.observe(narrow)
-    (evaluation,) = [
-        e for e in quiet.get_asset_check_evaluations() if e.check_name == LATE_CALLS_CHECK
-    ]
+    (evaluation,) = late_calls_evaluations(quiet)
     assert evaluation.passed, "reported once, not at every observation"

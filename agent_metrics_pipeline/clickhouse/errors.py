@@ -33,6 +33,10 @@ class ClickHouseUnavailableError(TransientError):
     """The server could not be reached or timed out; retrying later may succeed."""
 
 
+class ClickHouseEngineBusyError(ClickHouseUnavailableError):
+    """Another process holds the embedded engine's folder: a run, the demo, an observation."""
+
+
 class ClickHouseQueryError(PermanentError):
     """ClickHouse refused the request (credentials, missing table, bad SQL); retrying won't help."""
 
@@ -90,7 +94,7 @@ def translate(
             "process can open one folder; close the other clients first."
         )
     if embedded and "EmbeddedServer" in str(error):
-        return ClickHouseUnavailableError(
+        return ClickHouseEngineBusyError(
             f"The {description} is in use by another process: {detail}. The embedded "
             "engine's folder opens in one process at a time; wait for the other run (or "
             "the demo) to finish."

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,6 +17,7 @@ from urllib3.util import Timeout
 from agent_metrics_pipeline.clickhouse.errors import (
     ACCESS_DENIED_CODE,
     READONLY_CODE,
+    ClickHouseEngineBusyError,
     ClickHouseQueryError,
     error_code,
     translate,
@@ -37,6 +39,10 @@ if TYPE_CHECKING:
 
 # How long stopping a query the client gave up on may take: it must not hold the run up.
 KILL_QUERY_TIMEOUT_SEC = 5
+# An observation holds the embedded engine's folder for a second or two: a run waits that out
+# rather than fail and retry half a minute later.
+ENGINE_WAIT_SEC = 15
+ENGINE_WAIT_STEP_SEC = 0.25
 
 logger = dg.get_dagster_logger(__name__)
 
@@ -217,14 +223,23 @@ class ClickHouseResource(dg.ConfigurableResource):
         return clickhouse_connect.get_client(interface="chdb", path=str(path))
 
     @contextlib.contextmanager
-    def get_client(self) -> Iterator[Client]:
-        """A clickhouse-connect client, closed on exit; errors come back translated."""
+    def get_client(self, engine_wait_sec: float = ENGINE_WAIT_SEC) -> Iterator[Client]:
+        """A clickhouse-connect client, closed on exit; errors come back translated. The
+        embedded engine's folder, held by another process, is waited for ``engine_wait_sec``."""
         from clickhouse_connect.driver.exceptions import ClickHouseError
 
-        try:
-            client = self._open()
-        except (ClickHouseError, OSError, RuntimeError) as error:
-            raise self.translate(error) from None
+        deadline = time.monotonic() + engine_wait_sec
+        while True:
+            try:
+                client = self._open()
+                break
+            except (ClickHouseError, OSError, RuntimeError) as error:
+                translated = self.translate(error)
+                if not isinstance(translated, ClickHouseEngineBusyError):
+                    raise translated from None
+                if time.monotonic() >= deadline:
+                    raise translated from None
+                time.sleep(ENGINE_WAIT_STEP_SEC)
         try:
             yield client
         except ClickHouseError as error:
@@ -233,10 +248,10 @@ class ClickHouseResource(dg.ConfigurableResource):
             client.close()
 
     @contextlib.contextmanager
-    def session(self) -> Iterator[ClickHouseSession]:
+    def session(self, engine_wait_sec: float = ENGINE_WAIT_SEC) -> Iterator[ClickHouseSession]:
         """One client for the queries of a step or a tick, closed on exit: a server is greeted
         once (its version, time zone and settings), not before every query."""
-        with self.get_client() as client:
+        with self.get_client(engine_wait_sec) as client:
             if self.on_server:
                 self._warn_of_time_limit(client)
             yield ClickHouseSession(self, client)

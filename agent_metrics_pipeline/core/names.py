@@ -7,7 +7,8 @@ CSV_IO_MANAGER_KEY = "csv_io_manager"
 JOB_NAME = "agent_metrics_job"
 SCHEDULE_NAME = "agent_metrics_daily"
 CALLS_ASSET_NAME = "calls"
-OBSERVE_JOB_NAME = "observe_calls"
+# The sensor that observes the calls table (no run: its observations are recorded as events).
+OBSERVE_SENSOR_NAME = "observe_calls"
 # The embedded engine's folder can be opened by one process at a time; the instance limits
 # every pool to one slot, so runs that use it queue instead of failing on the lock.
 EMBEDDED_ENGINE_POOL = "embedded_clickhouse"

@@ -23,7 +23,7 @@ from dagster._core.workspace.load_target import ModuleTarget
 import agent_metrics_pipeline.demo
 from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.errors import ConfigError
-from agent_metrics_pipeline.core.names import ASSET_NAME
+from agent_metrics_pipeline.core.names import ASSET_NAME, OBSERVE_SENSOR_NAME
 from agent_metrics_pipeline.core.partitions import format_days
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.demo.runs import (
@@ -33,6 +33,7 @@ from agent_metrics_pipeline.demo.runs import (
     demo_runs,
     failed_checks,
     launch,
+    observe,
     wait_for,
 )
 from agent_metrics_pipeline.demo.sample_calls import seed_demo_calls
@@ -64,6 +65,12 @@ def run_demo(settings: Settings, today: dt.date, instance: dg.DagsterInstance, o
         location_name=CODE_LOCATION_NAME,
     )
     with WorkspaceProcessContext(instance, target) as workspace:
+        recorded = observe(workspace, instance)
+        print(
+            f"  Observe the calls table (sensor {OBSERVE_SENSOR_NAME}, no run): {recorded} "
+            "day(s) fingerprinted and recorded",
+            file=out,
+        )
         for demo_run in demo_runs(today):
             run_id = launch(workspace, demo_run)
             run = wait_for(instance, run_id)

@@ -15,7 +15,7 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 
 from agent_metrics_pipeline.core.names import (
     JOB_NAME,
-    OBSERVE_JOB_NAME,
+    OBSERVE_SENSOR_NAME,
     PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -52,7 +52,6 @@ def demo_runs(today: dt.date) -> list[DemoRun]:
     _, broken_day, range_days, yesterday = demo_days(today)
     first, last = range_days[0].isoformat(), range_days[-1].isoformat()
     return [
-        DemoRun("Observe the calls table", OBSERVE_JOB_NAME, {}),
         DemoRun(
             f"{broken_day} (broken rows on purpose)",
             JOB_NAME,
@@ -98,6 +97,19 @@ def launch(workspace: WorkspaceProcessContext, run: DemoRun) -> str:
     if launched.get("__typename") != "LaunchRunSuccess":
         raise RuntimeError(f"Could not launch {run.title}: {launched or answer.get('errors')}")
     return launched["run"]["runId"]
+
+
+def observe(workspace: WorkspaceProcessContext, instance: dg.DagsterInstance) -> int:
+    """One tick of the observation sensor, evaluated in the code location as the daemon
+    evaluates it, its events recorded in the instance; the number of days it recorded."""
+    location = workspace.create_request_context().get_code_location(CODE_LOCATION_NAME)
+    repository = location.get_repository(SINGLETON_REPOSITORY_NAME)
+    tick = location.get_sensor_execution_data(
+        instance, repository.handle, OBSERVE_SENSOR_NAME, None, None, None, None, None
+    )
+    for event in tick.asset_events:
+        instance.report_runless_asset_event(event)
+    return sum(isinstance(event, dg.AssetObservation) for event in tick.asset_events)
 
 
 def wait_for(instance: dg.DagsterInstance, run_id: str) -> dg.DagsterRun:

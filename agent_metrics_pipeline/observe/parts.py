@@ -28,14 +28,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from agent_metrics_pipeline.clickhouse.syntax import key_elements
-from agent_metrics_pipeline.observe.queries import build_parts_query
-
-if TYPE_CHECKING:
-    from agent_metrics_pipeline.clickhouse.session import QueryRunner
-    from agent_metrics_pipeline.core.measurement import SourceTable
 
 # Lightweight updates keep their new values in patch parts, applied when the table is read.
 PATCH_PART_PREFIX = "patch-"
@@ -68,17 +60,6 @@ class PartsSnapshot:
         """Of the parts a fingerprint query read, those this snapshot lists: a part committed
         after the snapshot is left for the next observation to look into, as new."""
         return tuple(sorted(part for part in parts if part in self.modified))
-
-
-def read_parts(clickhouse: QueryRunner, source: SourceTable) -> PartsSnapshot:
-    row = clickhouse.query_polars(*build_parts_query(source)).row(0, named=True)
-    return PartsSnapshot(
-        read_at=int(row["read_at"]),
-        modified=dict(zip(row["parts"], (int(m) for m in row["modified"]), strict=True)),
-        pending_mutations=int(row["pending_mutations"]),
-        table_uuid=row["table_uuid"] or "",
-        sorting_key=key_elements(row["sorting_key"] or ""),
-    )
 
 
 @dataclass(frozen=True)

@@ -5,31 +5,35 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import dagster as dg
 
 from agent_metrics_pipeline.clickhouse.errors import ClickHouseQueryError
-from agent_metrics_pipeline.clickhouse.relation import SourceRelation
-from agent_metrics_pipeline.clickhouse.session import QueryRunner
+from agent_metrics_pipeline.clickhouse.syntax import key_elements
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
-from agent_metrics_pipeline.core.measurement import Measurement
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
-from agent_metrics_pipeline.core.partitions import days_of, keys_of
+from agent_metrics_pipeline.core.partitions import days_of, format_days, keys_of
 from agent_metrics_pipeline.observe.parts import (
     DayReading,
     ObservationPlan,
     PartsSnapshot,
     plan_observation,
-    read_parts,
 )
 from agent_metrics_pipeline.observe.queries import (
     build_active_parts_query,
     build_days_in_parts_query,
     build_fingerprint_query,
     build_parts_of_days_query,
+    build_parts_query,
     fingerprint_basis,
 )
+
+if TYPE_CHECKING:
+    from agent_metrics_pipeline.clickhouse.relation import SourceRelation
+    from agent_metrics_pipeline.clickhouse.session import QueryRunner
+    from agent_metrics_pipeline.core.measurement import Measurement, SourceTable
 
 DATA_VERSION_TAG = "dagster/data_version"
 EMPTY_DAY_FINGERPRINT = "0:0"
@@ -43,6 +47,35 @@ class Readings:
     by_day: dict[dt.date, DayReading]
     fingerprinted: list[dt.date]
     plan: ObservationPlan | None = None
+    # What the instance held for each day before this observation.
+    recorded: dict[dt.date, DayReading] = field(default_factory=dict)
+
+    def to_record(self) -> dict[dt.date, DayReading]:
+        """The days whose reading says something the recorded one does not: new to the window,
+        or with other calls or other parts. A reading is kept, not recorded again, when only
+        its time differs: the next observation then looks at the parts written since the
+        recorded time, which holds as well, at the cost of looking at more parts."""
+        return {
+            day: reading
+            for day, reading in self.by_day.items()
+            if day not in self.recorded
+            or replace(reading, read_at=None) != replace(self.recorded[day], read_at=None)
+        }
+
+    def summary(self) -> str:
+        """What the observation did, in a line for the logs."""
+        days, changed, plan = list(self.by_day), self.fingerprinted, self.plan
+        span, recorded = format_days(days), f"; {len(self.to_record())} recorded"
+        if plan is None or plan.everything_because:
+            why = plan.everything_because if plan else "the source has no parts to compare"
+            return f"Fingerprinted {len(days)} day(s), {span}: {why}{recorded}"
+        kept = len(days) - len(changed)
+        return (
+            f"Fingerprinted {len(changed)} of {len(days)} day(s), {span}"
+            + (f" ({', '.join(keys_of(changed))})" if 0 < len(changed) <= 5 else "")
+            + f"; {kept} kept their fingerprints: no part holding their calls changed"
+            + recorded
+        )
 
 
 def observation_window(
@@ -57,6 +90,18 @@ def _bounds(
 ) -> list[tuple[dt.datetime, dt.datetime]]:
     windows = [partitions_def.time_window_for_partition_key(day.isoformat()) for day in days]
     return [(window.start, window.end) for window in windows]
+
+
+def read_parts(clickhouse: QueryRunner, source: SourceTable) -> PartsSnapshot:
+    """The table's active parts, as the server lists them now."""
+    row = clickhouse.query_polars(*build_parts_query(source)).row(0, named=True)
+    return PartsSnapshot(
+        read_at=int(row["read_at"]),
+        modified=dict(zip(row["parts"], (int(m) for m in row["modified"]), strict=True)),
+        pending_mutations=int(row["pending_mutations"]),
+        table_uuid=row["table_uuid"] or "",
+        sorting_key=key_elements(row["sorting_key"] or ""),
+    )
 
 
 def fingerprints(
@@ -132,9 +177,12 @@ def take_readings(
 
     A source without parts of its own (a view) is fingerprinted whole every time.
     """
+    previous = last_readings(instance, days)
     if not relation.has_parts:
         return Readings(
-            fingerprints(clickhouse, measurement, partitions_def, days, relation), list(days)
+            fingerprints(clickhouse, measurement, partitions_def, days, relation),
+            list(days),
+            recorded=previous,
         )
     try:
         snapshot = read_parts(clickhouse, measurement.source)
@@ -149,9 +197,9 @@ def take_readings(
                 everything_because="the server refused to list the table's parts (grant the "
                 f"reader SELECT on system.parts, system.mutations and system.tables): {error}",
             ),
+            previous,
         )
     final = relation.reads_final(measurement.read_final)
-    previous = last_readings(instance, days)
     plan = plan_observation(
         days,
         previous,
@@ -188,7 +236,7 @@ def take_readings(
     for day in unchanged:
         # Still true at this snapshot: the next observation looks only at what is written later.
         readings[day] = replace(previous[day], read_at=snapshot.read_at)
-    return Readings({day: readings[day] for day in days}, changed, plan)
+    return Readings({day: readings[day] for day in days}, changed, plan, previous)
 
 
 def last_readings(

@@ -1,5 +1,5 @@
-"""Republishing the days whose source changed: the observation's job and schedule, the
-condition that finds a published day's fingerprint changed, and the sensor that evaluates it."""
+"""Republishing the days whose source changed: the condition that finds a published day's
+fingerprint changed since it was published, and the sensor that evaluates it."""
 
 import datetime as dt
 import warnings
@@ -9,9 +9,8 @@ import dagster as dg
 # The resolver behind the UI's stale badge; Dagster has no public equivalent in 1.13 (pinned).
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory
 
-from agent_metrics_pipeline.core.names import ASSET_NAME, OBSERVE_JOB_NAME
+from agent_metrics_pipeline.core.names import ASSET_NAME
 
-OBSERVE_SCHEDULE_NAME = "observe_calls_hourly"
 REPUBLISH_SENSOR_NAME = "agent_metrics_republish_changed_days"
 REPUBLISH_INTERVAL_SEC = 300
 
@@ -52,28 +51,13 @@ def republish_changed_days(window_days: int) -> dg.AutomationCondition:
     ).with_label("republish_changed_days")
 
 
-def build_observation_automation(
-    calls: dg.SourceAsset, cron_schedule: str, timezone: str
-) -> "tuple[dg.UnresolvedAssetJobDefinition, dg.ScheduleDefinition, dg.SensorDefinition]":
-    """The observation job and its schedule, and the sensor evaluating the condition."""
-    job = dg.define_asset_job(
-        OBSERVE_JOB_NAME,
-        selection=dg.AssetSelection.assets(calls.key),
-        description="Fingerprints the recent days of the calls table and looks for late calls.",
-    )
-    schedule = dg.ScheduleDefinition(
-        name=OBSERVE_SCHEDULE_NAME,
-        job=job,
-        cron_schedule=cron_schedule,
-        execution_timezone=timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING,
-        description="Observes the calls table; days whose fingerprint changed turn stale.",
-    )
+def build_republish_sensor() -> dg.SensorDefinition:
+    """The sensor evaluating the condition."""
     # The condition is code, so it must run in the code server (Dagster cannot serialize it);
     # that option is beta in Dagster 1.13.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
-        sensor = dg.AutomationConditionSensorDefinition(
+        return dg.AutomationConditionSensorDefinition(
             REPUBLISH_SENSOR_NAME,
             target=dg.AssetSelection.assets(ASSET_NAME),
             use_user_code_server=True,
@@ -82,4 +66,3 @@ def build_observation_automation(
             default_status=dg.DefaultSensorStatus.RUNNING,
             description="Requests the published days whose source changed (stale days).",
         )
-    return job, schedule, sensor

@@ -1,4 +1,5 @@
-"""The calls table as an observable source: one fingerprint per day, computed by ClickHouse.
+"""The calls table as an observable source (one fingerprint per day, computed by ClickHouse),
+and the check for late calls on it.
 
 ``agent_metrics`` depends on ``calls``, so Dagster records which fingerprint each published day
 was computed from and marks the day stale when its fingerprint changes. An hourly observation
@@ -11,7 +12,6 @@ the table parts written since its last run.
 
 import datetime as dt
 import warnings
-from collections.abc import Sequence
 
 import dagster as dg
 
@@ -20,9 +20,12 @@ from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Measurement
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
-from agent_metrics_pipeline.core.partitions import format_days, keys_of
+from agent_metrics_pipeline.observe.late_calls import (
+    LATE_CALLS_CHECK,
+    LATE_CALLS_CHECK_KEY,
+    look_for_late_calls,
+)
 from agent_metrics_pipeline.observe.readings import (
-    Readings,
     observation_event,
     observation_window,
     take_readings,
@@ -65,9 +68,9 @@ def build_calls_source(
                 readings = take_readings(
                     session, context.instance, measurement, partitions_def, days, relation
                 )
-            for day, reading in readings.by_day.items():
+            for day, reading in readings.to_record().items():
                 context.log_event(observation_event(day, reading))
-            context.log.info(_observation_summary(days, readings))
+            context.log.info(readings.summary())
             # The observations above carry the versions, with metadata this return value cannot.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", dg.BetaWarning)
@@ -76,15 +79,51 @@ def build_calls_source(
     return calls
 
 
-def _observation_summary(days: Sequence[dt.date], readings: Readings) -> str:
-    span, changed, plan = format_days(days), readings.fingerprinted, readings.plan
-    if plan is None:
-        return f"Fingerprinted {len(days)} day(s), {span}: the source has no parts to compare"
-    if plan.everything_because:
-        return f"Fingerprinted {len(days)} day(s), {span}: {plan.everything_because}"
-    kept = len(days) - len(changed)
-    return (
-        f"Fingerprinted {len(changed)} of {len(days)} day(s), {span}"
-        + (f" ({', '.join(keys_of(changed))})" if 0 < len(changed) <= 5 else "")
-        + f"; {kept} kept their fingerprints: no part holding their calls changed"
+def build_late_calls_check(
+    partitions_def: dg.DailyPartitionsDefinition,
+    measurement: Measurement,
+    window_days: int,
+    pool: str | None,
+) -> dg.AssetChecksDefinition:
+    """The check the observation evaluates, to run by hand too: it looks since its last
+    evaluation."""
+
+    @dg.asset_check(
+        asset=CALLS_ASSET_NAME,
+        name=LATE_CALLS_CHECK,
+        pool=pool,
+        description=(
+            f"Warns when calls arrived for a day older than the {window_days}-day observation "
+            "window: that day is not republished by itself. Materialize it to republish it."
+        ),
     )
+    def no_late_calls_outside_window(
+        context: dg.AssetCheckExecutionContext, clickhouse: ClickHouseResource
+    ) -> dg.AssetCheckResult:
+        previous = [
+            record
+            for record in context.instance.event_log_storage.get_asset_check_execution_history(
+                LATE_CALLS_CHECK_KEY, limit=5
+            )
+            if record.run_id != context.op_execution_context.run_id
+            and record.status.value in ("SUCCEEDED", "FAILED")
+        ]
+        if not previous:
+            return dg.AssetCheckResult(
+                passed=True, metadata={"note": "first run: later runs look at what arrives"}
+            )
+        since = dt.datetime.fromtimestamp(previous[0].create_timestamp, dt.UTC)
+        with no_retry_for_permanent_errors(), clickhouse.session() as session:
+            found = look_for_late_calls(
+                session, context.instance, measurement, partitions_def, window_days, since
+            )
+        for observation in found.observations():
+            context.op_execution_context.log_event(observation)
+        return dg.AssetCheckResult(
+            passed=found.passed,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata=found.metadata,
+            description=found.description,
+        )
+
+    return no_late_calls_outside_window

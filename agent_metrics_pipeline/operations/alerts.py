@@ -1,5 +1,5 @@
-"""Alerts: every failed run, and a day not published by its deadline, is logged and, when a
-webhook is set, POSTed to it.
+"""Alerts: every failed run, a failed observation of the source, and a day not published by its
+deadline, is logged and, when a webhook is set, POSTed to it.
 
 Secrets never leave the process: values of the secret variables are masked in any error text,
 and the webhook URL itself (which often embeds a token) is never logged.
@@ -19,7 +19,7 @@ from dagster_shared.error import SerializableErrorInfo
 
 from agent_metrics_pipeline.core.names import (
     ASSET_NAME,
-    OBSERVE_JOB_NAME,
+    OBSERVE_SENSOR_NAME,
     PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -85,6 +85,23 @@ def failure_alert(
     }
 
 
+def observation_alert(
+    due: dt.datetime, error: str, ui_url: str, secrets: Sequence[str] = ()
+) -> dict[str, str]:
+    """The JSON an alert about a failed observation of the source carries: a sensor's failure
+    raises no run failure for the failure alert to see."""
+    error = _redact(error, secrets)[:MAX_ERROR_CHARS]
+    sensor_url = f"{ui_url}/overview/automation"
+    return {
+        "text": f"agent-metrics observation of the calls table due {due:%Y-%m-%d %H:%M} UTC "
+        f"failed: {error.splitlines()[0] if error else 'see the sensor'} {sensor_url}",
+        "sensor": OBSERVE_SENSOR_NAME,
+        "due": due.isoformat(),
+        "error": error,
+        "sensor_url": sensor_url,
+    }
+
+
 def _host(url: str) -> str:
     """Host and port of a URL, without the credentials it may carry before the host."""
     return urllib.parse.urlsplit(url).netloc.rpartition("@")[2]
@@ -146,8 +163,8 @@ def alert_secrets(webhook_url: str | None, secrets: Sequence[str]) -> tuple[str,
 def build_failure_alert_sensor(
     webhook_url: str | None, ui_url: str, secrets: Sequence[str] = ()
 ) -> dg.SensorDefinition:
-    """Logs a summary of every failed run of ``agent_metrics`` or of the source's observation
-    (a failing observation stops late days from being republished), and POSTs it to a webhook.
+    """Logs a summary of every failed run of ``agent_metrics``, and POSTs it to a webhook (the
+    observation of the source is no run: its sensor alerts for itself).
 
     ``secrets`` are values that must never leave the process (passwords, keys); they are
     masked in case an error message quoted one, as are the webhook URL and its password. Logs
@@ -161,12 +178,12 @@ def build_failure_alert_sensor(
         name=FAILURE_SENSOR_NAME,
         default_status=dg.DefaultSensorStatus.RUNNING,
         monitor_all_code_locations=True,
-        description="Logs failed runs of agent_metrics (however launched) and of the calls "
-        "observation, and POSTs them to AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
+        description="Logs failed runs of agent_metrics (however launched), and POSTs them to "
+        "AGENT_METRICS_ALERT_WEBHOOK_URL if set.",
     )
     def agent_metrics_failure_alert(context: dg.RunFailureSensorContext) -> None:
         run = context.dagster_run
-        if run.job_name != OBSERVE_JOB_NAME and not targets_agent_metrics(context.instance, run):
+        if not targets_agent_metrics(context.instance, run):
             return
         if run.tags.get(ALERTED_TAG) == "true":
             return

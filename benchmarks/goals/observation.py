@@ -2,7 +2,7 @@
 when nothing changed.
 
 One worker on the embedded engine seeds the 30 days that end yesterday (the window the
-observation covers) and runs the observation job as the hourly schedule does, on one instance:
+observation covers) and ticks the observation sensor as the daemon does, on one instance:
 first on an instance with no history, which fingerprints every day, as every observation did
 before (the baseline); then unchanged, which reads the table's parts from the server's metadata
 and no granule of the table; then after one late call, which fingerprints its day alone.
@@ -11,6 +11,7 @@ and no granule of the table; then after one late call, which fingerprints its da
 from __future__ import annotations
 
 import datetime as dt
+import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -83,8 +84,10 @@ def measure(context: Context) -> Section:
             ),
         ],
         notes=[
-            f"Goal {GOAL}: the observation job (observation and late-calls check) run in "
+            f"Goal {GOAL}: the observation sensor (observation and late-calls check) ticked in "
             f"process on one instance, embedded engine; seeding took {result['seed_sec']:.1f} s. "
+            "An unchanged observation recorded "
+            f"{statistics.median(result['unchanged_events']):g} event(s). "
             f"The table has {result['parts']:,} active parts; its merges are stopped during the "
             "rounds (a merge rewrites the days of its parts, which the next observation "
             "fingerprints again). Each 'one late call' round inserts a call into the window's "
@@ -94,15 +97,15 @@ def measure(context: Context) -> Section:
 
 
 def work(calls_per_day: int, rounds: int) -> dict:
-    from agent_metrics_pipeline.core.names import OBSERVE_JOB_NAME
+    from agent_metrics_pipeline.core.names import OBSERVE_SENSOR_NAME
     from agent_metrics_pipeline.core.settings import Settings
-    from agent_metrics_pipeline.observe.parts import read_parts
+    from agent_metrics_pipeline.observe.readings import read_parts
 
     defs = pipeline.definitions()
     clickhouse = pipeline.clickhouse_of(defs)
     first_day, _ = _window()
     source, seed_sec = seed_calls(clickhouse, calls_per_day, days=WINDOW_DAYS, first_day=first_day)
-    job = defs.resolve_job_def(OBSERVE_JOB_NAME)
+    sensor = defs.get_sensor_def(OBSERVE_SENSOR_NAME)
     with clickhouse.get_client() as client:
         # Merges still running from the seeding would rewrite the days of their parts between
         # two observations: the observation rightly fingerprints those days again, and
@@ -110,20 +113,41 @@ def work(calls_per_day: int, rounds: int) -> dict:
         client.command(f"SYSTEM STOP MERGES {source.qualified_name}")
     parts = len(read_parts(clickhouse, source).modified)
 
+    cursors: dict[int, dict] = {}
+
     def observe(instance: dg.DagsterInstance) -> float:
+        """One due tick, its events recorded as the daemon records them."""
+        due = (
+            json.dumps({**cursors[id(instance)], "observed": None})
+            if id(instance) in cursors
+            else None
+        )
         started = time.perf_counter()
-        assert job.execute_in_process(instance=instance).success
-        return time.perf_counter() - started
+        tick = sensor.evaluate_tick(
+            dg.build_sensor_context(
+                instance=instance, cursor=due, resources={"clickhouse": clickhouse}
+            )
+        )
+        for event in tick.asset_events:
+            instance.report_runless_asset_event(event)
+        seconds = time.perf_counter() - started
+        assert "failed" not in (tick.skip_message or ""), tick.skip_message
+        cursors[id(instance)] = json.loads(tick.cursor)
+        events.append(len(tick.asset_events))
+        return seconds
 
     middle_day = first_day + dt.timedelta(days=WINDOW_DAYS // 2)
     # A counted call, so that its day's fingerprint changes.
     counted = Settings.from_env().measurement.statuses[0]
     col = source.column
     times: dict[str, list[float]] = {"full": [], "unchanged": [], "one_late_call": []}
+    events: list[int] = []
+    unchanged_events = []
     for _ in range(rounds):
         instance = dg.DagsterInstance.ephemeral()
         times["full"].append(observe(instance))
         times["unchanged"].append(observe(instance))
+        unchanged_events.append(events[-1])
         with clickhouse.get_client() as client:
             client.command(
                 f"INSERT INTO {source.qualified_name} "
@@ -133,4 +157,4 @@ def work(calls_per_day: int, rounds: int) -> dict:
                 f"WHERE `{col('status')}` = '{counted}' LIMIT 1"
             )
         times["one_late_call"].append(observe(instance))
-    return {**times, "seed_sec": seed_sec, "parts": parts}
+    return {**times, "unchanged_events": unchanged_events, "seed_sec": seed_sec, "parts": parts}
