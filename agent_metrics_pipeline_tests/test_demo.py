@@ -13,6 +13,7 @@ import pytest
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.instance.ref import InstanceRef
 
+from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME, JOB_NAME
 from agent_metrics_pipeline.demo.runs import SEED_DAYS
 from agent_metrics_pipeline.demo.sample_calls import BROKEN_CALLS
 from agent_metrics_pipeline_tests.helpers import run_ok
@@ -86,8 +87,12 @@ def test_demo_publishes_correct_files_and_records_its_runs(project_env, tmp_path
                 assert evaluation.metadata["source_offending_days"].value == [str(broken_day)]
                 failed[name] = evaluation.metadata["sample_call_ids"].value
             # Launched through the code location, as the UI launches: each can be re-executed.
+            # The three publications are the runs; the source's observation is none.
             runs = instance.get_runs()
-            assert len(runs) >= 4 and all(run.remote_job_origin is not None for run in runs)
+            assert len(runs) >= 3 and all(run.remote_job_origin is not None for run in runs)
+            assert {run.job_name for run in runs} == {JOB_NAME}
+            observed = instance.fetch_observations(dg.AssetKey(CALLS_ASSET_NAME), limit=1000)
+            assert len({record.partition_key for record in observed.records}) == 30
             assert {run.remote_job_origin.location_name for run in runs} == {
                 "agent_metrics_pipeline"
             }

@@ -64,7 +64,10 @@ class ObservationCursor:
 
     @classmethod
     def parse(cls, text: str | None) -> ObservationCursor:
-        return cls(**json.loads(text)) if text else cls()
+        """The cursor a tick left; what it does not know (another version's) is left out."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        saved = json.loads(text) if text else {}
+        return cls(**{name: value for name, value in saved.items() if name in known})
 
     def dumps(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -134,7 +137,9 @@ def build_observation_sensor(
                     late = LateCalls(days[0], refused=str(error))
         except ClickHouseEngineBusyError as error:
             return dg.SensorResult(skip_reason=f"Not observed yet: {error} The next tick tries.")
-        except (TransientError, PermanentError) as error:
+        except Exception as error:  # whatever stops it, the observation is alerted once
+            if not isinstance(error, TransientError | PermanentError):
+                context.log.exception("The observation failed")
             if cursor.alerted != due.timestamp():
                 deliver(context, observation_alert(due, str(error), ui_url, secrets), webhook_url)
                 cursor = dataclasses.replace(cursor, alerted=due.timestamp())
