@@ -495,3 +495,34 @@ def test_the_plan_matches_the_rules_applied_day_by_day(seed):
             assert planned.changed_days([(day, part)]) == (
                 set() if part in known_to_day(day) else {day}
             )
+
+
+def test_an_unchanged_source_records_nothing_and_a_change_records_once(clickhouse, calls_table):
+    """The instance grows with what changes: an unchanged observation records no event, a
+    change records the window's readings once, and the next unchanged one records nothing."""
+    calls = seeded(clickhouse, calls_table, merges=False)
+    observer = Observer(clickhouse, calls_table)
+
+    def tick():
+        result = observe(observer.defs, observer.instance, clickhouse, observer.cursor)
+        observer.cursor = result.cursor
+        return result
+
+    first = tick()
+    assert {e.partition for e in first.asset_events if isinstance(e, dg.AssetObservation)} == {
+        str(TODAY - dt.timedelta(days=offset)) for offset in range(WINDOW_DAYS, 0, -1)
+    }
+    for _ in range(2):
+        unchanged = tick()
+        assert unchanged.asset_events == [] and "Fingerprinted 0 of" in unchanged.skip_message
+
+    late = dataclasses.replace(calls[0], call_id="late-call", duration_sec=77.0, status=COUNTED)
+    insert_calls(clickhouse, calls_table, [late])
+    changed = tick()
+    recorded = {e.partition: e for e in changed.asset_events if isinstance(e, dg.AssetObservation)}
+    day = str(late.started_at.date())
+    before = versions(latest_observations(observer.instance, [late.started_at.date()]))
+    assert recorded[day].tags["dagster/data_version"] == before[day]
+    counted = counted_rows([*calls, late]).get(day, Counter())
+    assert before[day].startswith(f"{sum(counted.values())}:")
+    assert tick().asset_events == [], "after a change, an unchanged source records nothing"

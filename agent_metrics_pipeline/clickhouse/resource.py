@@ -39,8 +39,8 @@ if TYPE_CHECKING:
 
 # How long stopping a query the client gave up on may take: it must not hold the run up.
 KILL_QUERY_TIMEOUT_SEC = 5
-# An observation holds the embedded engine's folder for a second or two: a run waits that out
-# rather than fail and retry half a minute later.
+# An observation holds the embedded engine's folder for seconds (a first one, which fingerprints
+# every day, longer): a run waits that out rather than fail and retry half a minute later.
 ENGINE_WAIT_SEC = 15
 ENGINE_WAIT_STEP_SEC = 0.25
 

@@ -46,7 +46,8 @@ def _boot_time() -> float:
 
 
 def started_at(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), or None when it does not run."""
+    """When process ``pid`` started (seconds since the epoch), or None when it does not run.
+    Raises PermissionError where /proc hides other users' processes (``hidepid``)."""
     ticks = _start_ticks(pid)
     return None if ticks is None else _boot_time() + ticks / os.sysconf("SC_CLK_TCK")
 
@@ -69,7 +70,10 @@ def owner_is_gone(name: str, prefix: str) -> bool:
     owner = OWNER.match(name, len(prefix))
     if owner is None:
         return False
-    return _start_ticks(int(owner["pid"])) != int(owner["start"])
+    try:
+        return _start_ticks(int(owner["pid"])) != int(owner["start"])
+    except PermissionError:
+        return False  # another user's process, hidden by /proc's hidepid: it may well run
 
 
 def sweep(folder: Path, prefix: str) -> None:

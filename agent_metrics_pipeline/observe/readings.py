@@ -51,15 +51,19 @@ class Readings:
     recorded: dict[dt.date, DayReading] = field(default_factory=dict)
 
     def to_record(self) -> dict[dt.date, DayReading]:
-        """The days whose reading says something the recorded one does not: new to the window,
-        or with other calls or other parts. A reading is kept, not recorded again, when only
-        its time differs: the next observation then looks at the parts written since the
-        recorded time, which holds as well, at the cost of looking at more parts."""
+        """The readings to record: of the days new to the window or with other calls or parts,
+        and of every day fingerprinted again from the table's parts (its parts then stand at
+        this observation's time). An unchanged source records nothing. A day kept is not
+        recorded again: the next observation looks at the parts written since its recorded
+        time, which holds as well, and costs a look into parts that other days' readings
+        recorded since (pruned by the day's bounds)."""
+        fingerprinted = set(self.fingerprinted)
         return {
             day: reading
             for day, reading in self.by_day.items()
             if day not in self.recorded
             or replace(reading, read_at=None) != replace(self.recorded[day], read_at=None)
+            or (day in fingerprinted and reading.parts is not None)
         }
 
     def summary(self) -> str:
@@ -234,7 +238,7 @@ def take_readings(
         else {}
     )
     for day in unchanged:
-        # Still true at this snapshot: the next observation looks only at what is written later.
+        # Still true at this snapshot (the recorded time stays: see Readings.to_record).
         readings[day] = replace(previous[day], read_at=snapshot.read_at)
     return Readings({day: readings[day] for day in days}, changed, plan, previous)
 

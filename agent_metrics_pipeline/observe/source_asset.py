@@ -2,12 +2,14 @@
 and the check for late calls on it.
 
 ``agent_metrics`` depends on ``calls``, so Dagster records which fingerprint each published day
-was computed from and marks the day stale when its fingerprint changes. An hourly observation
-covers the last ``window_days`` days; an automation condition then requests exactly the stale
-days of that window. On a table stored in parts, the observation fingerprints again only the
-days whose parts changed (``observe.parts``), in one query; a view is fingerprinted whole. Days
-older than the window are not observed every hour: a check looks for late calls among them in
-the table parts written since its last run.
+was computed from and marks the day stale when its fingerprint changes. The observation sensor
+(``operations.observation``) covers the last ``window_days`` days and records the days whose
+reading changed; an automation condition then requests exactly the stale days of that window.
+On a table stored in parts, an observation fingerprints again only the days whose parts changed
+(``observe.parts``), in one query; a view is fingerprinted whole. Days older than the window are
+not fingerprinted at each observation: the late-calls look (``observe.late_calls``) finds their
+calls in the table parts written since it last looked. Observing ``calls`` by hand (the UI's
+Observe sources) is a run that does the same.
 """
 
 import datetime as dt
@@ -85,8 +87,8 @@ def build_late_calls_check(
     window_days: int,
     pool: str | None,
 ) -> dg.AssetChecksDefinition:
-    """The check the observation evaluates, to run by hand too: it looks since its last
-    evaluation."""
+    """The check the observation sensor evaluates at each observation; run by hand, it looks
+    since its newest recorded result."""
 
     @dg.asset_check(
         asset=CALLS_ASSET_NAME,

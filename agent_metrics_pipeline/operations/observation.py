@@ -34,6 +34,7 @@ from agent_metrics_pipeline.core.names import OBSERVE_SENSOR_NAME
 from agent_metrics_pipeline.core.partitions import keys_of
 from agent_metrics_pipeline.observe.late_calls import (
     LATE_CALLS_CHECK,
+    LATE_CALLS_CHECK_KEY,
     LateCalls,
     look_for_late_calls,
 )
@@ -56,10 +57,9 @@ class ObservationCursor:
 
     # The due time last observed, in seconds since the epoch.
     observed: float | None = None
-    # When late calls were last looked for; and whether the last recorded look found some.
+    # When late calls were last looked for.
     late_since: float | None = None
-    late_found: bool = False
-    # The due time whose failed observation was alerted.
+    # The due time of the failed observation that was alerted, until one succeeds.
     alerted: float | None = None
 
     @classmethod
@@ -71,6 +71,15 @@ class ObservationCursor:
 
     def dumps(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+
+def _last_late_look_passed(instance: dg.DagsterInstance) -> bool:
+    """Whether the late-calls check's newest recorded result passed (by hand or by a tick)."""
+    history = instance.event_log_storage.get_asset_check_execution_history(
+        LATE_CALLS_CHECK_KEY, limit=1
+    )
+    evaluation = history[0].event.dagster_event.event_specific_data if history else None
+    return evaluation is None or evaluation.passed
 
 
 def build_observation_sensor(
@@ -104,7 +113,8 @@ def build_observation_sensor(
         cursor = ObservationCursor.parse(context.cursor)
         now = clock()
         due = get_latest_completed_cron_tick(cron_schedule, now, SCHEDULE_TIMEZONE)
-        if cursor.observed is not None and cursor.observed >= due.timestamp():
+        # An observed time ahead of the clock (a clock set back) does not stop observations.
+        if cursor.observed is not None and due.timestamp() <= cursor.observed <= now.timestamp():
             following = get_next_cron_tick(cron_schedule, now, SCHEDULE_TIMEZONE)
             return dg.SensorResult(
                 skip_reason=f"Observed for {due:%Y-%m-%d %H:%M} UTC; the next observation is "
@@ -140,7 +150,8 @@ def build_observation_sensor(
         except Exception as error:  # whatever stops it, the observation is alerted once
             if not isinstance(error, TransientError | PermanentError):
                 context.log.exception("The observation failed")
-            if cursor.alerted != due.timestamp():
+            # Once until an observation succeeds, however often the ticks try again.
+            if cursor.alerted is None:
                 deliver(context, observation_alert(due, str(error), ui_url, secrets), webhook_url)
                 cursor = dataclasses.replace(cursor, alerted=due.timestamp())
             return dg.SensorResult(
@@ -152,9 +163,9 @@ def build_observation_sensor(
             observation_event(day, reading) for day, reading in readings.to_record().items()
         ]
         events += late.observations()
-        # Recorded when it first looks, when it finds late calls, and when it finds none after
-        # it did: an unchanged source adds nothing.
-        if cursor.late_since is None or not late.passed or cursor.late_found:
+        # Recorded when it first looks, when it finds late calls (or cannot look), and when it
+        # finds none after the recorded result said otherwise: an unchanged source adds nothing.
+        if cursor.late_since is None or not late.passed or not _last_late_look_passed(instance):
             events.append(late.evaluation())
         summary = readings.summary() + (
             f"; late calls for {', '.join(keys_of(late.late))}" if not late.passed else ""
@@ -162,9 +173,8 @@ def build_observation_sensor(
         context.log.info(summary)
         cursor = ObservationCursor(
             observed=due.timestamp(),
-            late_since=now.timestamp(),
-            late_found=not late.passed,
-            alerted=cursor.alerted,
+            # A look the server refused looks again from the same time.
+            late_since=cursor.late_since if late.refused else now.timestamp(),
         )
         return dg.SensorResult(
             asset_events=events, cursor=cursor.dumps(), skip_reason=None if events else summary

@@ -41,7 +41,10 @@ FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.Dagster
 
 def _alive(pid: int, recorded_at: float) -> bool:
     """Whether ``pid`` still runs the process Dagster recorded at ``recorded_at`` (epoch s)."""
-    started = started_at(pid)
+    try:
+        started = started_at(pid)
+    except PermissionError:
+        return True  # hidden by /proc's hidepid: never judged dead
     return started is not None and started <= recorded_at + PID_REUSE_MARGIN_SEC
 
 
