@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 
-from agent_metrics_pipeline.clickhouse.relation import read_relation
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
 from agent_metrics_pipeline.core.partitions import keys_of
 from agent_metrics_pipeline.observe.queries import build_recently_written_days_query
@@ -23,6 +22,7 @@ from agent_metrics_pipeline.observe.readings import (
 )
 
 if TYPE_CHECKING:
+    from agent_metrics_pipeline.clickhouse.relation import SourceRelation
     from agent_metrics_pipeline.clickhouse.session import QueryRunner
     from agent_metrics_pipeline.core.measurement import Measurement
     from agent_metrics_pipeline.observe.parts import DayReading
@@ -98,14 +98,15 @@ def look_for_late_calls(
     measurement: Measurement,
     partitions_def: dg.DailyPartitionsDefinition,
     window_days: int,
+    relation: SourceRelation,
     since: dt.datetime | None,
 ) -> LateCalls:
     """The days before the window whose counted calls changed in parts written since ``since``
-    (None: the first look, which only notes that later looks start from it)."""
+    (None: the first look, which only notes that later looks start from it), on the source
+    ``relation`` the caller read."""
     window_start = partitions_def.time_window_for_partition_key(
         observation_window(partitions_def, window_days)[0].isoformat()
     ).start
-    relation = read_relation(session, measurement.source)
     if not relation.has_parts:
         return LateCalls(
             window_start.date(),

@@ -116,8 +116,9 @@ def build_late_calls_check(
             )
         since = dt.datetime.fromtimestamp(previous[0].create_timestamp, dt.UTC)
         with no_retry_for_permanent_errors(), clickhouse.session() as session:
+            relation = read_relation(session, measurement.source)
             found = look_for_late_calls(
-                session, context.instance, measurement, partitions_def, window_days, since
+                session, context.instance, measurement, partitions_def, window_days, relation, since
             )
         for observation in found.observations():
             context.op_execution_context.log_event(observation)

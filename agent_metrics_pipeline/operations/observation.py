@@ -136,6 +136,7 @@ def build_observation_sensor(
                         measurement,
                         partitions_def,
                         window_days,
+                        relation,
                         since=(
                             dt.datetime.fromtimestamp(cursor.late_since, dt.UTC)
                             if cursor.late_since is not None
