@@ -30,6 +30,7 @@ from agent_metrics_pipeline_tests.oracle import Call, assert_csv_matches, expect
 
 AGENT_METRICS = dg.AssetKey("agent_metrics")
 CALLS = dg.AssetKey(CALLS_ASSET_NAME)
+LATE_CALLS_KEY = dg.AssetCheckKey(CALLS, LATE_CALLS_CHECK)
 # The days must have ended and sit inside the observation window, which follows the clock.
 TODAY = dt.datetime.now(dt.UTC).date()
 DAYS = [TODAY - dt.timedelta(days=offset) for offset in range(5, 0, -1)]
@@ -199,3 +200,23 @@ def test_a_late_call_older_than_the_window_is_reported_with_its_day(
     quiet = pipeline.observe(narrow)
     (evaluation,) = late_calls_evaluations(quiet)
     assert evaluation.passed, "reported once, not at every observation"
+
+
+def test_the_late_calls_check_run_by_hand_looks_since_its_newest_result(
+    published, clickhouse, calls_table, bucket
+):
+    pipeline, _ = published
+    narrow = project(clickhouse, calls_table, bucket, window_days=3)
+    pipeline.observe(narrow)  # the sensor's looks leave the newest result
+
+    insert_calls(clickhouse, calls_table, [late_call(DAYS[0])])
+    by_hand = dg.Definitions(
+        assets=narrow.assets,
+        asset_checks=narrow.asset_checks,
+        jobs=[dg.define_asset_job("by_hand", selection=dg.AssetSelection.checks(LATE_CALLS_KEY))],
+        resources=narrow.resources,
+    )
+    result = by_hand.resolve_job_def("by_hand").execute_in_process(instance=pipeline.instance)
+    (evaluation,) = result.get_asset_check_evaluations()
+    assert not evaluation.passed
+    assert evaluation.metadata["late_days"].value == [str(DAYS[0])]
