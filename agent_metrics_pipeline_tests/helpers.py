@@ -554,3 +554,25 @@ def latest_observations(
         limit=max(1, len(latest)),
     ).records
     return {record.partition_key: record.asset_observation for record in records if latest}
+
+
+def ended_owner_tag() -> str:
+    """The owner tag scratch names carry (``core.processes.owner_tag``) of a process that has
+    since exited."""
+    made = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from agent_metrics_pipeline.core.processes import owner_tag; print(owner_tag())",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return made.stdout.strip()
+
+
+def owner_tag_of(pid: int) -> str:
+    """The owner tag of running process ``pid``, read from /proc apart from the package."""
+    start = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    return f"{pid}.{start}-"

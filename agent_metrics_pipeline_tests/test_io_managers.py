@@ -32,12 +32,14 @@ from agent_metrics_pipeline.storage.s3 import S3CsvIOManager, TimedS3Resource
 from agent_metrics_pipeline_tests.helpers import (
     S3_TEST_REGION,
     build_asset,
+    ended_owner_tag,
     failure_message,
     free_port,
     insert_calls,
     key_for,
     materialize,
     measuring,
+    owner_tag_of,
     random_calls,
 )
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
@@ -340,22 +342,12 @@ def test_writing_a_day_sweeps_the_half_written_file_of_a_killed_run_only(
     day_folder = tmp_path / key_for(FIRST_DAY).rsplit("/", 1)[0]
     day_folder.mkdir(parents=True)
     # A run killed mid-write left this, named after its process (which has exited since).
-    ended = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from agent_metrics_pipeline.core.processes import owner_tag; print(owner_tag())",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    ended = ended_owner_tag()
     left = day_folder / f".tmp-{ended}half"
     left.write_bytes(b"agent_id,avg_call")
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as writer:
         try:
-            start = (Path(f"/proc/{writer.pid}/stat").read_text().rsplit(")", 1)[1].split())[19]
-            writing = day_folder / f".tmp-{writer.pid}.{start}-now"
+            writing = day_folder / f".tmp-{owner_tag_of(writer.pid)}now"
             writing.write_bytes(b"another run still writing this day")
             materialize(
                 clickhouse,

@@ -9,43 +9,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from agent_metrics_pipeline.core import processes
+from agent_metrics_pipeline_tests.helpers import ended_owner_tag, owner_tag_of
 
 PREFIX = "scratch-"
 
 
-def name_of_a_process_that_ended(tmp_path: Path) -> str:
-    """A scratch name made by a child process that has since exited."""
-    made = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from agent_metrics_pipeline.core.processes import owner_tag; print(owner_tag())",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return f"{PREFIX}{made.stdout.strip()}abc"
-
-
 def test_what_a_gone_process_left_is_swept_and_a_live_one_s_kept(tmp_path):
-    gone_folder = tmp_path / name_of_a_process_that_ended(tmp_path)
+    gone_folder = tmp_path / f"{PREFIX}{ended_owner_tag()}abc"
     gone_folder.mkdir()
     (gone_folder / "2026-11-20.parquet").write_bytes(b"staged")
-    gone_file = tmp_path / (name_of_a_process_that_ended(tmp_path) + ".csv")
+    gone_file = tmp_path / (f"{PREFIX}{ended_owner_tag()}abc" + ".csv")
     gone_file.write_bytes(b"half a day")
     mine = tmp_path / f"{PREFIX}{processes.owner_tag()}xyz"
     mine.mkdir()
     with subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) as sleeper:
         try:
-            start = processes._start_ticks(sleeper.pid)
-            live = tmp_path / f"{PREFIX}{sleeper.pid}.{start}-live"
+            tag = owner_tag_of(sleeper.pid)  # PID.START-
+            live = tmp_path / f"{PREFIX}{tag}live"
+            start = int(tag.removesuffix("-").split(".")[1])
             live.write_bytes(b"still writing")
             # The same pid with another start time is another process: its owner is gone.
-            reused = tmp_path / f"{PREFIX}{sleeper.pid}.{(start or 0) + 1}-reused"
+            reused = tmp_path / f"{PREFIX}{sleeper.pid}.{start + 1}-reused"
             reused.write_bytes(b"left by an earlier process of that pid")
             others = [tmp_path / "published.csv", tmp_path / f"{PREFIX}not-an-owner"]
             for other in others:
@@ -62,7 +48,7 @@ def test_what_a_gone_process_left_is_swept_and_a_live_one_s_kept(tmp_path):
 
 def test_a_scratch_folder_is_named_after_its_process_and_removed_on_exit(monkeypatch, tmp_path):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    left = tmp_path / name_of_a_process_that_ended(tmp_path)
+    left = tmp_path / f"{PREFIX}{ended_owner_tag()}abc"
     left.mkdir()
     with processes.scratch_folder(PREFIX) as folder:
         assert folder.name.startswith(f"{PREFIX}{os.getpid()}.")
