@@ -11,7 +11,6 @@ and no granule of the table; then after one late call, which fingerprints its da
 from __future__ import annotations
 
 import datetime as dt
-import json
 import statistics
 import time
 from dataclasses import dataclass
@@ -97,15 +96,14 @@ def measure(context: Context) -> Section:
 
 
 def work(calls_per_day: int, rounds: int) -> dict:
-    from agent_metrics_pipeline.core.names import OBSERVE_SENSOR_NAME
     from agent_metrics_pipeline.core.settings import Settings
     from agent_metrics_pipeline.observe.readings import read_parts
+    from agent_metrics_pipeline_tests.helpers import observe as observe_once
 
     defs = pipeline.definitions()
     clickhouse = pipeline.clickhouse_of(defs)
     first_day, _ = _window()
     source, seed_sec = seed_calls(clickhouse, calls_per_day, days=WINDOW_DAYS, first_day=first_day)
-    sensor = defs.get_sensor_def(OBSERVE_SENSOR_NAME)
     with clickhouse.get_client() as client:
         # Merges still running from the seeding would rewrite the days of their parts between
         # two observations: the observation rightly fingerprints those days again, and
@@ -113,26 +111,15 @@ def work(calls_per_day: int, rounds: int) -> dict:
         client.command(f"SYSTEM STOP MERGES {source.qualified_name}")
     parts = len(read_parts(clickhouse, source).modified)
 
-    cursors: dict[int, dict] = {}
+    cursors: dict[int, str | None] = {}
 
     def observe(instance: dg.DagsterInstance) -> float:
         """One due tick, its events recorded as the daemon records them."""
-        due = (
-            json.dumps({**cursors[id(instance)], "observed": None})
-            if id(instance) in cursors
-            else None
-        )
         started = time.perf_counter()
-        tick = sensor.evaluate_tick(
-            dg.build_sensor_context(
-                instance=instance, cursor=due, resources={"clickhouse": clickhouse}
-            )
-        )
-        for event in tick.asset_events:
-            instance.report_runless_asset_event(event)
+        tick = observe_once(defs, instance, clickhouse, cursors.get(id(instance)))
         seconds = time.perf_counter() - started
         assert "failed" not in (tick.skip_message or ""), tick.skip_message
-        cursors[id(instance)] = json.loads(tick.cursor)
+        cursors[id(instance)] = tick.cursor
         events.append(len(tick.asset_events))
         return seconds
 
