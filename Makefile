@@ -28,9 +28,10 @@ dev: sync  ## Checks the settings, then the Dagster UI on http://127.0.0.1:$(POR
 	echo "The Dagster UI opens on http://127.0.0.1:$(PORT) (Ctrl-C stops it)."; \
 	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev -p "$(PORT)" --log-level "$(LOG_LEVEL)" --code-server-log-level "$(LOG_LEVEL)"
 
-bench: sync  ## Every performance goal against baselines of the same run (about 20 minutes).
+bench: sync  ## Every performance goal against baselines of the same run (about 40 minutes).
 	$(UV) run --frozen python -m benchmarks.run --markdown benchmarks/results.md
 	$(UV) run --frozen python -m benchmarks.run --only range-memory --markdown benchmarks/results-range-memory.md
+	$(UV) run --frozen python -m benchmarks.run --only history --markdown benchmarks/results-history.md
 
 image-test: sync  ## Build the image and run a day through it: code location, daemon and webserver in containers (root, podman; about 4 minutes, 2 the second time).
 	$(UV) run --frozen python deploy/image_test.py

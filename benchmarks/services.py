@@ -1,5 +1,5 @@
 """The servers a run starts for itself, on loopback, and stops: moto's S3 server, the project's
-ClickHouse HTTP stand-in, and ``dagster dev`` (webserver and daemon)."""
+ClickHouse HTTP stand-in, ``dagster dev`` (webserver and daemon) and the webserver alone."""
 
 from __future__ import annotations
 
@@ -106,6 +106,14 @@ def dagster_dev(env: Mapping[str, str], folder: Path) -> Iterator[str]:
     command = ["dagster", "dev", "-m", "agent_metrics_pipeline.definitions"]
     with dagster_ui(command, dict(env), folder) as base:
         yield f"{base}/graphql"
+
+
+@contextmanager
+def dagster_webserver(env: Mapping[str, str], folder: Path) -> Iterator[str]:
+    """The UI alone (no daemon) on a free loopback port; yields its base URL."""
+    command = ["dagster-webserver", "-m", "agent_metrics_pipeline.definitions"]
+    with dagster_ui(command, dict(env), folder) as base:
+        yield base
 
 
 def _answers(url: str) -> bool:
