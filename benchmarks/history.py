@@ -74,14 +74,19 @@ def build(dagster_home: str, days: int, recorded: dict) -> float:
     memory = Path("/dev/shm")
     with tempfile.TemporaryDirectory(dir=memory if memory.is_dir() else None) as scratch:
         filled = Path(scratch) / "home"
-        _fill(filled, days, recorded)
+        fill(str(filled), days, recorded)
         shutil.copytree(filled, dagster_home)
     return time.perf_counter() - started
 
 
-def _fill(home: Path, days: int, recorded: dict) -> None:
+def fill(
+    dagster_home: str, days: int, recorded: dict, settings: str = str(DEV_INSTANCE_SETTINGS)
+) -> None:
+    """Fill a new instance in ``dagster_home``, of the instance ``settings`` given (the
+    development instance's by default), with ``days`` published days ending yesterday."""
+    home = Path(dagster_home)
     home.mkdir(parents=True)
-    shutil.copy(DEV_INSTANCE_SETTINGS, home / "dagster.yaml")
+    shutil.copy(settings, home / "dagster.yaml")
     defs = pipeline.definitions()
     real = pipeline.agent_metrics(defs)
     calls = next(a for a in defs.assets or () if getattr(a, "key", None) == _calls_key())

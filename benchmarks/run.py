@@ -26,6 +26,8 @@ Goals (each row of the table says how it is measured; ``benchmarks/goals/`` has 
    partitions and the Runs page, one observation and one republish evaluation, each ≤ 1.5× one
    month (not in the default run: it fills the three-year instance for about 6 minutes;
    ``--only history``).
+10. capacity: what a published day adds to the instance on SQLite and on PostgreSQL (no
+    target: the figures of docs/operating.md, "Capacity").
 
 Plus ``profile``: py-spy over a one-day materialize at 10 M calls.
 
@@ -68,6 +70,7 @@ GOALS = {
     "memory-limit": ("7", "benchmarks.goals.memory_limit"),
     "observation": ("8", "benchmarks.goals.observation"),
     "history": ("9", "benchmarks.goals.history"),
+    "capacity": ("10", "benchmarks.goals.capacity"),
 }
 NOT_IN_DEFAULT_RUN = {"range-memory", "memory-limit", "history"}
 

@@ -28,6 +28,8 @@ from benchmarks.seeding import table_for
 GOAL = "9"
 TARGET_RATIO = 1.5
 WINDOW_DAYS = 30
+# What a day leaves in the instance does not depend on its calls: a small window is seeded.
+CALLS_PER_DAY = 20_000
 CHECK = "no_nulls"
 # Operations answered this fast at both sizes are counted, not listed.
 QUICK_SEC = 0.02
@@ -63,7 +65,6 @@ def _pages() -> tuple[ui.Page, ...]:
 class Params:
     long_days: int
     rounds: int
-    calls_per_day: int = 20_000
 
 
 FULL = Params(long_days=1095, rounds=5)
@@ -72,16 +73,8 @@ QUICK = Params(long_days=120, rounds=2)
 
 def measure(context: Context) -> Section:
     params = QUICK if context.quick else FULL
-    first_window_day = yesterday() - dt.timedelta(days=WINDOW_DAYS - 1)
-    source = table_for(params.calls_per_day, WINDOW_DAYS, first_day=first_window_day)
-    env = {
-        **context.embedded_env(source),
-        "AGENT_METRICS_START_DATE": (yesterday() - dt.timedelta(days=params.long_days)).isoformat(),
-        "AGENT_METRICS_OBSERVE_WINDOW_DAYS": str(WINDOW_DAYS),
-    }
-    recorded = run_worker(
-        "benchmarks.goals.history:record", {"calls_per_day": params.calls_per_day}, env
-    ).value
+    env = goal_env(context, params.long_days)
+    recorded = run_worker("benchmarks.goals.history:record", {}, env).value
     folder = context.subfolder("history")
     homes = {"month": folder / "month", "years": folder / "years"}
     sizes = {"month": WINDOW_DAYS, "years": params.long_days}
@@ -98,7 +91,19 @@ def measure(context: Context) -> Section:
     return _section(params, sizes, build_sec, ticks, operations, settle, homes)
 
 
-def record(calls_per_day: int) -> dict:
+def goal_env(context: Context, long_days: int) -> dict[str, str]:
+    """The workers' settings: the seeded window as the source, partitions from ``long_days``
+    before yesterday."""
+    first_window_day = yesterday() - dt.timedelta(days=WINDOW_DAYS - 1)
+    source = table_for(CALLS_PER_DAY, WINDOW_DAYS, first_day=first_window_day)
+    return {
+        **context.embedded_env(source),
+        "AGENT_METRICS_START_DATE": (yesterday() - dt.timedelta(days=long_days)).isoformat(),
+        "AGENT_METRICS_OBSERVE_WINDOW_DAYS": str(WINDOW_DAYS),
+    }
+
+
+def record(calls_per_day: int = CALLS_PER_DAY) -> dict:
     """Seed the observed window and capture what the pipeline records of a day."""
     from benchmarks import history, pipeline
     from benchmarks.seeding import seed_calls
