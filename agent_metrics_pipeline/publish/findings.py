@@ -97,6 +97,7 @@ class Verdict:
     day: dt.date
     passed: bool
     severity: dg.AssetCheckSeverity
+    description: str
     metadata: dict[str, dg.RawMetadataValue]
 
     @property
@@ -122,9 +123,7 @@ class Verdict:
             partition=self.day.isoformat(),
             severity=self.severity,
             blocking=self.severity == ERROR,
-            # No description: the check's spec has it, and the UI shows it from there. Repeated
-            # in every day's evaluation, Dagster stores it three times in each (the evaluation,
-            # its message, and the message for the user).
+            description=self.description,
             metadata=self.metadata,
             target_materialization_data=target,
         )
@@ -155,6 +154,7 @@ class Check:
             day=day,
             passed=not finding.failing_days,
             severity=self.severity,
+            description=self.description,
             metadata=finding.metadata,
         )
 
