@@ -204,10 +204,12 @@ def test_range_run_writes_the_bytes_of_single_day_runs(
     monkeypatch.setattr(ClickHouseSession, "query_polars", counting_query)
     result = materialize(clickhouse, settings, bucket.io_manager(), str(days[0]), str(days[-1]))
     # The source's engine, from the server's table metadata; the calls of each day of the
-    # range, in one query; the first day alone (which tells how many rows a call makes), then
-    # the rest of the range in one query: not one query per day.
+    # range and of the same weekdays in the four weeks before (their usual volume), in one
+    # query; the first day alone (which tells how many rows a call makes), then the rest of the
+    # range in one query: not one query per day.
     assert queries[0] == {"database": calls_table.database, "table": calls_table.table}
-    assert days_counted(texts[1]) == [str(day) for day in days]
+    weeks_before = {day - dt.timedelta(days=7 * week) for day in days for week in range(1, 5)}
+    assert days_counted(texts[1]) == sorted(str(day) for day in {*days, *weeks_before})
     # Each chunk's metrics query counts calls with a status spelled like a counted one (the
     # random calls have "answered"), whose statuses a second query of the chunk then names.
     assert [(q["window_start"][:10], q["window_end"][:10]) for q in queries[2:]] == [
@@ -333,8 +335,12 @@ def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
         chunking=Chunking(max_days_per_query=3),
     )
     *metrics, samples = windows
-    assert [day for query in counted_days for day in query] == [str(day) for day in days]
-    assert counted_days[1] == [str(day) for day in days], "the calls of every day, one query"
+    # The calls of every day and of the same weekdays in the four weeks before (their usual
+    # volume), in one query.
+    weeks_before = {day - dt.timedelta(days=7 * week) for day in days for week in range(1, 5)}
+    counted = sorted(str(day) for day in {*days, *weeks_before})
+    assert [day for query in counted_days for day in query] == counted
+    assert counted_days[1] == counted, "the calls of every day, one query"
     # The first day alone tells how many rows a call makes; then three days at a time.
     assert metrics == [
         ("2026-11-10", "2026-11-11"),

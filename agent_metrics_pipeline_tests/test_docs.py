@@ -38,6 +38,7 @@ READER_METHODS = {
     "number",
     "url",
     "date",
+    "dates",
     "items",
     "cron",
     "owners",

@@ -86,6 +86,18 @@ class Environment:
                 raise ConfigError(f"{name}={value!r} must be a date like 2025-01-01") from None
         return value
 
+    def dates(self, name: str) -> tuple[dt.date, ...] | None:
+        """A comma-separated list of dates."""
+        items = self.items(name)
+        if items is None:
+            return None
+        try:
+            return tuple(sorted({dt.date.fromisoformat(item) for item in items}))
+        except ValueError:
+            raise ConfigError(
+                f"{name} must list dates like 2025-12-25,2026-01-01, separated by commas"
+            ) from None
+
     def items(self, name: str) -> tuple[str, ...] | None:
         """A comma-separated list; set but holding no item is an error."""
         value = self.text(name)

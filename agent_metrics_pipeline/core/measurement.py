@@ -7,6 +7,7 @@ measured is a change of the definitions, visible in the UI, not run configuratio
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -110,6 +111,25 @@ def parse_column_mapping(text: str) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
+class UsualVolume:
+    """When a day is partial: its calls, as stored, against the median of the same weekday in
+    the ``weeks`` before it; below ``min_share`` of it the ``usual_volume`` check fails, and
+    with ``hold_back`` the day is not published. ``quiet_days`` are known to be quiet."""
+
+    min_share: float = 0.5
+    weeks: int = 4
+    hold_back: bool = False
+    quiet_days: tuple[dt.date, ...] = ()
+    # Set for one run by an operator (the run tag PUBLISH_PARTIAL_TAG): the day is published
+    # whatever its volume.
+    published_on_purpose: bool = False
+
+    def reference_days(self, day: dt.date) -> list[dt.date]:
+        """The same weekday in each of the weeks before ``day``, newest first."""
+        return [day - dt.timedelta(weeks=week) for week in range(1, self.weeks + 1)]
+
+
+@dataclass(frozen=True)
 class Measurement:
     """What is measured: which calls of which table count, and the bounds the checks apply."""
 
@@ -121,6 +141,7 @@ class Measurement:
     duplicate_calls: DuplicateCallsPolicy = DuplicateCallsPolicy.IGNORE
     read_final: ReadFinalPolicy = ReadFinalPolicy.AUTO
     spreadsheet_safety: SpreadsheetSafety = SpreadsheetSafety.WARN
+    usual_volume: UsualVolume = field(default_factory=UsualVolume)
 
     def __post_init__(self) -> None:
         if not self.statuses:
@@ -153,6 +174,11 @@ class Measurement:
             "duplicate_calls_policy": self.duplicate_calls.value,
             "read_final": self.read_final.value,
             "spreadsheet_safety": self.spreadsheet_safety.value,
+            "usual_volume": (
+                f"at least {self.usual_volume.min_share:g} of the median of the same weekday "
+                f"over {self.usual_volume.weeks} weeks; "
+                + ("held back below it" if self.usual_volume.hold_back else "flagged below it")
+            ),
         }
 
 

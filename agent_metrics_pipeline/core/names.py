@@ -22,3 +22,6 @@ RANGE_END_TAG = "dagster/asset_partition_range_end"
 DEFAULT_S3_PREFIX = "agent_metrics"
 # How many call or agent ids a check's metadata shows, of each kind.
 SAMPLE_SIZE = 5
+# A run tagged with this, set to "true", publishes its days whatever their volume: an operator's
+# way to publish a day held back as partial (AGENT_METRICS_HOLD_BACK_PARTIAL_DAYS).
+PUBLISH_PARTIAL_TAG = "agent_metrics/publish_partial_day"

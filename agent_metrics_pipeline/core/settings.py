@@ -28,6 +28,7 @@ from agent_metrics_pipeline.core.measurement import (
     ReadFinalPolicy,
     SourceTable,
     SpreadsheetSafety,
+    UsualVolume,
     parse_column_mapping,
 )
 from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
@@ -138,6 +139,16 @@ class Settings:
                 spreadsheet_safety=env.choice(
                     "AGENT_METRICS_SPREADSHEET_SAFETY", SpreadsheetSafety
                 ),
+            ),
+            usual_volume=UsualVolume(
+                **given(
+                    min_share=env.number(
+                        "AGENT_METRICS_USUAL_VOLUME_MIN_SHARE", float, minimum=0.0, maximum=1.0
+                    ),
+                    weeks=env.number("AGENT_METRICS_USUAL_VOLUME_WEEKS", int, minimum=2),
+                    hold_back=env.flag("AGENT_METRICS_HOLD_BACK_PARTIAL_DAYS"),
+                    quiet_days=env.dates("AGENT_METRICS_QUIET_DAYS"),
+                )
             ),
         )
         chunking = Chunking(

@@ -40,14 +40,24 @@ class SourceChangedSinceMaterialization(dg.AutomationCondition):
 
 
 def republish_changed_days(window_days: int) -> dg.AutomationCondition:
-    """Published days of the window whose source changed, not already running; a day whose
-    run failed waits for its source to change again rather than failing every tick."""
-    return (
-        dg.AutomationCondition.in_latest_time_window(dt.timedelta(days=window_days))
-        & ~dg.AutomationCondition.missing()
-        & ~dg.AutomationCondition.in_progress()
+    """Days of the window whose source changed, not already running: a published day whose
+    fingerprint changed since it was published (one whose run failed waits for its source to
+    change again rather than failing every tick), and a day never published whose last run failed
+    (a day held back as partial) once its calls change."""
+    published_and_changed = (
+        ~dg.AutomationCondition.missing()
         & (~dg.AutomationCondition.execution_failed() | dg.AutomationCondition.any_deps_updated())
         & SourceChangedSinceMaterialization()
+    )
+    held_back_and_changed = (
+        dg.AutomationCondition.missing()
+        & dg.AutomationCondition.execution_failed()
+        & dg.AutomationCondition.any_deps_updated()
+    )
+    return (
+        dg.AutomationCondition.in_latest_time_window(dt.timedelta(days=window_days))
+        & ~dg.AutomationCondition.in_progress()
+        & (published_and_changed | held_back_and_changed)
     ).with_label("republish_changed_days")
 
 

@@ -1,20 +1,27 @@
 """The ``agent_metrics`` asset: per-agent call metrics for each day, from ClickHouse."""
 
+import dataclasses
 import datetime as dt
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
 
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Chunking, Measurement
-from agent_metrics_pipeline.core.names import ASSET_NAME, CSV_IO_MANAGER_KEY, GROUP_NAME
+from agent_metrics_pipeline.core.names import (
+    ASSET_NAME,
+    CSV_IO_MANAGER_KEY,
+    GROUP_NAME,
+    PUBLISH_PARTIAL_TAG,
+)
 from agent_metrics_pipeline.core.partitions import days_of, format_days
 from agent_metrics_pipeline.core.processes import scratch_folder
 from agent_metrics_pipeline.publish.checks import check_specs
 from agent_metrics_pipeline.publish.findings import format_failures, record_verdicts
 from agent_metrics_pipeline.publish.reading import read_days
+from agent_metrics_pipeline.publish.usual_volume import held_back
 from agent_metrics_pipeline.storage.published_format import published_schema
 from agent_metrics_pipeline.storage.staged_days import StagedDays
 
@@ -88,7 +95,13 @@ def build_agent_metrics_asset(
                 staged = StagedDays(staging_folder)
                 with clickhouse.session() as session:
                     run = read_days(
-                        context.log, session, measurement, partitions_def, days, chunking, staged
+                        context.log,
+                        session,
+                        _for_this_run(measurement, context.run.tags),
+                        partitions_def,
+                        days,
+                        chunking,
+                        staged,
                     )
                 # A failed blocking check must stop publication here: once the Output is
                 # yielded, Dagster hands it to the IO manager whatever the checks said.
@@ -96,6 +109,7 @@ def build_agent_metrics_asset(
                     yield from record_verdicts(context, run.verdicts, published=False)
                     raise dg.Failure(
                         description=(
+                            f"{held_back(run.blocking)}"
                             f"Nothing published for {format_days(days)}: failed checks "
                             f"{format_failures(run.blocking)}. Each day's check results hold "
                             "counts and sample ids. Fix the source rows, or the check's knob "
@@ -111,6 +125,16 @@ def build_agent_metrics_asset(
             yield from record_verdicts(context, run.verdicts, published=True)
 
     return agent_metrics
+
+
+def _for_this_run(measurement: Measurement, tags: Mapping[str, str]) -> Measurement:
+    """The measurement, with the operator's override when the run carries it."""
+    if tags.get(PUBLISH_PARTIAL_TAG, "").strip().lower() != "true":
+        return measurement
+    return dataclasses.replace(
+        measurement,
+        usual_volume=dataclasses.replace(measurement.usual_volume, published_on_purpose=True),
+    )
 
 
 def _run_days(context: dg.AssetExecutionContext) -> list[dt.date]:

@@ -1,11 +1,8 @@
 """Data-quality checks on ``agent_metrics``, computed in-step, before anything is published.
 
-Each check is one small function from what the step holds (the metrics frame and the source
-counts of the same scan) to a :class:`Finding`: the days that fail it and metadata a person can
-act on. Every day of a run gets its own evaluation of every check, with that day's counts and
-sample ids, recorded against that day's partition. ERROR checks block publication: if one fails
-on any day, the asset records every evaluation and fails the run without handing the frame to
-the IO manager. WARN checks publish but flag.
+Each check is one small function from what the step holds to a :class:`Finding` (the days that
+fail it, and metadata to act on), recorded against each day's partition. ERROR checks block
+publication: if one fails on any day, the run records every evaluation and publishes nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +17,7 @@ from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy, Measurement
 from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.core.partitions import keys_of
+from agent_metrics_pipeline.publish import usual_volume
 from agent_metrics_pipeline.publish.findings import (
     ERROR,
     WARN,
@@ -231,6 +229,11 @@ def spreadsheet_safe_agent_ids(evidence: Evidence) -> Finding:
     )
 
 
+def usual_days(evidence: Evidence) -> Finding:
+    (day,), held = evidence.days, evidence.calls_held
+    return Finding(*usual_volume.judge(day, held, evidence.measurement.usual_volume))
+
+
 CHECKS = (
     Check(
         NO_NULLS,
@@ -307,18 +310,22 @@ CHECKS = (
         "them with a leading apostrophe).",
         spreadsheet_safe_agent_ids,
     ),
+    Check(usual_volume.USUAL_VOLUME, WARN, usual_volume.DESCRIPTION, usual_days),
 )
 CHECK_DESCRIPTIONS = {check.name: check.description for check in CHECKS}
-# Blocking by default; AGENT_METRICS_DUPLICATE_CALLS=fail adds no_duplicate_call_ids.
+# Blocking by default (settings add no_duplicate_call_ids and usual_volume: checks_for).
 BLOCKING_CHECKS = tuple(check.name for check in CHECKS if check.severity == ERROR)
 
 
 def checks_for(measurement: Measurement) -> tuple[Check, ...]:
     """The checks, at the severities ``measurement`` asks for."""
-    if measurement.duplicate_calls is not DuplicateCallsPolicy.FAIL:
-        return CHECKS
+    blocking = set()
+    if measurement.duplicate_calls is DuplicateCallsPolicy.FAIL:
+        blocking.add(NO_DUPLICATE_CALL_IDS)
+    if measurement.usual_volume.hold_back:
+        blocking.add(usual_volume.USUAL_VOLUME)
     return tuple(
-        dataclasses.replace(check, severity=ERROR) if check.name == NO_DUPLICATE_CALL_IDS else check
+        dataclasses.replace(check, severity=ERROR) if check.name in blocking else check
         for check in CHECKS
     )
 
@@ -328,8 +335,7 @@ def check_specs(
 ) -> list[dg.AssetCheckSpec]:
     """One spec per check, per day: each day's status shows on its own in the UI."""
     with warnings.catch_warnings():
-        # Per-partition checks are a preview in 1.13 (pinned); the check tests pin their
-        # behaviour.
+        # Per-partition checks are a preview in 1.13 (pinned); the check tests pin them.
         warnings.simplefilter("ignore", dg.PreviewWarning)
         return [check.spec(asset_name, partitions_def) for check in checks_for(measurement)]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -40,6 +40,9 @@ class Evidence:
     statuses: pl.DataFrame
     days: Sequence[dt.date]
     measurement: Measurement
+    # The calls the source stores on each of the run's days and on the days their usual volume
+    # comes from, any status.
+    calls_held: Mapping[dt.date, int] = dataclasses.field(default_factory=dict)
 
     def for_day(self, day: dt.date) -> Evidence:
         """What concerns ``day``: its rows, counts and samples, and any row dated outside the
@@ -50,6 +53,7 @@ class Evidence:
             statuses=self.statuses.filter(pl.col("date") == day),
             days=[day],
             measurement=self.measurement,
+            calls_held=self.calls_held,
         )
 
 

@@ -37,6 +37,7 @@ from agent_metrics_pipeline.publish.queries import (
     build_samples_query,
     build_status_variants_query,
 )
+from agent_metrics_pipeline.publish.usual_volume import days_to_count
 from agent_metrics_pipeline.storage.published_format import metrics_for_day
 from agent_metrics_pipeline.storage.staged_days import StagedDays
 
@@ -87,14 +88,22 @@ def read_days(
             f"{measurement.source.database}.{measurement.source.table} is a "
             f"{relation.engine or 'relation'}: reading each row's latest version (FINAL)"
         )
-    calls_per_day = calls_held_per_day(session, measurement, partitions_def, days, relation)
+    counted_days = days_to_count(days, measurement.usual_volume)
+    calls_per_day = calls_held_per_day(session, measurement, partitions_def, counted_days, relation)
     chunker = Chunker(days, calls_per_day, chunking)
     run = RunReading()
     for chunk in chunker:
         reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
         chunker.learn(chunk, reading.rows_read)
         verdicts = evaluate_checks(
-            Evidence(reading.metrics, reading.quality, reading.statuses, chunk.days, measurement)
+            Evidence(
+                reading.metrics,
+                reading.quality,
+                reading.statuses,
+                chunk.days,
+                measurement,
+                calls_per_day,
+            )
         )
         run.verdicts += verdicts
         for day in chunk.days:
