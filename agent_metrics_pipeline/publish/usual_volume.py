@@ -73,8 +73,9 @@ def held_back(verdicts: Sequence[Verdict]) -> str:
         for v in failed
     ]
     return (
-        f"Held back as partial: {'; '.join(parts)}. It is published when its calls arrive (the "
-        f"observation finds the change), or now with the run tag {PUBLISH_PARTIAL_TAG}=true. "
+        f"Held back as partial: {'; '.join(parts)}. A day held back is published when its calls "
+        f"arrive (the observation finds the change), or now with the run tag "
+        f"{PUBLISH_PARTIAL_TAG}=true. "
     )
 
 
