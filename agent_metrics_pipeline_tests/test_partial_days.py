@@ -3,7 +3,6 @@ arrive, and then published by the republication path."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import statistics
 
@@ -11,20 +10,12 @@ import dagster as dg
 import pytest
 
 from agent_metrics_pipeline.core.measurement import UsualVolume
-from agent_metrics_pipeline.core.names import CSV_IO_MANAGER_KEY, JOB_NAME, PUBLISH_PARTIAL_TAG
-from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.definitions import build_definitions
+from agent_metrics_pipeline.core.names import JOB_NAME, PUBLISH_PARTIAL_TAG
 from agent_metrics_pipeline.publish.usual_volume import USUAL_VOLUME
-from agent_metrics_pipeline_tests.helpers import (
-    insert_calls,
-    key_for,
-    measuring,
-    observe,
-    random_calls,
-)
+from agent_metrics_pipeline_tests.helpers import insert_calls, key_for, random_calls
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
+from agent_metrics_pipeline_tests.test_sources import Pipeline, project
 
-AGENT_METRICS = dg.AssetKey("agent_metrics")
 TODAY = dt.datetime.now(dt.UTC).date()
 # Inside the observation window, which follows the clock, as the republication path needs.
 DAY = TODAY - dt.timedelta(days=2)
@@ -40,41 +31,18 @@ def the_day_and_its_weeks(seed: int = 3):
     return references, random_calls(DAY, days=1, calls_per_day=100, seed=seed)
 
 
-class Project:
-    def __init__(self, clickhouse, calls_table, bucket, **usual_volume) -> None:
-        measurement = dataclasses.replace(
-            measuring(calls_table), usual_volume=UsualVolume(**usual_volume)
-        )
-        built = build_definitions(
-            Settings(start_date=str(DAY - dt.timedelta(days=60)), measurement=measurement)
-        )
-        self.defs = dg.Definitions(
-            assets=built.assets,
-            asset_checks=built.asset_checks,
-            jobs=built.jobs,
-            sensors=built.sensors,
-            resources={"clickhouse": clickhouse, CSV_IO_MANAGER_KEY: bucket.io_manager()},
-        )
-        self.clickhouse = clickhouse
-        self.instance = dg.DagsterInstance.ephemeral()
-        self.observation_cursor = None
-        self.automation_cursor = None
+def held_back_or_flagged(clickhouse, calls_table, bucket, **usual_volume) -> Pipeline:
+    return Pipeline(
+        project(clickhouse, calls_table, bucket, usual_volume=UsualVolume(**usual_volume))
+    )
 
-    def run(self, day: dt.date, tags: dict[str, str] | None = None) -> dg.ExecuteInProcessResult:
-        return self.defs.resolve_job_def(JOB_NAME).execute_in_process(
-            partition_key=str(day), instance=self.instance, tags=tags, raise_on_error=False
-        )
 
-    def observe(self) -> None:
-        tick = observe(self.defs, self.instance, self.clickhouse, self.observation_cursor)
-        self.observation_cursor = tick.cursor
-
-    def requested(self) -> list[str]:
-        result = dg.evaluate_automation_conditions(
-            defs=self.defs, instance=self.instance, cursor=self.automation_cursor
-        )
-        self.automation_cursor = result.cursor
-        return sorted(result.get_requested_partitions(AGENT_METRICS))
+def run(
+    pipeline: Pipeline, day: dt.date, tags: dict[str, str] | None = None
+) -> dg.ExecuteInProcessResult:
+    return pipeline.defs.resolve_job_def(JOB_NAME).execute_in_process(
+        partition_key=str(day), instance=pipeline.instance, tags=tags, raise_on_error=False
+    )
 
 
 def evaluation_of(result: dg.ExecuteInProcessResult, day: dt.date) -> dg.AssetCheckEvaluation:
@@ -96,9 +64,9 @@ def test_a_day_below_half_its_usual_volume_is_flagged_and_published(
     references, day_calls = the_day_and_its_weeks()
     partial = day_calls[:40]
     insert_calls(clickhouse, calls_table, [*references, *partial])
-    project = Project(clickhouse, calls_table, bucket)
+    pipeline = held_back_or_flagged(clickhouse, calls_table, bucket)
 
-    result = project.run(DAY)
+    result = run(pipeline, DAY)
     assert result.success
     verdict = evaluation_of(result, DAY)
     assert not verdict.passed and verdict.severity == dg.AssetCheckSeverity.WARN
@@ -111,27 +79,27 @@ def test_a_day_below_half_its_usual_volume_is_flagged_and_published(
 def test_a_held_back_day_is_published_once_its_calls_arrive(clickhouse, calls_table, bucket):
     references, day_calls = the_day_and_its_weeks()
     insert_calls(clickhouse, calls_table, [*references, *day_calls[:40]])
-    project = Project(clickhouse, calls_table, bucket, hold_back=True)
-    project.observe()
+    pipeline = held_back_or_flagged(clickhouse, calls_table, bucket, hold_back=True)
+    pipeline.observe()
 
-    result = project.run(DAY)
+    result = run(pipeline, DAY)
     assert not result.success
     message = result.failure_data_for_node("agent_metrics").error.message
     assert f"{DAY} holds {share_of_usual(40):.0%} of its usual calls" in message
     assert "published when its calls arrive" in message
     assert key_for(DAY) not in bucket.keys()
-    project.observe()
-    assert project.requested() == [], "an unchanged held-back day is not run again"
+    pipeline.observe()
+    assert pipeline.requested() == [], "an unchanged held-back day is not run again"
 
     insert_calls(clickhouse, calls_table, day_calls[40:])
-    project.observe()
-    assert project.requested() == [str(DAY)]
-    assert project.run(DAY).success
+    pipeline.observe()
+    assert pipeline.requested() == [str(DAY)]
+    assert run(pipeline, DAY).success
     held_back_then_published = bucket.get(key_for(DAY))
     assert_csv_matches(held_back_then_published, expected_metrics(day_calls)[DAY], DAY)
 
-    complete = Project(clickhouse, calls_table, bucket, hold_back=True)
-    assert complete.run(DAY).success
+    complete = held_back_or_flagged(clickhouse, calls_table, bucket, hold_back=True)
+    assert run(complete, DAY).success
     assert bucket.get(key_for(DAY)) == held_back_then_published
 
 
@@ -142,10 +110,12 @@ def test_a_partial_day_is_not_held_back_when(why, clickhouse, calls_table, bucke
         references = [c for c in references if c.started_at.date() == DAY - dt.timedelta(weeks=1)]
     insert_calls(clickhouse, calls_table, [*references, *day_calls[:40]])
     quiet = (DAY,) if why == "listed as quiet" else ()
-    project = Project(clickhouse, calls_table, bucket, hold_back=True, quiet_days=quiet)
+    pipeline = held_back_or_flagged(
+        clickhouse, calls_table, bucket, hold_back=True, quiet_days=quiet
+    )
     tags = {PUBLISH_PARTIAL_TAG: "true"} if why == "published on purpose" else None
 
-    result = project.run(DAY, tags)
+    result = run(pipeline, DAY, tags)
     assert result.success
     verdict = evaluation_of(result, DAY)
     assert verdict.passed

@@ -36,11 +36,13 @@ TODAY = dt.datetime.now(dt.UTC).date()
 DAYS = [TODAY - dt.timedelta(days=offset) for offset in range(5, 0, -1)]
 
 
-def project(clickhouse, calls_table, bucket, window_days: int = 30) -> dg.Definitions:
+def project(
+    clickhouse, calls_table, bucket, window_days: int = 30, **measurement
+) -> dg.Definitions:
     built = build_definitions(
         Settings(
             start_date=str(DAYS[0] - dt.timedelta(days=60)),
-            measurement=measuring(calls_table),
+            measurement=measuring(calls_table, **measurement),
             observe_window_days=window_days,
         )
     )
