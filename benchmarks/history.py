@@ -20,15 +20,20 @@ import dagster as dg
 from dagster import deserialize_value, serialize_value
 
 from agent_metrics_pipeline.core.names import ASSET_NAME, CALLS_ASSET_NAME
+from agent_metrics_pipeline.observe.readings import DATA_VERSION_TAG
 from agent_metrics_pipeline_tests.helpers import DEV_INSTANCE_SETTINGS, observe
 from benchmarks import pipeline
 
-DATA_VERSION_TAG = "dagster/data_version"
+CALLS = dg.AssetKey(CALLS_ASSET_NAME)
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 def yesterday() -> dt.date:
     return dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
 def capture(window_days: int) -> dict:
@@ -89,7 +94,7 @@ def fill(
     shutil.copy(settings, home / "dagster.yaml")
     defs = pipeline.definitions()
     real = pipeline.agent_metrics(defs)
-    calls = next(a for a in defs.assets or () if getattr(a, "key", None) == _calls_key())
+    calls = next(a for a in defs.assets or () if getattr(a, "key", None) == CALLS)
     replay = _replaying_asset(real, deserialize_value(recorded["metadata"], dict), recorded)
     observations = (
         deserialize_value(text, dg.AssetObservation) for text in recorded["observations"]
@@ -107,10 +112,6 @@ def fill(
                 resources={"clickhouse": defs.resources["clickhouse"], "recorded": _nowhere},
                 run_config=QUIET_LOGS,
             )
-
-
-def _calls_key() -> dg.AssetKey:
-    return dg.AssetKey(CALLS_ASSET_NAME)
 
 
 def _days(days: int) -> Iterator[str]:
@@ -160,7 +161,7 @@ def _replaying_asset(
         name=ASSET_NAME,
         partitions_def=real.partitions_def,
         check_specs=list(real.check_specs),
-        deps=[_calls_key()],
+        deps=[CALLS],
         io_manager_key="recorded",
     )
     def agent_metrics(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks.context import Context
 from benchmarks.goals.history import WINDOW_DAYS, goal_env
+from benchmarks.history import folder_bytes
 from benchmarks.processes import REPO_ROOT, run_worker
 from benchmarks.report import Row, Section
 
@@ -64,7 +65,7 @@ def _sqlite_bytes(env: dict[str, str], home: Path, days: int, recorded: dict) ->
         env,
         timeout=3600,
     )
-    return sum(path.stat().st_size for path in home.rglob("*") if path.is_file())
+    return folder_bytes(home)
 
 
 def _postgres_bytes(

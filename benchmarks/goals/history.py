@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks import ui_operations as ui
 from benchmarks.context import Context
-from benchmarks.history import yesterday
+from benchmarks.history import folder_bytes, yesterday
 from benchmarks.processes import finish_worker, run_worker, spawn_worker
 from benchmarks.report import Row, Section
 from benchmarks.seeding import table_for
@@ -94,8 +94,7 @@ def measure(context: Context) -> Section:
 def goal_env(context: Context, long_days: int) -> dict[str, str]:
     """The workers' settings: the seeded window as the source, partitions from ``long_days``
     before yesterday."""
-    first_window_day = yesterday() - dt.timedelta(days=WINDOW_DAYS - 1)
-    source = table_for(CALLS_PER_DAY, WINDOW_DAYS, first_day=first_window_day)
+    source = table_for(CALLS_PER_DAY, WINDOW_DAYS, first_day=_first_window_day())
     return {
         **context.embedded_env(source),
         "AGENT_METRICS_START_DATE": (yesterday() - dt.timedelta(days=long_days)).isoformat(),
@@ -103,14 +102,19 @@ def goal_env(context: Context, long_days: int) -> dict[str, str]:
     }
 
 
-def record(calls_per_day: int = CALLS_PER_DAY) -> dict:
+def _first_window_day() -> dt.date:
+    return yesterday() - dt.timedelta(days=WINDOW_DAYS - 1)
+
+
+def record() -> dict:
     """Seed the observed window and capture what the pipeline records of a day."""
     from benchmarks import history, pipeline
     from benchmarks.seeding import seed_calls
 
-    first_day = yesterday() - dt.timedelta(days=WINDOW_DAYS - 1)
     clickhouse = pipeline.clickhouse_of(pipeline.definitions())
-    source, _ = seed_calls(clickhouse, calls_per_day, days=WINDOW_DAYS, first_day=first_day)
+    source, _ = seed_calls(
+        clickhouse, CALLS_PER_DAY, days=WINDOW_DAYS, first_day=_first_window_day()
+    )
     with clickhouse.get_client() as client:
         # A merge would change a day's parts between two observations (see goal 8).
         client.command(f"SYSTEM STOP MERGES {source.qualified_name}")
@@ -230,7 +234,7 @@ def _section(params, sizes, build_sec, ticks, operations, settle, homes) -> Sect
     for name, label in TICKS.items():
         rows.append(Row(GOAL, f"{label}, one month", ticks["month"][name]))
         rows.append(_ratio_row(f"{label}, {years}", {k: ticks[k][name] for k in ticks}))
-    sizes_mb = {name: _size(home) / 2**20 for name, home in homes.items()}
+    sizes_mb = {name: folder_bytes(home) / 2**20 for name, home in homes.items()}
     return Section(
         rows=rows,
         notes=[
@@ -243,7 +247,3 @@ def _section(params, sizes, build_sec, ticks, operations, settle, homes) -> Sect
             f"{statistics.median(ticks['years']['recorded']):g} event(s).",
         ],
     )
-
-
-def _size(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
