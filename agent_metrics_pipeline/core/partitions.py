@@ -32,19 +32,50 @@ class DailyPartitions(dg.DailyPartitionsDefinition):
         try:
             super().validate_partition_key(partition_key, context)
         except dg.DagsterUnknownPartitionError:
+            newest = (
+                "today, published as running figures (AGENT_METRICS_PUBLISH_TODAY)"
+                if self.end_offset
+                else "yesterday: today's calls are still arriving"
+            )
             raise InvalidPartitionKeyError(
                 f"Invalid partition key `{partition_key}`: expected a day as YYYY-MM-DD from "
                 f"{self.get_first_partition_key()} to {self.get_last_partition_key()} in "
-                f"{self.timezone} (the newest is yesterday: today's calls are still arriving)."
+                f"{self.timezone} (the newest is {newest})."
             ) from None
 
 
 def daily_partitions(settings: Settings) -> dg.DailyPartitionsDefinition:
     """Day ``D`` covers ``[D 00:00, D+1 00:00)`` in ``settings.timezone``.
 
-    The newest partition is yesterday: today's calls are still arriving.
+    The newest partition is yesterday: today's calls are still arriving. With
+    ``settings.publish_today`` today is one too, published as partial until it ends.
     """
-    return DailyPartitions(start_date=settings.start_date, timezone=settings.timezone)
+    return DailyPartitions(
+        start_date=settings.start_date,
+        timezone=settings.timezone,
+        end_offset=1 if settings.publish_today else 0,
+    )
+
+
+def ended_day_keys(
+    partitions_def: dg.DailyPartitionsDefinition, current_time: dt.datetime | None = None
+) -> list[str]:
+    """The keys of the days that have ended at ``current_time`` (now): every partition but
+    today, when today is one. The schedule, the late-day alert and the observation count back
+    from the newest of them, whether or not today is published."""
+    keys = partitions_def.get_partition_keys(current_time=current_time)
+    return keys[: len(keys) - partitions_def.end_offset] if partitions_def.end_offset else keys
+
+
+def running_days(
+    partitions_def: dg.DailyPartitionsDefinition, days: Iterable[dt.date], now: dt.datetime
+) -> list[dt.date]:
+    """Those of ``days`` that had not ended at ``now``: their calls are still arriving."""
+    return [
+        day
+        for day in days
+        if partitions_def.time_window_for_partition_key(day.isoformat()).end > now
+    ]
 
 
 def days_of(partition_keys: Iterable[str]) -> list[dt.date]:

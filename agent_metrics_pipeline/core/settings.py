@@ -94,6 +94,9 @@ class Settings:
     chunking: Chunking = Chunking()
     schedule_lookback_days: int = 0
     observe_window_days: int = 30
+    # Today as a partition, published as partial and refreshed at most this often.
+    publish_today: bool = False
+    today_refresh_minutes: int = 60
     observe_cron: str = "5 * * * *"
     max_retries: int = 3
     retry_delay_sec: int = 30
@@ -203,6 +206,10 @@ class Settings:
                 ),
                 observe_window_days=env.number("AGENT_METRICS_OBSERVE_WINDOW_DAYS", int, minimum=1),
                 observe_cron=env.cron("AGENT_METRICS_OBSERVE_CRON"),
+                publish_today=env.flag("AGENT_METRICS_PUBLISH_TODAY"),
+                today_refresh_minutes=env.number(
+                    "AGENT_METRICS_TODAY_REFRESH_MINUTES", int, minimum=1
+                ),
                 max_retries=env.number("AGENT_METRICS_MAX_RETRIES", int, minimum=0),
                 retry_delay_sec=env.number("AGENT_METRICS_RETRY_DELAY_SEC", int, minimum=0),
                 alert_webhook_url=env.url("AGENT_METRICS_ALERT_WEBHOOK_URL"),

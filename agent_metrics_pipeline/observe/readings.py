@@ -14,7 +14,7 @@ from agent_metrics_pipeline.clickhouse.errors import ClickHouseQueryError
 from agent_metrics_pipeline.clickhouse.syntax import key_elements
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.names import CALLS_ASSET_NAME
-from agent_metrics_pipeline.core.partitions import days_of, format_days, keys_of
+from agent_metrics_pipeline.core.partitions import days_of, ended_day_keys, format_days, keys_of
 from agent_metrics_pipeline.observe.parts import (
     DayReading,
     ObservationPlan,
@@ -86,7 +86,7 @@ def observation_window(
     partitions_def: dg.DailyPartitionsDefinition, window_days: int
 ) -> list[dt.date]:
     """The newest ``window_days`` days that have ended."""
-    return days_of(partitions_def.get_partition_keys()[-window_days:])
+    return days_of(ended_day_keys(partitions_def)[-window_days:])
 
 
 def _bounds(

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from agent_metrics_pipeline.core.names import ASSET_NAME, JOB_NAME, SCHEDULE_NAME
+from agent_metrics_pipeline.core.partitions import ended_day_keys
 
 SCHEDULE_HOUR = 2
 SCHEDULE_CRON = f"0 {SCHEDULE_HOUR} * * *"
@@ -58,7 +59,7 @@ def build_daily_schedule(
     )
     def agent_metrics_daily(context: dg.ScheduleEvaluationContext) -> Iterator[dg.RunRequest]:
         tick = context.scheduled_execution_time
-        keys = partitions_def.get_partition_keys(current_time=tick)[-(lookback_days + 1) :]
+        keys = ended_day_keys(partitions_def, current_time=tick)[-(lookback_days + 1) :]
         for key in reversed(keys):
             yield dg.RunRequest(run_key=f"{key}@{tick:%Y-%m-%dT%H:%M}", partition_key=key)
 
@@ -91,5 +92,5 @@ def expected_day(
     if deadline > now:
         deadline -= dt.timedelta(days=1)
     scheduled_at = deadline.replace(hour=SCHEDULE_HOUR)
-    due = partitions_def.get_partition_keys(current_time=scheduled_at)[-1:]
+    due = ended_day_keys(partitions_def, current_time=scheduled_at)[-1:]
     return (due[0], deadline) if due else None
