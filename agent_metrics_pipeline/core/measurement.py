@@ -123,6 +123,8 @@ class UsualVolume:
     # Set for one run by an operator (the run tag PUBLISH_PARTIAL_TAG): the day is published
     # whatever its volume.
     published_on_purpose: bool = False
+    # Set for one run: the run's days that had not ended when it read them, partial by nature.
+    running_days: tuple[dt.date, ...] = ()
 
     def reference_days(self, day: dt.date) -> list[dt.date]:
         """The same weekday in each of the weeks before ``day``, newest first."""

@@ -7,6 +7,9 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import dagster as dg
 
+# Dagster's clock, which its partitions read: a day is today for the asset when it is for them.
+from dagster._time import get_current_datetime
+
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.errors import no_retry_for_permanent_errors
 from agent_metrics_pipeline.core.measurement import Chunking, Measurement
@@ -16,7 +19,7 @@ from agent_metrics_pipeline.core.names import (
     GROUP_NAME,
     PUBLISH_PARTIAL_TAG,
 )
-from agent_metrics_pipeline.core.partitions import days_of, format_days
+from agent_metrics_pipeline.core.partitions import days_of, format_days, running_days
 from agent_metrics_pipeline.core.processes import scratch_folder
 from agent_metrics_pipeline.publish.checks import check_specs
 from agent_metrics_pipeline.publish.findings import format_failures, record_verdicts
@@ -84,20 +87,23 @@ def build_agent_metrics_asset(
         ) -> Iterator[dg.AssetCheckEvaluation | dg.Output]:
             days = _run_days(context)
             window = context.partition_time_window
+            read_at = get_current_datetime()
+            running = running_days(partitions_def, days, read_at)
             context.log.info(
                 f"Aggregating {len(days)} day(s) [{window.start.isoformat()}, "
                 f"{window.end.isoformat()}) on the {clickhouse.description}"
+                + (f"; {format_days(running)} has not ended: partial" if running else "")
             )
             with (
                 no_retry_for_permanent_errors(),
                 scratch_folder(prefix="agent_metrics-") as staging_folder,
             ):
-                staged = StagedDays(staging_folder)
+                staged = StagedDays(staging_folder, running=dict.fromkeys(running, read_at))
                 with clickhouse.session() as session:
                     run = read_days(
                         context.log,
                         session,
-                        _for_this_run(measurement, context.run.tags),
+                        _for_this_run(measurement, context.run.tags, running),
                         partitions_def,
                         days,
                         chunking,
@@ -119,6 +125,11 @@ def build_agent_metrics_asset(
                         allow_retries=False,
                     )
                 for day, metadata in run.metadata_by_day.items():
+                    if day in staged.running:
+                        metadata = {
+                            **metadata,
+                            "partial_as_of": dg.MetadataValue.timestamp(read_at),
+                        }
                     context.add_asset_metadata(metadata, partition_key=day.isoformat())
                 yield dg.Output(staged)
             # After the Output, each day's materialization is recorded: the evaluations judge it.
@@ -127,14 +138,18 @@ def build_agent_metrics_asset(
     return agent_metrics
 
 
-def _for_this_run(measurement: Measurement, tags: Mapping[str, str]) -> Measurement:
-    """The measurement, with the operator's override when the run carries it."""
-    if tags.get(PUBLISH_PARTIAL_TAG, "").strip().lower() != "true":
+def _for_this_run(
+    measurement: Measurement, tags: Mapping[str, str], running: Sequence[dt.date]
+) -> Measurement:
+    """The measurement, with the operator's override when the run carries it, and the days
+    still running, which are partial by nature."""
+    on_purpose = tags.get(PUBLISH_PARTIAL_TAG, "").strip().lower() == "true"
+    if not on_purpose and not running:
         return measurement
-    return dataclasses.replace(
-        measurement,
-        usual_volume=dataclasses.replace(measurement.usual_volume, published_on_purpose=True),
+    usual_volume = dataclasses.replace(
+        measurement.usual_volume, published_on_purpose=on_purpose, running_days=tuple(running)
     )
+    return dataclasses.replace(measurement, usual_volume=usual_volume)
 
 
 def _run_days(context: dg.AssetExecutionContext) -> list[dt.date]:

@@ -46,6 +46,9 @@ def judge(
         "reference_days": {ref.isoformat(): count for ref, count in references.items()},
         "min_share": settings.min_share,
     }
+    if day in settings.running_days:
+        note = "The day has not ended: its running figures are published as partial."
+        return [], {**metadata, "note": note}
     if day in settings.quiet_days:
         return [], {**metadata, "note": "Listed in AGENT_METRICS_QUIET_DAYS."}
     if len(usual) < 2:

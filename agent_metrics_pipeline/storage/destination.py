@@ -15,6 +15,7 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
             prefix=settings.s3_prefix,
             gzip=settings.gzip,
             rows_per_file=settings.rows_per_file,
+            partial_days=settings.publish_today,
         )
     # Only a bucket needs dagster-aws, whose import costs seconds.
     from agent_metrics_pipeline.storage.s3 import S3CsvIOManager, TimedS3Resource
@@ -31,4 +32,5 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
         prefix=settings.s3_prefix,
         gzip=settings.gzip,
         rows_per_file=settings.rows_per_file,
+        partial_days=settings.publish_today,
     )

@@ -4,6 +4,10 @@ Key layout, identical in S3 and in a local folder::
 
     PREFIX/YYYY-MM-DD/ASSET_YYYY-MM-DD.csv[.gz]
 
+A day read before it ended (today, when it is a partition) is partial: it is published under
+``PREFIX/YYYY-MM-DD/partial/`` instead, with ``as_of.json`` saying when it was computed, so the
+day's own key only ever holds the final file; the final publication removes the partial one.
+
 A run over a range of days hands over its days staged one file each (or one frame, split by
 its ``date`` column), so every day gets the same object a single-day run would write (a day
 without rows gets a header-only file). Dagster's built-in object-store IO managers refuse
@@ -18,7 +22,7 @@ import json
 import math
 import re
 from abc import abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from hashlib import sha256
 from typing import Protocol
@@ -41,6 +45,8 @@ from agent_metrics_pipeline.storage.published_format import (
 )
 
 MANIFEST_NAME = "manifest.json"
+PARTIAL_FOLDER = "partial"
+PARTIAL_MARKER_NAME = "as_of.json"
 PART_DIGEST_CHARS = 16
 PART_NAME = re.compile(rf"part-\d{{5}}-[0-9a-f]{{{PART_DIGEST_CHARS}}}\.csv(\.gz)?")
 
@@ -49,6 +55,8 @@ class StagedRows(Protocol):
     """Days staged one file each, as a range step hands them over (``StagedDays``)."""
 
     days: list[dt.date]
+    # The days read before they ended, and when: published as partial.
+    running: Mapping[dt.date, dt.datetime]
 
     def day(self, day: dt.date) -> pl.DataFrame: ...
 
@@ -73,6 +81,13 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             "(part-00000-<checksum>.csv, ...) and a manifest.json written last."
         ),
     )
+    partial_days: bool = Field(
+        default=False,
+        description=(
+            "Today is published as partial under the day's partial/ folder: a day's final "
+            "publication then removes its partial one."
+        ),
+    )
 
     @abstractmethod
     def _write(self, key: str, data: bytes, content_type: str | None = None) -> None: ...
@@ -94,23 +109,69 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
     def _suffix(self) -> str:
         return ".csv.gz" if self.gzip else ".csv"
 
-    def object_key(self, asset_name: str, partition_key: str) -> str:
-        return f"{self.prefix}/{partition_key}/{asset_name}_{partition_key}{self._suffix}"
+    def day_folder(self, partition_key: str, partial: bool = False) -> str:
+        folder = f"{self.prefix}/{partition_key}"
+        return f"{folder}/{PARTIAL_FOLDER}" if partial else folder
 
-    def part_key(self, partition_key: str, index: int, checksum: str) -> str:
+    def object_key(self, asset_name: str, partition_key: str, partial: bool = False) -> str:
+        name = f"{asset_name}_{partition_key}{self._suffix}"
+        return f"{self.day_folder(partition_key, partial)}/{name}"
+
+    def part_key(self, partition_key: str, index: int, checksum: str, partial: bool = False) -> str:
         """Named by position and content (``checksum``, the part's SHA-256): a republication
         that changes a part writes a new object, so the parts an earlier manifest lists stay
         intact until it is replaced."""
-        digest = checksum[:PART_DIGEST_CHARS]
-        return f"{self.prefix}/{partition_key}/part-{index:05d}-{digest}{self._suffix}"
+        name = f"part-{index:05d}-{checksum[:PART_DIGEST_CHARS]}{self._suffix}"
+        return f"{self.day_folder(partition_key, partial)}/{name}"
 
-    def manifest_key(self, partition_key: str) -> str:
-        return f"{self.prefix}/{partition_key}/{MANIFEST_NAME}"
+    def manifest_key(self, partition_key: str, partial: bool = False) -> str:
+        return f"{self.day_folder(partition_key, partial)}/{MANIFEST_NAME}"
 
-    def _publish_day(self, asset_name: str, partition_key: str, rows: pl.DataFrame) -> str:
+    def partial_marker_key(self, partition_key: str) -> str:
+        return f"{self.day_folder(partition_key, partial=True)}/{PARTIAL_MARKER_NAME}"
+
+    def _publish_partial_day(
+        self, asset_name: str, partition_key: str, rows: pl.DataFrame, computed_at: dt.datetime
+    ) -> str:
+        """Writes a day that has not ended under its partial folder, then the marker saying
+        when it was computed; returns the key that stands for it."""
+        stands_for = self._publish_day(asset_name, partition_key, rows, partial=True)
+        marker = {
+            "date": partition_key,
+            "partial": True,
+            "computed_at": computed_at.astimezone(dt.UTC).isoformat(),
+            "key": stands_for,
+        }
+        self._write(
+            self.partial_marker_key(partition_key),
+            json.dumps(marker, indent=2).encode("utf-8"),
+            content_type="application/json",
+        )
+        return stands_for
+
+    def _remove_partial_day(self, asset_name: str, partition_key: str) -> None:
+        """Once a day's final file is written: its partial publication, this IO manager's
+        objects only."""
+        folder = self.day_folder(partition_key, partial=True)
+        ours = {
+            self.object_key(asset_name, partition_key, partial=True),
+            self.manifest_key(partition_key, partial=True),
+            self.partial_marker_key(partition_key),
+        }
+        self._delete(
+            [
+                key
+                for key in self._list(folder)
+                if key in ours or PART_NAME.fullmatch(key.removeprefix(f"{folder}/"))
+            ]
+        )
+
+    def _publish_day(
+        self, asset_name: str, partition_key: str, rows: pl.DataFrame, partial: bool = False
+    ) -> str:
         """Writes one day; returns the key that stands for it (its file, or its manifest)."""
         if self.rows_per_file is None:
-            object_key = self.object_key(asset_name, partition_key)
+            object_key = self.object_key(asset_name, partition_key, partial)
             self._write(object_key, self._encode(rows))
             return object_key
         parts = []
@@ -118,10 +179,10 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             part = rows.slice(index * self.rows_per_file, self.rows_per_file)
             data = self._encode(part)
             checksum = sha256(data).hexdigest()
-            key = self.part_key(partition_key, index, checksum)
+            key = self.part_key(partition_key, index, checksum, partial)
             self._write(key, data)
             parts.append({"key": key, "rows": part.height, "sha256": checksum})
-        manifest_key = self.manifest_key(partition_key)
+        manifest_key = self.manifest_key(partition_key, partial)
         manifest = {
             "date": partition_key,
             "rows": rows.height,
@@ -137,8 +198,8 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         # Only parts and the one-file layout's file are removed: anything else under the day's
         # folder is not this IO manager's.
         published = {manifest_key, *(part["key"] for part in parts)}
-        day_folder = f"{self.prefix}/{partition_key}"
-        one_file = self.object_key(asset_name, partition_key)
+        day_folder = self.day_folder(partition_key, partial)
+        one_file = self.object_key(asset_name, partition_key, partial)
         stale = [
             key
             for key in self._list(day_folder)
@@ -148,8 +209,8 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         self._delete(stale)
         return manifest_key
 
-    def _load_parts(self, partition_key: str) -> pl.DataFrame:
-        manifest_key = self.manifest_key(partition_key)
+    def _load_parts(self, partition_key: str, partial: bool = False) -> pl.DataFrame:
+        manifest_key = self.manifest_key(partition_key, partial)
         manifest = json.loads(self._read(manifest_key))
         frames = []
         for part in manifest["parts"]:
@@ -180,11 +241,19 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         partition_keys = list(context.asset_partition_keys)
         days = days_of(partition_keys)
         rows_of_day = _rows_by_day(obj, days)
+        running = {} if isinstance(obj, pl.DataFrame) else obj.running
         asset_name = context.asset_key.path[-1]
         uris: list[str] = []
         for key, day in zip(partition_keys, days, strict=True):
             try:
-                object_key = self._publish_day(asset_name, key, rows_of_day(day))
+                if day in running:
+                    object_key = self._publish_partial_day(
+                        asset_name, key, rows_of_day(day), running[day]
+                    )
+                else:
+                    object_key = self._publish_day(asset_name, key, rows_of_day(day))
+                    if self.partial_days:
+                        self._remove_partial_day(asset_name, key)
             except (ObjectStoreError, ObjectStoreUnavailableError) as error:
                 # Transient faults were retried at the write already: a step retry would only
                 # run the query again.
@@ -203,12 +272,17 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             f"Wrote {len(uris)} file(s): {uris[0]}" + (" ..." if len(uris) > 1 else "")
         )
 
-    def load_day(self, asset_name: str, partition_key: str) -> pl.DataFrame:
+    def load_day(self, asset_name: str, partition_key: str, partial: bool = False) -> pl.DataFrame:
         """One published day, read back with the published column types (its parts in order,
-        when days are written in parts)."""
+        when days are written in parts); with ``partial``, the running figures of a day that
+        had not ended."""
         if self.rows_per_file is not None:
-            return self._load_parts(partition_key)
-        return self._decode(self._read(self.object_key(asset_name, partition_key)))
+            return self._load_parts(partition_key, partial)
+        return self._decode(self._read(self.object_key(asset_name, partition_key, partial)))
+
+    def partial_marker(self, partition_key: str) -> dict[str, object]:
+        """What ``as_of.json`` says of a day's partial publication."""
+        return json.loads(self._read(self.partial_marker_key(partition_key)))
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame | dict[str, pl.DataFrame]:
         asset_name = context.asset_key.path[-1]

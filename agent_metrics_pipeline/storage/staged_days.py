@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from agent_metrics_pipeline.core.deferred import polars as pl
@@ -16,11 +16,13 @@ class StagedDays:
 
     The step reads a chunk of days at a time and stages it here, so its memory follows the
     chunk; the IO manager reads one day at a time once every day passed its checks.
+    ``running`` holds the days read before they ended, and when: they are published as partial.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, running: Mapping[dt.date, dt.datetime] | None = None) -> None:
         self.folder = folder
         self.days: list[dt.date] = []
+        self.running = dict(running or {})
 
     def _path(self, day: dt.date) -> Path:
         return self.folder / f"{day.isoformat()}.parquet"
