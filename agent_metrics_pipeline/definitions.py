@@ -27,6 +27,7 @@ from agent_metrics_pipeline.operations.schedule import (
     build_daily_schedule,
     freshness_policy,
 )
+from agent_metrics_pipeline.operations.todays_figures import build_todays_figures_sensor
 from agent_metrics_pipeline.operations.watchdog import build_dead_run_watchdog
 from agent_metrics_pipeline.publish.asset import build_agent_metrics_asset
 from agent_metrics_pipeline.storage.destination import csv_io_manager
@@ -63,7 +64,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         owners=settings.owners,
         freshness_policy=freshness_policy(settings.freshness_deadline_hour),
         calls=calls,
-        automation_condition=republish_changed_days(window_days),
+        automation_condition=republish_changed_days(window_days, today=settings.publish_today),
         chunking=settings.chunking,
     )
     job = build_agent_metrics_job(agent_metrics)
@@ -103,6 +104,15 @@ def build_definitions(settings: Settings) -> dg.Definitions:
                 settings.alert_webhook_url, settings.ui_url, settings.secrets
             ),
             build_dead_run_watchdog(settings.alert_webhook_url, settings.ui_url, settings.secrets),
+            *(
+                [
+                    build_todays_figures_sensor(
+                        job, partitions_def, settings.measurement, settings.today_refresh_minutes
+                    )
+                ]
+                if settings.publish_today
+                else []
+            ),
         ],
         resources={
             "clickhouse": clickhouse_resource(settings),

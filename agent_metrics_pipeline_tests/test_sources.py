@@ -37,21 +37,33 @@ DAYS = [TODAY - dt.timedelta(days=offset) for offset in range(5, 0, -1)]
 
 
 def project(
-    clickhouse, calls_table, bucket, window_days: int = 30, **measurement
+    clickhouse,
+    calls_table,
+    bucket,
+    window_days: int = 30,
+    publish_today: bool = False,
+    io_manager=None,
+    **measurement,
 ) -> dg.Definitions:
+    """The project's definitions on the test's engine and bucket (or ``io_manager``)."""
     built = build_definitions(
         Settings(
             start_date=str(DAYS[0] - dt.timedelta(days=60)),
             measurement=measuring(calls_table, **measurement),
             observe_window_days=window_days,
+            publish_today=publish_today,
         )
     )
     return dg.Definitions(
         assets=built.assets,
         asset_checks=built.asset_checks,
         jobs=built.jobs,
+        schedules=built.schedules,
         sensors=built.sensors,
-        resources={"clickhouse": clickhouse, CSV_IO_MANAGER_KEY: bucket.io_manager()},
+        resources={
+            "clickhouse": clickhouse,
+            CSV_IO_MANAGER_KEY: io_manager or bucket.io_manager(partial_days=publish_today),
+        },
     )
 
 

@@ -9,6 +9,8 @@ SCHEDULE_NAME = "agent_metrics_daily"
 CALLS_ASSET_NAME = "calls"
 # The sensor that observes the calls table (no run: its observations are recorded as events).
 OBSERVE_SENSOR_NAME = "observe_calls"
+# The sensor refreshing today's running figures, when today is a partition.
+TODAY_SENSOR_NAME = "agent_metrics_today"
 # The embedded engine's folder can be opened by one process at a time; the instance limits
 # every pool to one slot, so runs that use it queue instead of failing on the lock.
 EMBEDDED_ENGINE_POOL = "embedded_clickhouse"
