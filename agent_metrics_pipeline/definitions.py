@@ -64,7 +64,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         owners=settings.owners,
         freshness_policy=freshness_policy(settings.freshness_deadline_hour),
         calls=calls,
-        automation_condition=republish_changed_days(window_days, today=settings.publish_today),
+        automation_condition=republish_changed_days(
+            window_days, includes_today=settings.publish_today
+        ),
         chunking=settings.chunking,
     )
     job = build_agent_metrics_job(agent_metrics)

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from pathlib import Path
 
 import dagster as dg
 import pytest
-from dagster._core.test_utils import freeze_time
+from dagster._core.test_utils import create_run_for_test, freeze_time
 
-from agent_metrics_pipeline.core.names import JOB_NAME, SCHEDULE_NAME, TODAY_SENSOR_NAME
+from agent_metrics_pipeline.core.names import (
+    JOB_NAME,
+    RANGE_END_TAG,
+    RANGE_START_TAG,
+    SCHEDULE_NAME,
+    TODAY_SENSOR_NAME,
+)
 from agent_metrics_pipeline.core.partitions import ended_day_keys
 from agent_metrics_pipeline.observe.readings import observation_window
+from agent_metrics_pipeline.operations.alerts import build_late_day_alert_sensor
 from agent_metrics_pipeline.operations.schedule import expected_day
 from agent_metrics_pipeline.publish.usual_volume import USUAL_VOLUME
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
@@ -39,6 +45,7 @@ def marker_key(day: dt.date) -> str:
 
 
 def tick(pipeline: Pipeline, cursor: str | None) -> dg.SensorResult:
+    """A tick of the sensor refreshing today, as the daemon runs it."""
     sensor = pipeline.defs.get_sensor_def(TODAY_SENSOR_NAME)
     context = dg.build_sensor_context(
         instance=pipeline.instance,
@@ -54,6 +61,21 @@ def run(pipeline: Pipeline, day: str) -> dg.ExecuteInProcessResult:
     return job.execute_in_process(partition_key=day, instance=pipeline.instance)
 
 
+def at(moment: dt.datetime, pipeline: Pipeline, cursor: str | None) -> dg.SensorResult:
+    """A tick of the sensor at ``moment``."""
+    with freeze_time(moment):
+        return tick(pipeline, cursor)
+
+
+def run_at(moment: dt.datetime, pipeline: Pipeline, day: dt.date) -> dg.ExecuteInProcessResult:
+    with freeze_time(moment):
+        return run(pipeline, str(day))
+
+
+def requested(result: dg.SensorResult) -> list[str]:
+    return [request.partition_key for request in result.run_requests]
+
+
 def test_today_is_published_as_partial_refreshed_and_replaced_by_the_final_file(
     clickhouse, calls_table, bucket
 ):
@@ -61,18 +83,19 @@ def test_today_is_published_as_partial_refreshed_and_replaced_by_the_final_file(
     so_far, late = calls[:120], calls[120:]
     insert_calls(clickhouse, calls_table, so_far)
     pipeline = Pipeline(project(clickhouse, calls_table, bucket, publish_today=True))
-
     with freeze_time(MORNING):
         # The deployment's observation has run before (it reads the days that have ended).
         pipeline.observe()
-        first = tick(pipeline, None)
-        assert [request.partition_key for request in first.run_requests] == [str(DAY)]
-        result = run(pipeline, str(DAY))
+
+    first = at(MORNING, pipeline, None)
+    assert requested(first) == [str(DAY)]
+    # The run ends a little after the tick that requested it, as runs do.
+    result = run_at(MORNING + dt.timedelta(minutes=2), pipeline, DAY)
     assert key_for(DAY) not in bucket.keys(), "the day's own key holds only the final file"
     assert_csv_matches(bucket.get(partial_key(DAY)), expected_metrics(so_far)[DAY], DAY)
     marker = json.loads(bucket.get(marker_key(DAY)))
-    assert marker["partial"] is True
-    assert dt.datetime.fromisoformat(marker["computed_at"]) == MORNING
+    assert marker["partial"] is True and marker["key"] == partial_key(DAY)
+    assert dt.datetime.fromisoformat(marker["computed_at"]) == MORNING + dt.timedelta(minutes=2)
     (completeness,) = [
         evaluation
         for evaluation in result.get_asset_check_evaluations()
@@ -81,37 +104,75 @@ def test_today_is_published_as_partial_refreshed_and_replaced_by_the_final_file(
     assert completeness.passed and "not ended" in completeness.metadata["note"].value
 
     insert_calls(clickhouse, calls_table, late)
-    with freeze_time(MORNING + dt.timedelta(minutes=30)):
-        too_soon = tick(pipeline, first.cursor)
-    assert not too_soon.run_requests, "no refresh within the hour after a publication"
-    refreshed_at = MORNING + dt.timedelta(minutes=61)
-    with freeze_time(refreshed_at):
-        refresh = tick(pipeline, first.cursor)
-        assert [request.partition_key for request in refresh.run_requests] == [str(DAY)]
-        run(pipeline, str(DAY))
+    too_soon = at(MORNING + dt.timedelta(minutes=61), pipeline, first.cursor)
+    assert requested(too_soon) == [], "within the hour after the publication, not the request"
+    refresh = at(MORNING + dt.timedelta(minutes=63), pipeline, too_soon.cursor)
+    assert requested(refresh) == [str(DAY)]
+    refreshed_at = MORNING + dt.timedelta(minutes=64)
+    run_at(refreshed_at, pipeline, DAY)
     refreshed = bucket.get(partial_key(DAY))
     assert_csv_matches(refreshed, expected_metrics(calls)[DAY], DAY)
     marker = json.loads(bucket.get(marker_key(DAY)))
     assert dt.datetime.fromisoformat(marker["computed_at"]) == refreshed_at
-    with freeze_time(refreshed_at + dt.timedelta(hours=2)):
-        unchanged = tick(pipeline, refresh.cursor)
-    assert not unchanged.run_requests, "calls unchanged since the refresh: nothing to publish"
+    unchanged = at(refreshed_at + dt.timedelta(hours=2), pipeline, refresh.cursor)
+    assert requested(unchanged) == [], "calls unchanged since the refresh: nothing to publish"
 
-    with freeze_time(NEXT_SCHEDULE_TICK - dt.timedelta(hours=1, minutes=50)):
-        pipeline.observe()
-        assert pipeline.requested() == [str(DAY)], "ended, the partial day turns stale"
+    # The day ends: the first tick after midnight requests its final run, once.
+    midnight = dt.datetime.combine(DAY + dt.timedelta(days=1), dt.time(), UTC)
+    ended = at(midnight + dt.timedelta(minutes=5), pipeline, unchanged.cursor)
+    assert requested(ended) == [str(DAY)], "the ended day's final run; the new day has no call"
+    run_at(midnight + dt.timedelta(minutes=6), pipeline, DAY)
+    assert bucket.get(key_for(DAY)) == refreshed
+    assert [key for key in bucket.keys() if "/partial/" in key] == []
+    assert requested(at(midnight + dt.timedelta(minutes=10), pipeline, ended.cursor)) == []
+
     with freeze_time(NEXT_SCHEDULE_TICK):
-        schedule = pipeline.defs.get_schedule_def(SCHEDULE_NAME)
         context = dg.build_schedule_context(
             instance=pipeline.instance,
             scheduled_execution_time=NEXT_SCHEDULE_TICK,
             repository_def=pipeline.defs.get_repository_def(),
         )
+        schedule = pipeline.defs.get_schedule_def(SCHEDULE_NAME)
         (scheduled,) = schedule.evaluate_tick(context).run_requests
-        assert scheduled.partition_key == str(DAY), "the schedule publishes the day that ended"
-        run(pipeline, str(DAY))
-    assert bucket.get(key_for(DAY)) == refreshed
-    assert [key for key in bucket.keys() if "/partial/" in key] == []
+    assert scheduled.partition_key == str(DAY), "the schedule publishes the day that ended"
+
+
+def test_today_is_not_refreshed_while_a_run_of_it_is_in_progress(clickhouse, calls_table, bucket):
+    insert_calls(clickhouse, calls_table, random_calls(DAY, days=1, calls_per_day=50, seed=63))
+    pipeline = Pipeline(project(clickhouse, calls_table, bucket, publish_today=True))
+    # A backfill of the last two days, launched from the UI, not yet finished.
+    create_run_for_test(
+        pipeline.instance,
+        job_name="__ASSET_JOB",
+        status=dg.DagsterRunStatus.STARTED,
+        tags={RANGE_START_TAG: str(DAY - dt.timedelta(days=1)), RANGE_END_TAG: str(DAY)},
+        asset_selection=frozenset({dg.AssetKey("agent_metrics")}),
+    )
+    busy = at(MORNING, pipeline, None)
+    assert requested(busy) == [] and "has not finished" in (busy.skip_message or "")
+
+
+def test_a_day_published_only_as_partial_is_late_at_its_deadline(
+    clickhouse, calls_table, bucket, webhook
+):
+    insert_calls(clickhouse, calls_table, random_calls(DAY, days=1, calls_per_day=50, seed=64))
+    pipeline = Pipeline(project(clickhouse, calls_table, bucket, publish_today=True))
+    run_at(MORNING, pipeline, DAY)
+    partitions_def = pipeline.defs.resolve_assets_def("agent_metrics").partitions_def
+    now = [MORNING]
+    alert = build_late_day_alert_sensor(
+        partitions_def, 3, webhook.url, "http://ui", clock=lambda: now[0]
+    )
+
+    def late_day_tick(cursor: str | None):
+        context = dg.build_sensor_context(instance=pipeline.instance, cursor=cursor)
+        return alert.evaluate_tick(context)
+
+    armed = late_day_tick(None)
+    now[0] = NEXT_SCHEDULE_TICK + dt.timedelta(hours=2)
+    late_day_tick(armed.cursor)
+    (body,) = webhook.bodies
+    assert json.loads(body)["partitions"] == str(DAY)
 
 
 def test_whatever_counts_back_from_yesterday_still_does_with_today_published(
@@ -139,37 +200,56 @@ def test_whatever_counts_back_from_yesterday_still_does_with_today_published(
         without(TODAY_SENSOR_NAME)
 
 
-def published_keys(folder: Path) -> list[str]:
-    return sorted(str(path.relative_to(folder)) for path in folder.rglob("*") if path.is_file())
+LAYOUTS = {
+    "local, one file": ("local", {}),
+    "local, one gzipped file": ("local", {"gzip": True}),
+    "local, parts": ("local", {"rows_per_file": 7}),
+    "s3, parts": ("s3", {"rows_per_file": 7}),
+}
 
 
-@pytest.mark.parametrize("rows_per_file", [None, 7], ids=["one file", "parts"])
-def test_a_partial_day_in_a_local_folder_is_marked_in_both_layouts(
-    rows_per_file, clickhouse, calls_table, bucket, tmp_path
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_partial_day_is_marked_and_then_replaced_in_every_layout(
+    layout, clickhouse, calls_table, bucket, tmp_path
 ):
     calls = random_calls(DAY, days=1, calls_per_day=150, seed=62)
-    insert_calls(clickhouse, calls_table, calls)
+    so_far, late = calls[:100], calls[100:]
+    insert_calls(clickhouse, calls_table, so_far)
+    store, options = LAYOUTS[layout]
     folder = tmp_path / "output"
-    io_manager = LocalCsvIOManager(
-        base_dir=str(folder), rows_per_file=rows_per_file, partial_days=True
-    )
+    if store == "local":
+        io_manager = LocalCsvIOManager(base_dir=str(folder), partial_days=True, **options)
+
+        def keys() -> list[str]:
+            return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+    else:
+        io_manager = bucket.io_manager(partial_days=True, **options)
+        keys = bucket.keys
     pipeline = Pipeline(
         project(clickhouse, calls_table, bucket, publish_today=True, io_manager=io_manager)
     )
 
-    with freeze_time(MORNING):
-        run(pipeline, str(DAY))
-    keys = published_keys(folder)
-    assert keys and all(key.startswith(f"agent_metrics/{DAY}/partial/") for key in keys)
+    run_at(MORNING, pipeline, DAY)
+    assert keys() and all(key.startswith(f"agent_metrics/{DAY}/partial/") for key in keys())
     marker = io_manager.partial_marker(str(DAY))
     assert dt.datetime.fromisoformat(str(marker["computed_at"])) == MORNING
-    running = io_manager.load_day("agent_metrics", str(DAY), partial=True)
-    expected = expected_metrics(calls)[DAY]
-    assert running.get_column("agent_id").to_list() == [row.agent_id for row in expected]
-    assert running.get_column("total_calls").to_list() == [row.total_calls for row in expected]
+    assert_frame_matches(
+        io_manager.load_day("agent_metrics", str(DAY), partial=True), expected_metrics(so_far)[DAY]
+    )
 
-    with freeze_time(NEXT_SCHEDULE_TICK):
-        run(pipeline, str(DAY))
-    assert not [key for key in published_keys(folder) if "/partial/" in key]
-    final = io_manager.load_day("agent_metrics", str(DAY))
-    assert final.equals(running)
+    insert_calls(clickhouse, calls_table, late)
+    run_at(NEXT_SCHEDULE_TICK, pipeline, DAY)
+    assert not [key for key in keys() if "/partial/" in key]
+    assert not (folder / "agent_metrics" / str(DAY) / "partial").exists()
+    assert_frame_matches(
+        io_manager.load_day("agent_metrics", str(DAY)), expected_metrics(calls)[DAY]
+    )
+
+
+def assert_frame_matches(frame, expected) -> None:
+    """A day read back against the oracle's rows: agents, calls and lengths to the cent."""
+    assert frame.get_column("agent_id").to_list() == [row.agent_id for row in expected]
+    assert frame.get_column("total_calls").to_list() == [row.total_calls for row in expected]
+    for column, oracle in (("avg_call_length_sec", "avg"), ("p90_call_length_sec", "p90")):
+        got = frame.get_column(column).to_list()
+        assert got == pytest.approx([getattr(row, oracle) for row in expected], abs=0.005001)

@@ -11,6 +11,8 @@ CALLS_ASSET_NAME = "calls"
 OBSERVE_SENSOR_NAME = "observe_calls"
 # The sensor refreshing today's running figures, when today is a partition.
 TODAY_SENSOR_NAME = "agent_metrics_today"
+# Metadata of the materialization of a day published before it ended: when it was read.
+PARTIAL_AS_OF = "partial_as_of"
 # The embedded engine's folder can be opened by one process at a time; the instance limits
 # every pool to one slot, so runs that use it queue instead of failing on the lock.
 EMBEDDED_ENGINE_POOL = "embedded_clickhouse"

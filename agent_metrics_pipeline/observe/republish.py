@@ -39,15 +39,18 @@ class SourceChangedSinceMaterialization(dg.AutomationCondition):
         )
 
 
-def republish_changed_days(window_days: int, today: bool = False) -> dg.AutomationCondition:
+def republish_changed_days(
+    window_days: int, includes_today: bool = False
+) -> dg.AutomationCondition:
     """Days of the window whose source changed, not already running: a published day whose
     fingerprint changed since it was published (one whose run failed waits for its source to
     change again rather than failing every tick), and a day never published whose last run failed
     (a day held back as partial) once its calls change.
 
     The window is the newest ``window_days`` days that have ended, as the observation's; when
-    ``today`` is a partition it counts from today's end, so it holds today as well, which the
-    observation never reads: its source never changes here (its refreshes have their sensor).
+    today is a partition (``includes_today``) it counts from today's end, so it holds today as
+    well, which the observation never reads: its source never changes here (its refreshes have
+    their sensor).
     """
     published_and_changed = (
         ~dg.AutomationCondition.missing()
@@ -60,7 +63,9 @@ def republish_changed_days(window_days: int, today: bool = False) -> dg.Automati
         & dg.AutomationCondition.any_deps_updated()
     )
     return (
-        dg.AutomationCondition.in_latest_time_window(dt.timedelta(days=window_days + today))
+        dg.AutomationCondition.in_latest_time_window(
+            dt.timedelta(days=window_days + int(includes_today))
+        )
         & ~dg.AutomationCondition.in_progress()
         & (published_and_changed | held_back_and_changed)
     ).with_label("republish_changed_days")

@@ -20,6 +20,7 @@ from dagster_shared.error import SerializableErrorInfo
 from agent_metrics_pipeline.core.names import (
     ASSET_NAME,
     OBSERVE_SENSOR_NAME,
+    PARTIAL_AS_OF,
     PARTITION_TAG,
     RANGE_END_TAG,
     RANGE_START_TAG,
@@ -30,6 +31,8 @@ from agent_metrics_pipeline.operations.schedule import expected_day, targets_age
 FAILURE_SENSOR_NAME = "agent_metrics_failure_alert"
 LATE_DAY_SENSOR_NAME = "agent_metrics_late_day_alert"
 LATE_DAY_INTERVAL_SEC = 300
+# Enough for a day refreshed hourly while it ran and then published final, and republished.
+MATERIALIZATIONS_OF_A_DAY = 100
 WEBHOOK_TIMEOUT_SEC = 10
 MAX_ERROR_CHARS = 2000
 # On a run whose failure was alerted where it was decided (the dead-run watchdog does so: a
@@ -213,6 +216,24 @@ def late_day_alert(day: str, deadline: dt.datetime, ui_url: str) -> dict[str, st
     }
 
 
+def first_final_publication(instance: dg.DagsterInstance, day: str) -> dt.datetime | None:
+    """When ``day`` was first published final: its running figures, published before it ended
+    (AGENT_METRICS_PUBLISH_TODAY), do not count."""
+    records = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(ASSET_NAME), asset_partitions=[day]),
+        limit=MATERIALIZATIONS_OF_A_DAY,
+        ascending=True,
+    ).records
+    return next(
+        (
+            dt.datetime.fromtimestamp(record.timestamp, dt.UTC)
+            for record in records
+            if PARTIAL_AS_OF not in record.asset_materialization.metadata
+        ),
+        None,
+    )
+
+
 def build_late_day_alert_sensor(
     partitions_def: dg.DailyPartitionsDefinition,
     deadline_hour: int,
@@ -250,12 +271,7 @@ def build_late_day_alert_sensor(
                 f"Started: days due from the deadline after {deadline:%Y-%m-%d %H:%M} UTC are "
                 f"watched; {day}, due before this sensor ran, is not alerted."
             )
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(ASSET_NAME), asset_partitions=[day]),
-            limit=1,
-            ascending=True,
-        ).records
-        published_at = dt.datetime.fromtimestamp(records[0].timestamp, dt.UTC) if records else None
+        published_at = first_final_publication(context.instance, day)
         context.update_cursor(day)
         if published_at is not None:
             # Published after the deadline, while this sensor was stopped: it would have

@@ -121,6 +121,10 @@ def build_observation_sensor(
                 f"due at {following:%Y-%m-%d %H:%M} UTC."
             )
         days = observation_window(partitions_def, window_days)
+        if not days:
+            return dg.SensorResult(
+                skip_reason="No day has ended since AGENT_METRICS_START_DATE: nothing to observe."
+            )
         instance = context.instance
         try:
             # A run holding the engine's folder holds it for minutes: skip, do not wait.

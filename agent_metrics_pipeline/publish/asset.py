@@ -17,6 +17,7 @@ from agent_metrics_pipeline.core.names import (
     ASSET_NAME,
     CSV_IO_MANAGER_KEY,
     GROUP_NAME,
+    PARTIAL_AS_OF,
     PUBLISH_PARTIAL_TAG,
 )
 from agent_metrics_pipeline.core.partitions import days_of, format_days, running_days
@@ -128,7 +129,7 @@ def build_agent_metrics_asset(
                     if day in staged.running:
                         metadata = {
                             **metadata,
-                            "partial_as_of": dg.MetadataValue.timestamp(read_at),
+                            PARTIAL_AS_OF: dg.MetadataValue.timestamp(read_at),
                         }
                     context.add_asset_metadata(metadata, partition_key=day.isoformat())
                 yield dg.Output(staged)

@@ -28,6 +28,9 @@ from hashlib import sha256
 from typing import Protocol
 
 import dagster as dg
+
+# Dagster's clock, which its partitions read: a day is today here when it is for them.
+from dagster._time import get_current_datetime
 from pydantic import Field
 
 from agent_metrics_pipeline.core.deferred import polars as pl
@@ -37,7 +40,7 @@ from agent_metrics_pipeline.core.errors import (
     no_retry_for_permanent_errors,
 )
 from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
-from agent_metrics_pipeline.core.partitions import days_of, refuse_rows_outside
+from agent_metrics_pipeline.core.partitions import days_of, refuse_rows_outside, running_days
 from agent_metrics_pipeline.storage.published_format import (
     from_csv_bytes,
     metrics_for_day,
@@ -151,20 +154,19 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
 
     def _remove_partial_day(self, asset_name: str, partition_key: str) -> None:
         """Once a day's final file is written: its partial publication, this IO manager's
-        objects only."""
+        objects only. A day in one file has known names, removed without listing the folder
+        (whether gzipped or not, should the setting have changed in between)."""
         folder = self.day_folder(partition_key, partial=True)
-        ours = {
-            self.object_key(asset_name, partition_key, partial=True),
-            self.manifest_key(partition_key, partial=True),
-            self.partial_marker_key(partition_key),
-        }
-        self._delete(
-            [
+        one_file = f"{folder}/{asset_name}_{partition_key}"
+        ours = [f"{one_file}.csv", f"{one_file}.csv.gz", self.partial_marker_key(partition_key)]
+        if self.rows_per_file is not None:
+            ours += [
                 key
                 for key in self._list(folder)
-                if key in ours or PART_NAME.fullmatch(key.removeprefix(f"{folder}/"))
+                if key == self.manifest_key(partition_key, partial=True)
+                or PART_NAME.fullmatch(key.removeprefix(f"{folder}/"))
             ]
-        )
+        self._delete(ours)
 
     def _publish_day(
         self, asset_name: str, partition_key: str, rows: pl.DataFrame, partial: bool = False
@@ -241,7 +243,7 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         partition_keys = list(context.asset_partition_keys)
         days = days_of(partition_keys)
         rows_of_day = _rows_by_day(obj, days)
-        running = {} if isinstance(obj, pl.DataFrame) else obj.running
+        running = _running_days(context, obj, days)
         asset_name = context.asset_key.path[-1]
         uris: list[str] = []
         for key, day in zip(partition_keys, days, strict=True):
@@ -252,8 +254,9 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
                     )
                 else:
                     object_key = self._publish_day(asset_name, key, rows_of_day(day))
-                    if self.partial_days:
-                        self._remove_partial_day(asset_name, key)
+                uris.append(self.uri(object_key))
+                if self.partial_days and day not in running:
+                    self._remove_partial_day(asset_name, key)
             except (ObjectStoreError, ObjectStoreUnavailableError) as error:
                 # Transient faults were retried at the write already: a step retry would only
                 # run the query again.
@@ -261,7 +264,6 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
                     description=_partly_published(error, partition_keys, len(uris)),
                     allow_retries=False,
                 ) from None
-            uris.append(self.uri(object_key))
             # Each day's materialization links its own file, in ranges too.
             context.step_context.add_asset_metadata(
                 {"dagster/uri": dg.MetadataValue.path(uris[-1])},
@@ -308,6 +310,20 @@ def _rows_by_day(
         return obj.day
     refuse_rows_outside(obj.get_column("date").unique().to_list(), days)
     return partial(metrics_for_day, obj)
+
+
+def _running_days(
+    context: dg.OutputContext, obj: pl.DataFrame | StagedRows, days: list[dt.date]
+) -> Mapping[dt.date, dt.datetime]:
+    """The days to publish as partial: those the step read before they ended, or, for a frame
+    handed over as it is, those that have not ended now."""
+    if not isinstance(obj, pl.DataFrame):
+        return obj.running
+    partitions_def = context.asset_partitions_def
+    if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
+        return {}
+    now = get_current_datetime()
+    return dict.fromkeys(running_days(partitions_def, days, now), now)
 
 
 def _partly_published(error: Exception, keys: list[str], written: int) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -89,3 +90,8 @@ class LocalCsvIOManager(DailyCsvIOManager):
                 raise ObjectStoreError(
                     f"Cannot remove {self._path(key)}: {error.strerror}."
                 ) from None
+        # As in a bucket, a folder exists while it holds an object: one emptied goes too (a
+        # day's partial/ folder once the day is published final).
+        for folder in {self._path(key).parent for key in keys}:
+            with contextlib.suppress(OSError):
+                folder.rmdir()

@@ -232,5 +232,6 @@ class S3CsvIOManager(DailyCsvIOManager):
                 raise ObjectStoreError(
                     f"The {self._where()} kept {self.uri(errors[0]['Key'])} "
                     f"({errors[0].get('Code')}): grant s3:DeleteObject on "
-                    f"arn:aws:s3:::{self.bucket}/{self.prefix}/* so stale parts can be removed."
+                    f"arn:aws:s3:::{self.bucket}/{self.prefix}/*, so that a day's stale parts and "
+                    "its partial/ folder can be removed once it is published."
                 )
