@@ -67,7 +67,7 @@ class Finding:
 
 def days_in(frame: pl.DataFrame) -> list[dt.date]:
     """The days ``frame`` has rows of."""
-    return sorted(set(frame.get_column("date").to_list()))
+    return frame.get_column("date").unique().sort().to_list()
 
 
 def offending_rows(

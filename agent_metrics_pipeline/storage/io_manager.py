@@ -22,15 +22,10 @@ import json
 import math
 import re
 from abc import abstractmethod
-from collections.abc import Callable, Mapping
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from hashlib import sha256
-from typing import Protocol
 
 import dagster as dg
-
-# Dagster's clock, which its partitions read: a day is today here when it is for them.
-from dagster._time import get_current_datetime
 from pydantic import Field
 
 from agent_metrics_pipeline.core.deferred import polars as pl
@@ -40,28 +35,22 @@ from agent_metrics_pipeline.core.errors import (
     no_retry_for_permanent_errors,
 )
 from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
-from agent_metrics_pipeline.core.partitions import days_of, refuse_rows_outside, running_days
-from agent_metrics_pipeline.storage.published_format import (
-    from_csv_bytes,
-    metrics_for_day,
-    to_csv_bytes,
+from agent_metrics_pipeline.core.partitions import days_of
+from agent_metrics_pipeline.storage.handover import (
+    StagedRows,
+    partly_published,
+    rows_by_day,
+    running_days_of,
 )
+from agent_metrics_pipeline.storage.published_format import from_csv_bytes, to_csv_bytes
 
 MANIFEST_NAME = "manifest.json"
 PARTIAL_FOLDER = "partial"
 PARTIAL_MARKER_NAME = "as_of.json"
+# Days written at once by a run of several.
+PUBLISHING_THREADS = 4
 PART_DIGEST_CHARS = 16
 PART_NAME = re.compile(rf"part-\d{{5}}-[0-9a-f]{{{PART_DIGEST_CHARS}}}\.csv(\.gz)?")
-
-
-class StagedRows(Protocol):
-    """Days staged one file each, as a range step hands them over (``StagedDays``)."""
-
-    days: list[dt.date]
-    # The days read before they ended, and when: published as partial.
-    running: Mapping[dt.date, dt.datetime]
-
-    def day(self, day: dt.date) -> pl.DataFrame: ...
 
 
 class ObjectStoreUnavailableError(TransientError):
@@ -242,37 +231,61 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             )
         partition_keys = list(context.asset_partition_keys)
         days = days_of(partition_keys)
-        rows_of_day = _rows_by_day(obj, days)
-        running = _running_days(context, obj, days)
+        rows_of_day = rows_by_day(obj, days)
+        running = running_days_of(context, obj, days)
         asset_name = context.asset_key.path[-1]
-        uris: list[str] = []
-        for key, day in zip(partition_keys, days, strict=True):
+
+        def publish(key: str, day: dt.date) -> tuple[str, Exception | None]:
+            """The day's key; and the error of removing its partial folder, once it is final."""
+            if day in running:
+                return self._publish_partial_day(
+                    asset_name, key, rows_of_day(day), running[day]
+                ), None
+            object_key = self._publish_day(asset_name, key, rows_of_day(day))
             try:
-                if day in running:
-                    object_key = self._publish_partial_day(
-                        asset_name, key, rows_of_day(day), running[day]
-                    )
-                else:
-                    object_key = self._publish_day(asset_name, key, rows_of_day(day))
-                uris.append(self.uri(object_key))
-                if self.partial_days and day not in running:
+                if self.partial_days:
                     self._remove_partial_day(asset_name, key)
             except (ObjectStoreError, ObjectStoreUnavailableError) as error:
-                # Transient faults were retried at the write already: a step retry would only
-                # run the query again.
-                raise dg.Failure(
-                    description=_partly_published(error, partition_keys, len(uris)),
-                    allow_retries=False,
-                ) from None
-            # Each day's materialization links its own file, in ranges too.
-            context.step_context.add_asset_metadata(
-                {"dagster/uri": dg.MetadataValue.path(uris[-1])},
-                asset_key=context.asset_key,
-                partition_key=key,
+                return object_key, error
+            return object_key, None
+
+        uris: dict[str, str] = {}
+        failure: Exception | None = None
+        # A few days at once: each waits on the store more than it computes. On a fault, days
+        # not started yet are left alone.
+        with ThreadPoolExecutor(PUBLISHING_THREADS, thread_name_prefix="publish") as pool:
+            futures = {
+                pool.submit(publish, key, day): key
+                for key, day in zip(partition_keys, days, strict=True)
+            }
+            for future in as_completed(futures):
+                if future.cancelled():
+                    continue
+                try:
+                    object_key, cleanup_error = future.result()
+                except (ObjectStoreError, ObjectStoreUnavailableError) as error:
+                    failure = failure or error
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    continue
+                uris[futures[future]] = self.uri(object_key)
+                failure = failure or cleanup_error
+        for key in partition_keys:
+            if key in uris:
+                # Each day's materialization links its own file, in ranges too.
+                context.step_context.add_asset_metadata(
+                    {"dagster/uri": dg.MetadataValue.path(uris[key])},
+                    asset_key=context.asset_key,
+                    partition_key=key,
+                )
+        if failure is not None:
+            # Transient faults were retried at the write already: a step retry would only run
+            # the query again.
+            raise dg.Failure(
+                description=partly_published(failure, partition_keys, set(uris)),
+                allow_retries=False,
             )
-        context.log.info(
-            f"Wrote {len(uris)} file(s): {uris[0]}" + (" ..." if len(uris) > 1 else "")
-        )
+        first = uris[partition_keys[0]]
+        context.log.info(f"Wrote {len(uris)} file(s): {first}" + (" ..." if len(uris) > 1 else ""))
 
     def load_day(self, asset_name: str, partition_key: str, partial: bool = False) -> pl.DataFrame:
         """One published day, read back with the published column types (its parts in order,
@@ -293,49 +306,3 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         if len(frames) == 1:
             return next(iter(frames.values()))
         return frames
-
-
-def _rows_by_day(
-    obj: pl.DataFrame | StagedRows, days: list[dt.date]
-) -> Callable[[dt.date], pl.DataFrame]:
-    """How to get one day's rows out of what the step handed over: a frame of every day, or
-    days staged one file each."""
-    if not isinstance(obj, pl.DataFrame):
-        missing = sorted(set(days) - set(obj.days))
-        if missing:
-            raise dg.DagsterInvariantViolationError(
-                f"No rows were staged for {[day.isoformat() for day in missing]}."
-            )
-        refuse_rows_outside(obj.days, days)
-        return obj.day
-    refuse_rows_outside(obj.get_column("date").unique().to_list(), days)
-    return partial(metrics_for_day, obj)
-
-
-def _running_days(
-    context: dg.OutputContext, obj: pl.DataFrame | StagedRows, days: list[dt.date]
-) -> Mapping[dt.date, dt.datetime]:
-    """The days to publish as partial: those the step read before they ended, or, for a frame
-    handed over as it is, those that have not ended now."""
-    if not isinstance(obj, pl.DataFrame):
-        return obj.running
-    partitions_def = context.asset_partitions_def
-    if not isinstance(partitions_def, dg.TimeWindowPartitionsDefinition):
-        return {}
-    now = get_current_datetime()
-    return dict.fromkeys(running_days(partitions_def, days, now), now)
-
-
-def _partly_published(error: Exception, keys: list[str], written: int) -> str:
-    """The error, and which days of the run are published and which are not.
-
-    Objects cannot be written together, so a run can stop part-way; running the range again
-    rewrites every day with the bytes it would have written.
-    """
-    if len(keys) == 1:
-        return str(error)
-    published = ", ".join(keys[:written]) or "none"
-    return (
-        f"{error} Days published: {published}; not published: {', '.join(keys[written:])}. "
-        "Running the range again rewrites every day."
-    )
