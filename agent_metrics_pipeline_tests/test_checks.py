@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections import Counter
 from dataclasses import replace
 from functools import partial
 
@@ -500,3 +501,15 @@ def test_output_guards(check_name, bad_row):
     others = [name for name, r in results.items() if not r.passed and name != check_name]
     # A broken row may trip a second guard too (a 0-call row is also below the minimum).
     assert set(others) <= {checks.PLAUSIBLE_RANGES, checks.MIN_CALLS_PER_AGENT}
+
+
+def test_repeated_agents_are_found_wherever_they_stand():
+    """Every row of a repeated (day, agent) counts, however the rows are ordered."""
+    agents = ["d", "a", "c", "a", "b", "d", "e", "a"]
+    frame = _frame([(agent, 1.0, 2.0, 1, DAY) for agent in agents])
+    repeats = Counter(agents)
+    expected = sum(count for count in repeats.values() if count > 1)
+
+    verdict = evaluate(frame)[checks.ONE_ROW_PER_AGENT_PER_DAY]
+    assert not verdict.passed
+    assert verdict.metadata["offending_rows"] == expected

@@ -46,7 +46,7 @@ class Params:
     rounds: int
 
 
-FULL = Params(sizes=(Size(1_000_000, 50_000), Size(1_500_000, 300_000)), days=DAYS, rounds=2)
+FULL = Params(sizes=(Size(1_000_000, 50_000), Size(1_500_000, 300_000)), days=DAYS, rounds=3)
 QUICK = Params(sizes=(Size(20_000, 2_000),), days=3, rounds=1)
 
 
