@@ -262,5 +262,5 @@ def run_range(days: int) -> dict:
     return {
         "seconds": pipeline.materialize(defs, FIRST_DAY, days),
         "queries": queries,
-        "limits": Settings.from_env().chunking.describe(),
+        "limits": Settings.from_env().chunking.catalog_metadata(),
     }
