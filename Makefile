@@ -28,7 +28,7 @@ dev: sync  ## Checks the settings, then the Dagster UI on http://127.0.0.1:$(POR
 	echo "The Dagster UI opens on http://127.0.0.1:$(PORT) (Ctrl-C stops it)."; \
 	DAGSTER_HOME="$(DEV_HOME)" $(UV) run --frozen dg dev -p "$(PORT)" --log-level "$(LOG_LEVEL)" --code-server-log-level "$(LOG_LEVEL)"
 
-bench: sync  ## Every performance goal against baselines of the same run (about 40 minutes).
+bench: sync  ## Every performance goal against baselines of the same run (about an hour and a quarter).
 	$(UV) run --frozen python -m benchmarks.run --markdown benchmarks/results.md
 	$(UV) run --frozen python -m benchmarks.run --only range-memory --markdown benchmarks/results-range-memory.md
 	$(UV) run --frozen python -m benchmarks.run --only history --markdown benchmarks/results-history.md

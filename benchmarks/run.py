@@ -35,8 +35,8 @@ Plus ``profile``: py-spy over a one-day materialize at 10 M calls.
 
 Everything runs on this machine in a temporary folder, removed at the end: the embedded engine,
 moto's S3 server, the HTTP stand-in and ``dagster dev`` on loopback. Nothing is compared with
-figures from elsewhere. On two cores the default run takes about 20 minutes, more than half of it
-the backfills through ``dagster dev``; ``--only range-memory`` about 5 more, ``--only history``
+figures from elsewhere. On two cores the default run takes about 25 minutes, more than half of it
+the backfills through ``dagster dev``; ``--only range-memory`` about 25 more, ``--only history``
 about 15. ``--quick`` runs
 every goal small, as a smoke test of the harness (its figures mean little), in about 4 minutes:
 each backfill waits for the Dagster daemon's 30-second backfill tick.
