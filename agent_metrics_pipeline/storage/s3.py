@@ -124,6 +124,8 @@ class S3CsvIOManager(DailyCsvIOManager):
     s3: S3Resource
     bucket: str = Field(description="Bucket name, without s3://.")
     _s3_client: Any = PrivateAttr(default=None)
+    # Days are written from a few threads at once: they share one client, made once.
+    _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -187,8 +189,9 @@ class S3CsvIOManager(DailyCsvIOManager):
 
     def _client(self) -> Any:
         """One boto3 client per IO manager instance, not one per day written."""
-        if self._s3_client is None:
-            self._s3_client = self.s3.get_client()
+        with self._client_lock:
+            if self._s3_client is None:
+                self._s3_client = self.s3.get_client()
         return self._s3_client
 
     def _write(self, key: str, data: bytes, content_type: str | None = None) -> None:

@@ -39,6 +39,8 @@ from benchmarks.services import dagster_dev
 
 GOAL = "3"
 TARGET = 10.0
+# Dagster's backfill daemon waits this long between its loops; no setting reaches it.
+BACKFILL_LOOP_SEC = 30
 AGENTS = 1000
 BACKFILL_TIMEOUT_SEC = 900
 CLI_TIMEOUT_SEC = 600
@@ -108,6 +110,13 @@ def measure(context: Context) -> Section:
             met=backfill_ratio >= TARGET,
         ),
         Row(GOAL, f"CLI --partition-range, {n} days", [range_sec]),
+        Row(
+            GOAL,
+            f"backfill {n} days via dagster dev, single run, beyond the CLI's range",
+            [single.wall_sec - range_sec],
+            target=f"≤ {BACKFILL_LOOP_SEC} s (a backfill-daemon loop)",
+            met=single.wall_sec - range_sec <= BACKFILL_LOOP_SEC,
+        ),
         Row(GOAL, "CLI --partition, one day", single_secs),
         Row(
             GOAL,
