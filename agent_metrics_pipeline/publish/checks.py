@@ -122,9 +122,9 @@ def plausible_ranges(evidence: Evidence) -> Finding:
 def one_row_per_agent_per_day(evidence: Evidence) -> Finding:
     # Sorted, a repeated (day, agent) is a row equal to a neighbour: a tenth of hashing each.
     def equal_to(step: int) -> pl.Expr:
-        return (pl.col("date") == pl.col("date").shift(step)) & (
-            pl.col("agent_id") == pl.col("agent_id").shift(step)
-        )
+        return pl.col("date").eq_missing(pl.col("date").shift(step)) & pl.col(
+            "agent_id"
+        ).eq_missing(pl.col("agent_id").shift(step))
 
     rows = evidence.metrics.sort("date", "agent_id")
     return offending_rows(rows.filter(equal_to(1) | equal_to(-1) | dated_outside(evidence.days)))

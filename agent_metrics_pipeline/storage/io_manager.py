@@ -252,12 +252,13 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         uris: dict[str, str] = {}
         failure: Exception | None = None
         # A few days at once: each waits on the store more than it computes. On a fault, days
-        # not started yet are left alone.
-        with ThreadPoolExecutor(PUBLISHING_THREADS, thread_name_prefix="publish") as pool:
-            futures = {
-                pool.submit(publish, key, day): key
-                for key, day in zip(partition_keys, days, strict=True)
-            }
+        # not started yet are left alone (cancelled, they are still handed out and skipped).
+        pool = ThreadPoolExecutor(PUBLISHING_THREADS, thread_name_prefix="publish")
+        futures = {
+            pool.submit(publish, key, day): key
+            for key, day in zip(partition_keys, days, strict=True)
+        }
+        try:
             for future in as_completed(futures):
                 if future.cancelled():
                     continue
@@ -265,10 +266,18 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
                     object_key, cleanup_error = future.result()
                 except (ObjectStoreError, ObjectStoreUnavailableError) as error:
                     failure = failure or error
-                    pool.shutdown(wait=False, cancel_futures=True)
+                    for other in futures:
+                        other.cancel()
                     continue
                 uris[futures[future]] = self.uri(object_key)
                 failure = failure or cleanup_error
+        except BaseException:
+            # Any other fault, or the run being stopped: no further day is started.
+            for other in futures:
+                other.cancel()
+            raise
+        finally:
+            pool.shutdown(wait=True)
         for key in partition_keys:
             if key in uris:
                 # Each day's materialization links its own file, in ranges too.

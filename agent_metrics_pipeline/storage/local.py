@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 from pydantic import Field
@@ -15,12 +15,6 @@ from agent_metrics_pipeline.storage.io_manager import DailyCsvIOManager, ObjectS
 PUBLISHED_FILE_MODE = 0o666
 # A file being written, named after its process: one a killed run left is swept by the next.
 TEMPORARY_PREFIX = ".tmp-"
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 class LocalCsvIOManager(DailyCsvIOManager):
@@ -43,19 +37,21 @@ class LocalCsvIOManager(DailyCsvIOManager):
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             sweep(target.parent, TEMPORARY_PREFIX)
-            with tempfile.NamedTemporaryFile(
-                dir=target.parent, prefix=f"{TEMPORARY_PREFIX}{owner_tag()}", delete=False
-            ) as tmp:
-                try:
+            temporary = target.parent / f"{TEMPORARY_PREFIX}{owner_tag()}{uuid.uuid4().hex}"
+            # Created with the published files' mode, less the process's umask, as any file it
+            # creates: days written at once from several threads never touch the umask.
+            descriptor = os.open(
+                temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PUBLISHED_FILE_MODE
+            )
+            try:
+                with os.fdopen(descriptor, "wb") as tmp:
                     tmp.write(data)
                     tmp.flush()
                     os.fsync(tmp.fileno())
-                    # Temp files are private (0600); published files get the usual permissions.
-                    os.chmod(tmp.name, PUBLISHED_FILE_MODE & ~_current_umask())
-                    os.replace(tmp.name, target)
-                except BaseException:
-                    os.unlink(tmp.name)
-                    raise
+                os.replace(temporary, target)
+            except BaseException:
+                temporary.unlink(missing_ok=True)
+                raise
         except OSError as error:
             raise ObjectStoreError(
                 f"Cannot write {target}: {error.strerror}. Point AGENT_METRICS_HOME at a folder "

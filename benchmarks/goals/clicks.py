@@ -6,8 +6,9 @@ nothing but record as many check results on the same partitions.
 The UI's run: the GraphQL mutation the UI sends for one partition (``launchPipelineExecution``
 of the asset job with the partition's tag), timed from the request to the run's end as the
 instance records it: the run queue, the run's process, its step. A CLI run: ``dagster asset
-materialize --partition DAY``, a fresh process with its own instance, timed whole. Runs
-alternate between the three, after one warm-up each.
+materialize --partition DAY``, a fresh process with its own instance, timed whole (its exit
+included, which the UI's run, timed to its recorded end, does not count). Runs alternate
+between the three, after one warm-up each.
 """
 
 from __future__ import annotations
