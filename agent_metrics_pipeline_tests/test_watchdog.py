@@ -22,6 +22,7 @@ from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline.operations.alerts import FAILURE_SENSOR_NAME
 from agent_metrics_pipeline.operations.watchdog import WATCHDOG_NAME
+from agent_metrics_pipeline.storage.io_manager import PUBLISHING_THREADS
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     calls_to_parquet,
@@ -189,13 +190,15 @@ def test_a_run_killed_while_it_publishes_stops_there_and_leaves_nothing_behind(
             os.setpriority(os.PRIO_PROCESS, run.pid, 19)
             deadline = time.monotonic() + WAIT_SEC
             while not (at_kill := _published(output)) and time.monotonic() < deadline:
-                pass
+                time.sleep(0.001)  # the niced run needs a core more than this loop does
         finally:
             run.kill()  # SIGKILL, the run's process: the step runs in it
             run.wait(timeout=30)
         assert at_kill, "the range published nothing in time"
         after_kill = _published(output)
-        assert len(after_kill) <= len(at_kill) + 1, "at most the day being written lands"
+        assert len(after_kill) <= len(at_kill) + PUBLISHING_THREADS, (
+            "at most the days being written land"
+        )
         instance = dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(dagster_home)))
         (killed,) = instance.get_runs()
         assert not instance.all_logs(
