@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +61,41 @@ def project_env(**variables: str) -> dict[str, str]:
     env["PATH"] = f"{PYTHON_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(variables)
     return env
+
+
+PROJECT_MODULE = "agent_metrics_pipeline.definitions"
+
+
+def materialize_with_cli(
+    env: Mapping[str, str],
+    folder: Path,
+    partitions: list[str],
+    timeout_sec: float,
+    module: str = PROJECT_MODULE,
+    asset: str = "agent_metrics",
+) -> float:
+    """Seconds for ``dagster asset materialize`` of ``asset`` over ``partitions`` (its
+    ``--partition`` or ``--partition-range`` arguments), a fresh process timed whole."""
+    started = time.perf_counter()
+    result = subprocess.run(
+        [
+            str(PYTHON_BIN / "dagster"),
+            *("asset", "materialize", "-m", module, "--select", asset, *partitions),
+        ],
+        cwd=folder,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout_sec,
+        check=False,
+    )
+    seconds = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"dagster asset materialize {asset} {' '.join(partitions)} failed:\n"
+            f"{(result.stdout + result.stderr)[-3000:]}"
+        )
+    return seconds
 
 
 def peak_rss_bytes() -> int:

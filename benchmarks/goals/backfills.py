@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from agent_metrics_pipeline_tests.helpers import (
 )
 from benchmarks import pipeline
 from benchmarks.context import Context
-from benchmarks.processes import PYTHON_BIN, run_worker
+from benchmarks.processes import materialize_with_cli, run_worker
 from benchmarks.report import Row, Section
 from benchmarks.seeding import FIRST_DAY, seed_calls, table_for
 from benchmarks.services import dagster_dev
@@ -88,9 +87,12 @@ def measure(context: Context) -> Section:
 
     cli_home = _dagster_home(folder / "cli")
     cli_env = {**env, "DAGSTER_HOME": str(cli_home)}
-    range_sec = _cli(cli_env, folder, "--partition-range", f"{days[0]}...{days[-1]}")
+    range_sec = materialize_with_cli(
+        cli_env, folder, ["--partition-range", f"{days[0]}...{days[-1]}"], CLI_TIMEOUT_SEC
+    )
     single_secs = [
-        _cli(cli_env, folder, "--partition", str(day)) for day in days[: params.single_cli_calls]
+        materialize_with_cli(cli_env, folder, ["--partition", str(day)], CLI_TIMEOUT_SEC)
+        for day in days[: params.single_cli_calls]
     ]
     steps, pids = _one_day_steps(cli_home)
 
@@ -185,30 +187,6 @@ def _wait_for_daemons(url: str) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError(f"daemons not healthy after {BACKFILL_TIMEOUT_SEC} s: {statuses}")
         time.sleep(1)
-
-
-def _cli(env: dict[str, str], folder: Path, *partition: str) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(
-        [
-            str(PYTHON_BIN / "dagster"),
-            *("asset", "materialize", "-m", "agent_metrics_pipeline.definitions"),
-            *("--select", "agent_metrics", *partition),
-        ],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_SEC,
-        check=False,
-    )
-    seconds = time.perf_counter() - started
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"dagster asset materialize {' '.join(partition)} failed:\n"
-            f"{(result.stdout + result.stderr)[-3000:]}"
-        )
-    return seconds
 
 
 def _one_day_steps(dagster_home: Path) -> tuple[list[str], int]:

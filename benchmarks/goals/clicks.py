@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import subprocess
 import time
-from pathlib import Path
 
 from agent_metrics_pipeline_tests.helpers import DEV_INSTANCE_SETTINGS, graphql
 from benchmarks.context import Context
-from benchmarks.processes import PYTHON_BIN, REPO_ROOT, run_worker
+from benchmarks.processes import REPO_ROOT, materialize_with_cli, run_worker
 from benchmarks.report import Row, Section
 from benchmarks.seeding import FIRST_DAY, table_for
 from benchmarks.services import dagster_dev
@@ -65,13 +63,21 @@ def measure(context: Context) -> Section:
     shutil.copy(DEV_INSTANCE_SETTINGS, home / "dagster.yaml")
     cli_env = {**env, "DAGSTER_HOME": str(home)}
     times: dict[str, list[float]] = {"ui": [], "cli": [], "trivial": []}
+    one_day = ["--partition", str(FIRST_DAY)]
     with dagster_dev(cli_env, folder) as url:
         selector = _asset_job(url)
         for round_number in range(rounds + 1):
             measured = {
                 "ui": _ui_run(url, selector),
-                "cli": _cli(cli_env, folder, "agent_metrics_pipeline.definitions", "agent_metrics"),
-                "trivial": _cli(cli_env, folder, "benchmarks.trivial_definitions", TRIVIAL_ASSET),
+                "cli": materialize_with_cli(cli_env, folder, one_day, RUN_TIMEOUT_SEC),
+                "trivial": materialize_with_cli(
+                    cli_env,
+                    folder,
+                    one_day,
+                    RUN_TIMEOUT_SEC,
+                    module="benchmarks.trivial_definitions",
+                    asset=TRIVIAL_ASSET,
+                ),
             }
             if round_number:  # round 0 warms up
                 for name, seconds in measured.items():
@@ -145,23 +151,3 @@ def _ui_run(url: str, selector: dict) -> float:
         if time.monotonic() > deadline:
             raise RuntimeError(f"The UI's run {run_id} is still {run['status']}")
         time.sleep(0.2)
-
-
-def _cli(env: dict[str, str], folder: Path, module: str, asset: str) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(
-        [
-            str(PYTHON_BIN / "dagster"),
-            *("asset", "materialize", "-m", module, "--select", asset),
-            *("--partition", str(FIRST_DAY)),
-        ],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=RUN_TIMEOUT_SEC,
-        check=False,
-    )
-    if result.returncode != 0:
-        raise RuntimeError(f"{module} {asset} failed:\n{(result.stdout + result.stderr)[-3000:]}")
-    return time.perf_counter() - started
