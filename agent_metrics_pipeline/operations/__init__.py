@@ -1,5 +1,6 @@
 """Operations: what runs the pipeline without a person and tells one when it fails. The job and
-the daily schedule with its deadline, the alerts on failed runs and late days, the watchdog of
+the daily schedule with its deadline, the sensors observing the source and refreshing today's
+figures, the alerts on failed runs and late days, the watchdog of
 runs whose process died, and the instance class that opens Dagster's storage safely.
 
 May import every part below it: the foundations (``core``), the ClickHouse client

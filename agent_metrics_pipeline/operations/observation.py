@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -45,13 +44,14 @@ from agent_metrics_pipeline.observe.readings import (
 )
 from agent_metrics_pipeline.operations.alerts import alert_secrets, deliver, observation_alert
 from agent_metrics_pipeline.operations.schedule import SCHEDULE_TIMEZONE
+from agent_metrics_pipeline.operations.sensor_cursor import SensorCursor
 
 # A cron schedule names minutes: the sensor looks every minute whether one is due.
 OBSERVE_INTERVAL_SEC = 60
 
 
 @dataclass(frozen=True)
-class ObservationCursor:
+class ObservationCursor(SensorCursor):
     """What the next tick needs. It stays small: a sensor's cursor is stored with every tick,
     and what each day's next reading needs is in its recorded observation."""
 
@@ -61,16 +61,6 @@ class ObservationCursor:
     late_since: float | None = None
     # The due time of the failed observation that was alerted, until one succeeds.
     alerted: float | None = None
-
-    @classmethod
-    def parse(cls, text: str | None) -> ObservationCursor:
-        """The cursor a tick left; what it does not know (another version's) is left out."""
-        known = {field.name for field in dataclasses.fields(cls)}
-        saved = json.loads(text) if text else {}
-        return cls(**{name: value for name, value in saved.items() if name in known})
-
-    def dumps(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 def _last_late_look_passed(instance: dg.DagsterInstance) -> bool:

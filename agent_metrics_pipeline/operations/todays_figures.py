@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from dataclasses import dataclass
 
 import dagster as dg
@@ -36,13 +35,14 @@ from agent_metrics_pipeline.core.names import (
 from agent_metrics_pipeline.core.partitions import ended_day_keys
 from agent_metrics_pipeline.observe.readings import EMPTY_DAY_FINGERPRINT, fingerprints
 from agent_metrics_pipeline.operations.schedule import targets_agent_metrics
+from agent_metrics_pipeline.operations.sensor_cursor import SensorCursor
 
 # The sensor looks this often at most: a look that is not due reads the instance only.
 TICK_SEC = 300
 
 
 @dataclass(frozen=True)
-class TodayCursor:
+class TodayCursor(SensorCursor):
     """Today's last refresh request (its day, its calls' fingerprint and when), and the last
     ended day whose final run was requested."""
 
@@ -50,15 +50,6 @@ class TodayCursor:
     fingerprint: str | None = None
     requested_at: float | None = None
     finalized: str | None = None
-
-    @classmethod
-    def parse(cls, text: str | None) -> TodayCursor:
-        known = {field.name for field in dataclasses.fields(cls)}
-        saved = json.loads(text) if text else {}
-        return cls(**{name: value for name, value in saved.items() if name in known})
-
-    def dumps(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
 
 def newest_publication(instance: dg.DagsterInstance, day: str) -> dg.EventLogRecord | None:
