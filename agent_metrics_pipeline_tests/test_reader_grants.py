@@ -101,17 +101,10 @@ SLOW_QUERY = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Grants:
-    """The documented reader and the tables granted to it."""
-
-    user: str
-    tables: frozenset[str]
-
-
-def documented_grants(text: str) -> Grants:
-    """The reader's CREATE USER and GRANT statements, from the section's first SQL block. A
-    statement of another form fails here, so none can be documented without being held."""
+def documented_grants(text: str) -> frozenset[str]:
+    """The tables the section's SQL block grants to its one reader. A statement of another
+    form than its CREATE USER and GRANT SELECT fails here, so none can be documented without
+    being held."""
     section = text.split(GRANTS_SECTION, 1)[1]
     block = re.search(r"```sql\n(.*?)```", section, re.S)
     assert block, f"no SQL block under {GRANTS_SECTION!r}"
@@ -124,8 +117,8 @@ def documented_grants(text: str) -> Grants:
         assert granted, f"a statement this test cannot hold: {statement}"
         tables.add(granted.group(1))
         users.add(granted.group(2))
-    (user,) = users
-    return Grants(user, frozenset(tables))
+    assert len(users) == 1, f"grants to several users: {sorted(users)}"
+    return frozenset(tables)
 
 
 GRANTS = documented_grants(DEPLOYMENT_DOCS.read_text())
@@ -198,7 +191,7 @@ def _target(kill_tree: list[str]) -> str | None:
     return literal.group(1) if literal else None
 
 
-def ungranted(statements: list[Statement], grants: Grants) -> list[str]:
+def ungranted(statements: list[Statement], granted: frozenset[str]) -> list[str]:
     """Each read the grants do not cover, and each statement of a kind they do not allow."""
     own_queries = {statement.query_id for statement in statements}
     found = []
@@ -207,7 +200,7 @@ def ungranted(statements: list[Statement], grants: Grants) -> list[str]:
             found.append(f"KILL QUERY of a query not the reader's own: {statement.text}")
         elif not statement.kind.startswith(("Select", "KillQueryQuery")):
             found.append(f"a {statement.kind} statement: {statement.text}")
-        for table in sorted(statement.tables - grants.tables - READABLE_BY_EVERYONE):
+        for table in sorted(statement.tables - granted - READABLE_BY_EVERYONE):
             found.append(f"{table}, read by: {statement.text.strip()[:300]}")
     return found
 
@@ -277,10 +270,9 @@ def test_every_statement_the_reader_sends_is_covered_by_the_documented_grants(re
     assert ungranted(recorded, GRANTS) == []
 
 
-@pytest.mark.parametrize("left_out", sorted(GRANTS.tables))
+@pytest.mark.parametrize("left_out", sorted(GRANTS))
 def test_each_documented_grant_is_needed(recorded, left_out):
-    fewer = dataclasses.replace(GRANTS, tables=GRANTS.tables - {left_out})
-    missing = ungranted(recorded, fewer)
+    missing = ungranted(recorded, GRANTS - {left_out})
     assert missing and all(line.startswith(f"{left_out}, read by: ") for line in missing)
 
 
@@ -315,7 +307,7 @@ def test_a_kill_of_a_query_not_the_readers_own_is_not_covered():
             "other",
         ),
     ]
-    assert ungranted(statements, Grants("r", KILL_QUERY_READS)) == [
+    assert ungranted(statements, KILL_QUERY_READS) == [
         "KILL QUERY of a query not the reader's own: KILL QUERY WHERE query_id = 'other'"
     ]
 
