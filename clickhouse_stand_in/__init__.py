@@ -11,11 +11,18 @@ compression, response headers, the exception-code to HTTP-status table, in-band 
 The engine opens one data folder per process, so the stand-in runs in a process of its own::
 
     python -m clickhouse_stand_in --data DIR [--port 0] [--users FILE] [--stop-on-stdin-eof]
+        [--statement-log FILE]
 
 It prints one line, ``listening 127.0.0.1:PORT``, then serves until SIGTERM or SIGINT (or, with
 ``--stop-on-stdin-eof``, until its stdin closes) and closes the engine. From Python,
 ``start_server(data_dir, users, log_path)`` starts it and returns a ``ServerProcess`` with
 ``host``, ``port`` and ``stop()``; the stand-in then also stops if the starting process dies.
+
+With ``--statement-log FILE`` (``start_server(..., statement_log=FILE)``) it appends every
+statement it is about to run to FILE, one JSON object a line: ``user`` (the HTTP user),
+``statement`` (its text, without INSERT data), ``parameters`` (the ``param_*`` values as sent)
+and ``query_id``: what a test holds to the grants a server would require, which the stand-in
+itself does not enforce (see below).
 
 The users file is JSON: each user has a password and a settings profile that applies to
 every query of theirs, like a profile in a server's users.xml::

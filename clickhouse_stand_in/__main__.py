@@ -32,13 +32,18 @@ def main(argv: list[str] | None = None) -> None:
         help="also stop when stdin closes (start_server uses it, so that the stand-in does not "
         "outlive a test process that dies)",
     )
+    parser.add_argument(
+        "--statement-log",
+        type=Path,
+        help="append each statement run, as a JSON line (user, statement, parameters, query_id)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
     users = json.loads(args.users.read_text()) if args.users else DEFAULT_USERS
     args.data.mkdir(parents=True, exist_ok=True)
-    serve(args.data, args.port, users, args.stop_on_stdin_eof)
+    serve(args.data, args.port, users, args.stop_on_stdin_eof, args.statement_log)
 
 
 if __name__ == "__main__":
