@@ -16,12 +16,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-ACCESS_DENIED = (
-    b'<?xml version="1.0" encoding="UTF-8"?>\n'
-    b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-)
-# Headers of one hop, not of the request: the proxy sets its own.
+# Headers of one hop, not of the request: the proxy sets its own. Without the client's Host
+# the forwarded request no longer matches its signature: fine for a server that does not check
+# signatures, which is what this proxy stands in front of.
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "host"}
+
+
+def s3_error(code: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Error><Code>{code}</Code><Message>{code}</Message></Error>"
+    ).encode()
 
 
 @dataclass(frozen=True)
@@ -36,12 +41,13 @@ class SentRequest:
 
 
 class RecordingS3Proxy:
-    """Forwards every request to ``upstream``; ``refuse`` decides which get AccessDenied."""
+    """Forwards every request to ``upstream``; ``refuse`` answers some with an S3 error code
+    instead (AccessDenied as HTTP 403, any other as 400), or None to let them through."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = urlsplit(upstream)
         self.sent: list[SentRequest] = []
-        self.refuse: Callable[[SentRequest], bool] = lambda request: False
+        self.refuse: Callable[[SentRequest], str | None] = lambda request: None
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.endpoint_url = f"http://127.0.0.1:{self._server.server_address[1]}"
@@ -61,7 +67,8 @@ class RecordingS3Proxy:
                     while size := int(self.rfile.readline().split(b";")[0], 16):
                         chunks.append(self.rfile.read(size))
                         self.rfile.readline()
-                    self.rfile.readline()
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass  # trailers
                     return b"".join(chunks)
                 return self.rfile.read(int(self.headers.get("Content-Length", 0)))
 
@@ -74,36 +81,48 @@ class RecordingS3Proxy:
                 )
                 with proxy._lock:
                     proxy.sent.append(request)
-                if proxy.refuse(request):
-                    self._answer(403, {"Content-Type": "application/xml"}, ACCESS_DENIED)
+                if code := proxy.refuse(request):
+                    status = 403 if code == "AccessDenied" else 400
+                    self._answer(status, {"Content-Type": "application/xml"}, s3_error(code))
                     return
                 upstream = http.client.HTTPConnection(
                     proxy.upstream.hostname, proxy.upstream.port, timeout=30
                 )
+                headers = {
+                    name: value
+                    for name, value in self.headers.items()
+                    if name.lower() not in HOP_HEADERS
+                }
+                headers["Content-Length"] = str(len(body))
                 try:
-                    headers = {
-                        name: value
-                        for name, value in self.headers.items()
-                        if name.lower() not in HOP_HEADERS
-                    }
-                    headers["Content-Length"] = str(len(body))
                     upstream.request(self.command, self.path, body=body, headers=headers)
                     response = upstream.getresponse()
                     payload = response.read()
-                    kept = {
-                        name: value
-                        for name, value in response.getheaders()
-                        if name.lower() not in HOP_HEADERS | {"content-length"}
-                    }
-                    self._answer(response.status, kept, payload)
+                except OSError:
+                    self._answer(502, {}, b"")
+                    return
                 finally:
                     upstream.close()
+                kept = {
+                    name: value
+                    for name, value in response.getheaders()
+                    if name.lower() not in HOP_HEADERS | {"content-length"}
+                }
+                length = response.getheader("Content-Length", str(len(payload)))
+                self._answer(response.status, kept, payload, length)
 
-            def _answer(self, status: int, headers: dict[str, str], payload: bytes) -> None:
+            def _answer(
+                self,
+                status: int,
+                headers: dict[str, str],
+                payload: bytes,
+                length: str | None = None,
+            ) -> None:
+                """``length``: the upstream's, which a HEAD answer states without a body."""
                 self.send_response(status)
                 for name, value in headers.items():
                     self.send_header(name, value)
-                self.send_header("Content-Length", str(len(payload)))
+                self.send_header("Content-Length", length or str(len(payload)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(payload)

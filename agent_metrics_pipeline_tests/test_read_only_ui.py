@@ -10,6 +10,8 @@ from agent_metrics_pipeline_tests.helpers import REPO_ROOT, dagster_ui, graphql
 
 COMPOSE = REPO_ROOT / "deploy" / "compose.yaml"
 HELM_VALUES = REPO_ROOT / "deploy" / "helm" / "values.yaml"
+HELM_INGRESSES = REPO_ROOT / "deploy" / "helm" / "ingress.yaml"
+AUTH_URL = "nginx.ingress.kubernetes.io/auth-url"
 # Some of what the UI asks the webserver before it offers a button: launching, materializing,
 # turning sensors and schedules on or off, terminating.
 MUTATING_PERMISSIONS = {
@@ -36,14 +38,24 @@ def test_compose_serves_a_read_only_webserver_beside_the_operators_one_on_loopba
         assert published.startswith("127.0.0.1:"), "no login of its own: only the proxy reaches it"
 
 
-def test_the_helm_values_add_the_read_only_webserver_behind_authentication():
+def test_the_helm_values_add_the_read_only_webserver_and_each_ui_gets_its_own_authentication():
     values = yaml.safe_load(HELM_VALUES.read_text())
     assert values["dagsterWebserver"]["enableReadOnly"] is True
-    ingress = values["ingress"]
-    assert ingress["enabled"] is True
-    assert "nginx.ingress.kubernetes.io/auth-url" in ingress["annotations"]
-    hosts = {ingress[ui]["host"] for ui in ("dagsterWebserver", "readOnlyDagsterWebserver")}
-    assert len(hosts) == 2, "each UI on a host of its own, so the proxy can tell them apart"
+    # One Ingress for both hosts could not let operators alone through to theirs.
+    assert values["ingress"]["enabled"] is False
+    ingresses = list(yaml.safe_load_all(HELM_INGRESSES.read_text()))
+    assert [ingress["kind"] for ingress in ingresses] == ["Ingress", "Ingress"]
+    hosts = {rule["host"] for ingress in ingresses for rule in ingress["spec"]["rules"]}
+    assert len(hosts) == 2, "each UI on a host of its own"
+    auth_urls = [ingress["metadata"]["annotations"][AUTH_URL] for ingress in ingresses]
+    assert len(set(auth_urls)) == 2, "the operators' UI asks more of whoever signs in"
+    backends = {
+        path["backend"]["service"]["name"]
+        for ingress in ingresses
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    }
+    assert len(backends) == 2, "each Ingress leads to its own webserver"
 
 
 @pytest.mark.e2e

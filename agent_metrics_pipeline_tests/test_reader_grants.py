@@ -91,9 +91,7 @@ KILL_QUERY_READS = frozenset({"system.processes"})
 # The statement's own temporary tables (a recursive WITH's steps) need no grant.
 OWN_TEMPORARY_TABLES = "_temporary_and_external_tables."
 TRAILING_FORMAT = re.compile(r"\s+FORMAT\s+\w+\s*$")
-TODAY = dt.datetime.now(dt.UTC).date()
-DAYS = [TODAY - dt.timedelta(days=offset) for offset in range(5, 0, -1)]
-WINDOW_DAYS = 3  # DAYS[0] and DAYS[1] end before the observation window
+WINDOW_DAYS = 3  # the first two of the five days end before the observation window
 # Thirty seconds in half-second steps, with no setting, which a readonly=1 user could not send.
 SLOW_QUERY = (
     "WITH RECURSIVE steps AS (SELECT 1 AS n UNION ALL SELECT n + 1 + sleep(0.5) FROM steps "
@@ -224,10 +222,14 @@ def recorded(tmp_path_factory, s3_server: S3Server) -> Iterator[list[Statement]]
         register_writer(reader, ClickHouseResource(host=server.host, port=server.port))
         source = SourceTable()  # the documented default.calls, on this server of its own
         create_calls_table(reader, source)
-        insert_calls(reader, source, random_calls(DAYS[0], days=len(DAYS), calls_per_day=50))
+        # The days end before today, as the observation window counts them: read the clock
+        # here, not at import, so a module imported before midnight still sees its days right.
+        today = dt.datetime.now(dt.UTC).date()
+        days = [today - dt.timedelta(days=offset) for offset in range(5, 0, -1)]
+        insert_calls(reader, source, random_calls(days[0], days=len(days), calls_per_day=50))
         bucket = Bucket(f"grants-{uuid.uuid4().hex[:12]}", s3_server)
         s3_server.client().create_bucket(Bucket=bucket.name)
-        _run_the_pipeline(reader, source, bucket)
+        _run_the_pipeline(reader, source, bucket, days)
         explainer = Explainer(f"{server.url}/")
         logged = [json.loads(line) for line in log.read_text().splitlines()]
         yield [explainer.statement(entry) for entry in logged if entry["user"] == READER]
@@ -235,21 +237,23 @@ def recorded(tmp_path_factory, s3_server: S3Server) -> Iterator[list[Statement]]
         server.stop()
 
 
-def _run_the_pipeline(reader: ClickHouseResource, source: SourceTable, bucket: Bucket) -> None:
+def _run_the_pipeline(
+    reader: ClickHouseResource, source: SourceTable, bucket: Bucket, days: list[dt.date]
+) -> None:
     measurement = measuring(source)
-    materialize(reader, measurement, bucket.io_manager(), str(DAYS[-1]))
+    materialize(reader, measurement, bucket.io_manager(), str(days[-1]))
     built = build_definitions(
         Settings(
-            start_date=str(DAYS[0] - dt.timedelta(days=30)),
+            start_date=str(days[0] - dt.timedelta(days=30)),
             measurement=measurement,
             observe_window_days=WINDOW_DAYS,
         )
     )
     instance = dg.DagsterInstance.ephemeral()
     first = observe(built, instance, reader)
-    insert_calls(reader, source, [_late_call(DAYS[0], "late-1")])
+    insert_calls(reader, source, [_late_call(days[0], "late-1")])
     observe(built, instance, reader, first.cursor)
-    insert_calls(reader, source, [_late_call(DAYS[1], "late-2")])
+    insert_calls(reader, source, [_late_call(days[1], "late-2")])
     by_hand = dg.Definitions(
         assets=built.assets,
         asset_checks=built.asset_checks,

@@ -147,15 +147,15 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         (whether gzipped or not, should the setting have changed in between)."""
         folder = self.day_folder(partition_key, partial=True)
         one_file = f"{folder}/{asset_name}_{partition_key}"
-        ours = [f"{one_file}.csv", f"{one_file}.csv.gz", self.partial_marker_key(partition_key)]
+        # The marker and the manifest first, the data last: stopped part-way, what is left
+        # never points at a removed file.
+        ours = [self.partial_marker_key(partition_key)]
         if self.rows_per_file is not None:
-            ours += [
-                key
-                for key in self._list(folder)
-                if key == self.manifest_key(partition_key, partial=True)
-                or PART_NAME.fullmatch(key.removeprefix(f"{folder}/"))
-            ]
-        self._delete(ours)
+            manifest = self.manifest_key(partition_key, partial=True)
+            listed = self._list(folder)
+            ours += [manifest] if manifest in listed else []
+            ours += [key for key in listed if PART_NAME.fullmatch(key.removeprefix(f"{folder}/"))]
+        self._delete([*ours, f"{one_file}.csv", f"{one_file}.csv.gz"])
 
     def _publish_day(
         self, asset_name: str, partition_key: str, rows: pl.DataFrame, partial: bool = False

@@ -22,6 +22,7 @@ from pydantic import Field, PrivateAttr
 from agent_metrics_pipeline.core.settings import (
     DEFAULT_S3_CONNECT_TIMEOUT_SEC,
     DEFAULT_S3_READ_TIMEOUT_SEC,
+    ServerSideEncryption,
 )
 from agent_metrics_pipeline.storage.io_manager import (
     DailyCsvIOManager,
@@ -39,6 +40,8 @@ CREDENTIAL_ERROR_CODES = {
 PERMISSION_ERROR_CODES = {"AccessDenied", "403"}
 MISSING_BUCKET_ERROR_CODES = {"NoSuchBucket"}
 MISSING_OBJECT_ERROR_CODES = {"NoSuchKey", "404"}
+# The key of aws:kms missing, disabled, or in another region: KMS.NotFoundException, ...
+KMS_ERROR_PREFIX = "KMS."
 # Answers that a later attempt may not get: throttling, timeouts, server trouble.
 TRANSIENT_ERROR_CODES = {
     "RequestTimeout",
@@ -123,10 +126,9 @@ class S3CsvIOManager(DailyCsvIOManager):
 
     s3: S3Resource
     bucket: str = Field(description="Bucket name, without s3://.")
-    server_side_encryption: str | None = Field(
+    server_side_encryption: ServerSideEncryption | None = Field(
         default=None,
-        description="AES256, aws:kms or aws:kms:dsse, sent with every write; unset, the "
-        "bucket's default encryption applies.",
+        description="Sent with every write; unset, the bucket's default encryption applies.",
     )
     sse_kms_key_id: str | None = Field(
         default=None, description="The KMS key of aws:kms or aws:kms:dsse; unset, S3's own."
@@ -157,26 +159,31 @@ class S3CsvIOManager(DailyCsvIOManager):
         if self.server_side_encryption is None:
             return {}
         if self.sse_kms_key_id is None:
-            return {"ServerSideEncryption": self.server_side_encryption}
+            return {"ServerSideEncryption": self.server_side_encryption.value}
         return {
-            "ServerSideEncryption": self.server_side_encryption,
+            "ServerSideEncryption": self.server_side_encryption.value,
             "SSEKMSKeyId": self.sse_kms_key_id,
         }
 
     def _other_refusals(self, action: str) -> str:
         """What else refuses a request with AccessDenied, though the IAM action is granted."""
         causes = []
-        kms = (self.server_side_encryption or "").startswith("aws:kms")
         if action == "s3:PutObject":
-            causes.append(
+            causes += [
                 "the bucket's policy may require server-side encryption the writes do not "
                 "send (set S3_SERVER_SIDE_ENCRYPTION to AES256, aws:kms or aws:kms:dsse, and "
-                "S3_SSE_KMS_KEY_ID, as it requires)"
-            )
-            if kms:
-                causes.append("the credentials need kms:GenerateDataKey on the KMS key")
-        if action == "s3:GetObject" and kms:
-            causes.append("the credentials need kms:Decrypt on the KMS key")
+                "S3_SSE_KMS_KEY_ID, as it requires)",
+                "when the bucket encrypts with a KMS key (its default encryption, or "
+                "S3_SERVER_SIDE_ENCRYPTION=aws:kms), the credentials need kms:GenerateDataKey "
+                "on that key",
+            ]
+        if action == "s3:GetObject":
+            causes += [
+                "the object may not exist: without s3:ListBucket on the bucket, S3 answers a "
+                "read of a missing object with AccessDenied (materialize that day first)",
+                "when the objects are encrypted with a KMS key, the credentials need "
+                "kms:Decrypt on that key",
+            ]
         if self.expected_bucket_owner is not None:
             causes.append(
                 f"the bucket belongs to another account than {self.expected_bucket_owner} "
@@ -225,6 +232,13 @@ class S3CsvIOManager(DailyCsvIOManager):
                     f"The credentials lack the permission {action} on {self.uri(key)} "
                     f"({code}): grant {action} on {resource} to them (IAM or bucket policy; "
                     "docs/deployment.md has the policy to paste)." + self._other_refusals(action)
+                )
+            if code.startswith(KMS_ERROR_PREFIX):
+                return ObjectStoreError(
+                    f"The {self._where()} could not use the KMS key for {self.uri(key)} "
+                    f"({code}): check S3_SSE_KMS_KEY_ID (the key exists, is enabled and is in "
+                    "the bucket's region) and that the credentials may use it "
+                    "(kms:GenerateDataKey to write, kms:Decrypt to read)."
                 )
             if code in MISSING_OBJECT_ERROR_CODES:
                 return ObjectStoreError(
@@ -278,9 +292,10 @@ class S3CsvIOManager(DailyCsvIOManager):
         return keys
 
     def _delete(self, keys: list[str]) -> None:
-        # One request a key: a day leaves few (its partial folder's three names, the parts it no
-        # longer has), and each is authorized against the object's own ARN in every
-        # S3-compatible store, as the documented policy grants s3:DeleteObject.
+        # One request a key: a day leaves few (its partial folder's names, the parts it no
+        # longer has). AWS authorizes each key of a multi-object delete against the object, but
+        # some S3-compatible servers authorize it against the bucket, where the documented
+        # policy grants no s3:DeleteObject; one object a request is authorized alike everywhere.
         for key in keys:
             try:
                 self._client().delete_object(Bucket=self.bucket, Key=key, **self._owner())
