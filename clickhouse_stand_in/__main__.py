@@ -12,6 +12,7 @@ from pathlib import Path
 import clickhouse_stand_in
 from clickhouse_stand_in.engine import DEFAULT_USERS
 from clickhouse_stand_in.server import serve
+from clickhouse_stand_in.tls import CLIENT_VERIFICATION_MODES, TlsConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,13 +33,34 @@ def main(argv: list[str] | None = None) -> None:
         help="also stop when stdin closes (start_server uses it, so that the stand-in does not "
         "outlive a test process that dies)",
     )
+    parser.add_argument("--certfile", type=Path, help="serve HTTPS with this certificate chain")
+    parser.add_argument("--keyfile", type=Path, help="the private key of --certfile")
+    parser.add_argument(
+        "--client-ca", type=Path, help="check client certificates against this CA bundle"
+    )
+    parser.add_argument(
+        "--client-verification",
+        choices=sorted(CLIENT_VERIFICATION_MODES),
+        default="relaxed",
+        help="with --client-ca, as a server's verificationMode: relaxed checks a client "
+        "certificate when one is sent, strict refuses a client without one",
+    )
     args = parser.parse_args(argv)
+    if (args.certfile is None) != (args.keyfile is None):
+        parser.error("--certfile and --keyfile go together")
+    if args.client_ca is not None and args.certfile is None:
+        parser.error("--client-ca needs --certfile and --keyfile")
+    tls = (
+        TlsConfig(args.certfile, args.keyfile, args.client_ca, args.client_verification)
+        if args.certfile
+        else None
+    )
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
     )
     users = json.loads(args.users.read_text()) if args.users else DEFAULT_USERS
     args.data.mkdir(parents=True, exist_ok=True)
-    serve(args.data, args.port, users, args.stop_on_stdin_eof)
+    serve(args.data, args.port, users, args.stop_on_stdin_eof, tls)
 
 
 if __name__ == "__main__":
