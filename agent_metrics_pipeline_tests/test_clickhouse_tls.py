@@ -60,12 +60,14 @@ def certificates(tmp_path_factory) -> TestCertificates:
     return make_certificates(tmp_path_factory.mktemp("certificates"))
 
 
-def _https_stand_in(folder: Path, certfile: Path, client_ca: Path, verification: str):
+def _https_stand_in(
+    folder: Path, certfile: Path, client_ca: Path, verification: str, maximum_version: str = "1.3"
+):
     return start_server(
         folder / "data",
         TLS_USERS,
         folder / "server.log",
-        tls=TlsConfig(certfile, certfile, client_ca, verification),
+        tls=TlsConfig(certfile, certfile, client_ca, verification, maximum_version),
     )
 
 
@@ -242,10 +244,10 @@ def fault_server(tmp_path, certificates, request) -> Iterator[ServerProcess]:
     certfile = {
         "expired": certificates.expired_server,
         "other-host": certificates.other_host_server,
-        "client-certificate-required": certificates.server,
-    }[kind]
-    verification = "strict" if kind == "client-certificate-required" else "relaxed"
-    server = _https_stand_in(tmp_path, certfile, certificates.ca, verification)
+    }.get(kind, certificates.server)
+    verification = "strict" if kind.startswith("client-certificate-required") else "relaxed"
+    maximum_version = "1.2" if kind.endswith("tls-1.2") else "1.3"
+    server = _https_stand_in(tmp_path, certfile, certificates.ca, verification, maximum_version)
     yield server
     server.stop()
 
@@ -273,15 +275,22 @@ def test_a_certificate_for_another_host_is_reached_with_the_server_name_setting(
     assert named.query_polars("SELECT 1 AS one").item() == 1
 
 
-@pytest.mark.parametrize("fault_server", ["client-certificate-required"], indirect=True)
+@pytest.mark.parametrize(
+    ("fault_server", "expected"),
+    [
+        ("client-certificate-required", "requires a client certificate"),
+        ("client-certificate-required-tls-1.2", "SSLV3_ALERT_HANDSHAKE_FAILURE"),
+    ],
+    indirect=["fault_server"],
+)
 def test_a_server_requiring_a_client_certificate_names_the_client_settings(
-    fault_server, certificates, source, bucket
+    fault_server, certificates, source, bucket, expected
 ):
     assert_fails_naming(
         resource_from(with_ca(fault_server, certificates)),
         source,
         bucket,
-        "requires a client certificate",
+        expected,
         "CLICKHOUSE_CLIENT_CERT",
     )
     with_certificate = server_settings(

@@ -11,7 +11,8 @@ compression, response headers, the exception-code to HTTP-status table, in-band 
 The engine opens one data folder per process, so the stand-in runs in a process of its own::
 
     python -m clickhouse_stand_in --data DIR [--port 0] [--users FILE] [--stop-on-stdin-eof]
-        [--certfile PEM --keyfile PEM [--client-ca PEM [--client-verification relaxed|strict]]]
+        [--certfile PEM --keyfile PEM [--tls-max-version 1.2|1.3]
+         [--client-ca PEM [--client-verification relaxed|strict]]]
 
 It prints one line, ``listening 127.0.0.1:PORT``, then serves until SIGTERM or SIGINT (or, with
 ``--stop-on-stdin-eof``, until its stdin closes) and closes the engine. From Python,
@@ -23,7 +24,8 @@ HTTPS only on its port, as a server's ``https_port``: a plain HTTP request there
 unanswered, as the server drops it. ``--client-ca`` checks client certificates against that
 CA, as the server's ``caConfig``; ``--client-verification`` is its ``verificationMode``:
 ``relaxed`` checks a certificate when one is sent, ``strict`` ends the handshake of a client
-without one (TLS 1.3's certificate_required alert).
+without one (TLS 1.3's certificate_required alert; with ``--tls-max-version 1.2``, as a server
+that disables TLS 1.3, TLS 1.2's handshake_failure).
 
 The users file is JSON: each user has a password and a settings profile that applies to
 every query of theirs, like a profile in a server's users.xml::
@@ -79,14 +81,14 @@ What it cannot show (check these against a real server):
   queries, listen/keep-alive/session limits. The engine runs every query as its built-in user
   ``default``, whatever the HTTP user (``currentUser()`` says so; user names in its readonly
   errors are rewritten to the HTTP user's).
-- HTTP and HTTPS on two ports at once, TLS settings beyond the certificates and the client
-  verification mode (protocols, ciphers, session tickets, ``verificationMode`` ``once``),
-  certificate revocation lists, Kerberos and bearer tokens, clusters and Distributed or
-  Replicated tables, ZooKeeper/Keeper, system.processes and system.query_log entries
-  matching the query ids it returns (the engine assigns its own ``queryID()``; only KILL
-  QUERY maps them), KILL QUERY ON CLUSTER, progress headers
-  (``send_progress_in_http_headers``), cancelling a buffered query when the client goes
-  away, HEAD and OPTIONS requests, the Play UI.
+- HTTP and HTTPS on two ports at once, TLS settings beyond the certificates, the client
+  verification mode and the newest protocol version (ciphers, session tickets,
+  ``verificationMode`` ``once``), certificate revocation lists, Kerberos and bearer tokens,
+  clusters and Distributed or Replicated tables, ZooKeeper/Keeper, system.processes and
+  system.query_log entries matching the query ids it returns (the engine assigns its own
+  ``queryID()``; only KILL QUERY maps them), KILL QUERY ON CLUSTER, progress headers
+  (``send_progress_in_http_headers``), cancelling a buffered query when the client goes away,
+  HEAD and OPTIONS requests, the Play UI.
 - The native ``client_protocol_version`` (block headers, DateTime time zones in Native
   output): the stand-in ignores it, as a proxy that drops the parameter would, and
   clickhouse-connect then falls back to protocol 0.

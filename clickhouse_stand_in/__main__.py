@@ -12,7 +12,7 @@ from pathlib import Path
 import clickhouse_stand_in
 from clickhouse_stand_in.engine import DEFAULT_USERS
 from clickhouse_stand_in.server import serve
-from clickhouse_stand_in.tls import CLIENT_VERIFICATION_MODES, TlsConfig
+from clickhouse_stand_in.tls import CLIENT_VERIFICATION_MODES, MAXIMUM_VERSIONS, TlsConfig
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -45,13 +45,25 @@ def main(argv: list[str] | None = None) -> None:
         help="with --client-ca, as a server's verificationMode: relaxed checks a client "
         "certificate when one is sent, strict refuses a client without one",
     )
+    parser.add_argument(
+        "--tls-max-version",
+        choices=sorted(MAXIMUM_VERSIONS),
+        default="1.3",
+        help="the newest TLS version served (1.2: as a server that disables TLS 1.3)",
+    )
     args = parser.parse_args(argv)
     if (args.certfile is None) != (args.keyfile is None):
         parser.error("--certfile and --keyfile go together")
     if args.client_ca is not None and args.certfile is None:
         parser.error("--client-ca needs --certfile and --keyfile")
     tls = (
-        TlsConfig(args.certfile, args.keyfile, args.client_ca, args.client_verification)
+        TlsConfig(
+            args.certfile,
+            args.keyfile,
+            args.client_ca,
+            args.client_verification,
+            args.tls_max_version,
+        )
         if args.certfile
         else None
     )

@@ -16,21 +16,26 @@ HANDSHAKE_TIMEOUT_SEC = 10
 # How long a failed handshake's connection is drained for the client to read the alert.
 DRAIN_TIMEOUT_SEC = 5
 CLIENT_VERIFICATION_MODES = {"relaxed": ssl.CERT_OPTIONAL, "strict": ssl.CERT_REQUIRED}
+# The newest protocol the server speaks, as a server's disableProtocols limits it.
+MAXIMUM_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 @dataclass(frozen=True)
 class TlsConfig:
     """The server's certificate chain and key, and the CA its clients' certificates are
-    checked against (none: client certificates are not asked for)."""
+    checked against (none: client certificates are not asked for), and the newest protocol
+    version it speaks."""
 
     certfile: Path
     keyfile: Path
     client_ca: Path | None = None
     client_verification: str = "relaxed"
+    maximum_version: str = "1.3"
 
     def arguments(self) -> list[str]:
         """The command line's options for this configuration."""
         options = ["--certfile", str(self.certfile), "--keyfile", str(self.keyfile)]
+        options += ["--tls-max-version", self.maximum_version]
         if self.client_ca is not None:
             options += ["--client-ca", str(self.client_ca)]
             options += ["--client-verification", self.client_verification]
@@ -39,6 +44,7 @@ class TlsConfig:
     def server_context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.certfile, self.keyfile)
+        context.maximum_version = MAXIMUM_VERSIONS[self.maximum_version]
         if self.client_ca is not None:
             context.load_verify_locations(self.client_ca)
             context.verify_mode = CLIENT_VERIFICATION_MODES[self.client_verification]

@@ -79,7 +79,7 @@ class ClickHouseResource(dg.ConfigurableResource):
     ca_cert: str | None = Field(
         default=None,
         description="PEM bundle of the CAs the server's certificate is checked against; unset "
-        "means clickhouse-connect's default (certifi's).",
+        "means the system's CA store.",
     )
     verify: bool = Field(default=True, description="Check the server's certificate and name.")
     client_cert: str | None = Field(
@@ -142,7 +142,7 @@ class ClickHouseResource(dg.ConfigurableResource):
         unchecked: said once, it would be lost among the runs that follow."""
         if self.host and self.secure and not self.verify:
             (context.log or logger).warning(
-                f"CLICKHOUSE_VERIFY=false: the {self.description}'s certificate and name "
+                f"CLICKHOUSE_VERIFY=false: the certificate and name of the {self.description} "
                 "are not checked, so anyone on the network path can pose as the server and "
                 "read the queries, the password and the results. Set CLICKHOUSE_CA_CERT to "
                 "the CA that issued the server's certificate, and unset CLICKHOUSE_VERIFY."

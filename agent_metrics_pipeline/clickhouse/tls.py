@@ -23,6 +23,9 @@ NOT_YET_VALID_CODE = 9
 NAME_MISMATCH_CODES = {62, 64}
 # The server's alerts when it requires a client certificate and got none.
 CERTIFICATE_REQUIRED_REASONS = {"TLSV13_ALERT_CERTIFICATE_REQUIRED"}
+# A TLS 1.2 server's alert when it requires a client certificate and got none, and when it
+# shares no protocol version or cipher with the client.
+HANDSHAKE_FAILURE_REASONS = {"SSLV3_ALERT_HANDSHAKE_FAILURE"}
 # The server's alerts when it refuses the client certificate it got.
 CLIENT_CERTIFICATE_REFUSED_REASONS = {
     "TLSV1_ALERT_UNKNOWN_CA",
@@ -124,8 +127,8 @@ def _verification_error(
             "check the clocks of this machine and of the server."
         )
     fix = (
-        "set CLICKHOUSE_CA_CERT to a PEM bundle holding the CA that issued it (unset, "
-        "clickhouse-connect's default bundle is used)"
+        "set CLICKHOUSE_CA_CERT to a PEM bundle holding the CA that issued it (unset, the "
+        "system's CA store is used)"
     )
     if error.verify_code in UNTRUSTED_CODES:
         return ClickHouseTlsError(
@@ -133,8 +136,8 @@ def _verification_error(
             f"{fix}."
         )
     return ClickHouseTlsError(
-        f"The {description}'s certificate failed verification ({reason}): {fix}, and check "
-        "the certificate the server presents."
+        f"The certificate of the {description} failed verification ({reason}): {fix}, and "
+        "check the certificate the server presents."
     )
 
 
@@ -153,6 +156,13 @@ def _handshake_error(reason: str, description: str) -> ClickHouseTlsError | None
             f"The {description} requires a client certificate, and none was sent ({reason}): "
             "set CLICKHOUSE_CLIENT_CERT and CLICKHOUSE_CLIENT_KEY to the certificate and key "
             "of a user the server authenticates by certificate."
+        )
+    if reason in HANDSHAKE_FAILURE_REASONS:
+        return ClickHouseTlsError(
+            f"The {description} ended the TLS handshake ({reason}): when it requires a client "
+            "certificate, set CLICKHOUSE_CLIENT_CERT and CLICKHOUSE_CLIENT_KEY to the "
+            "certificate and key of a user the server authenticates by certificate; otherwise "
+            "it shares no TLS version or cipher with this client."
         )
     if reason in CLIENT_CERTIFICATE_REFUSED_REASONS:
         return ClickHouseTlsError(

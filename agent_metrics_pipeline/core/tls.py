@@ -45,8 +45,8 @@ def _read(variable: str, path: Path) -> str:
 class ClickHouseTls:
     """How the client checks the server it talks to over HTTPS, and how it shows who it is.
 
-    Unset, the server's certificate is checked against the bundle clickhouse-connect uses by
-    default (certifi's) and no client certificate is sent.
+    Unset, the server's certificate is checked against the system's CA store, as OpenSSL finds
+    it (what clickhouse-connect leaves to urllib3), and no client certificate is sent.
     """
 
     ca_cert: Path | None = None
