@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from agent_metrics_pipeline.clickhouse.resource import clickhouse_resource
 from agent_metrics_pipeline.core.errors import ConfigError
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline_tests.certificates import TestCertificates, make_certificates
@@ -50,6 +51,24 @@ def test_the_tls_settings_are_read_into_the_settings(certificates):
         certificates.client_key,
     )
     assert tls.server_name == "clickhouse.example" and tls.verify
+
+
+def test_the_resource_carries_the_tls_settings_to_the_client(certificates):
+    settings = Settings.from_env(
+        {
+            **SECURE,
+            "CLICKHOUSE_CLIENT_CERT": str(certificates.client_combined),
+            "CLICKHOUSE_SERVER_NAME": "clickhouse.example",
+            "CLICKHOUSE_VERIFY": "false",
+        }
+    )
+    resource = clickhouse_resource(settings)
+    assert (resource.secure, resource.verify, resource.ca_cert) == (True, False, None)
+    assert (resource.client_cert, resource.client_key, resource.server_name) == (
+        str(certificates.client_combined),
+        None,
+        "clickhouse.example",
+    )
 
 
 @pytest.mark.parametrize(
