@@ -15,19 +15,13 @@ from __future__ import annotations
 
 import http.server
 import os
-import shutil
 import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
-import requests
 
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.measurement import SourceTable
@@ -39,7 +33,7 @@ from agent_metrics_pipeline_tests.helpers import (
     S3Server,
     Webhook,
     create_calls_table,
-    free_port,
+    moto_server,
     register_writer,
     subprocess_env,
     writer,
@@ -99,26 +93,8 @@ def calls_table(clickhouse: ClickHouseResource) -> Iterator[SourceTable]:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory) -> Iterator[S3Server]:
-    moto = shutil.which("moto_server") or str(Path(sys.executable).parent / "moto_server")
-    port = free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    process = subprocess.Popen(
-        [moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            requests.get(f"{endpoint}/moto-api/", timeout=1)
-            break
-        except requests.ConnectionError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto_server did not start on {endpoint}") from None
-            time.sleep(0.1)
-    yield S3Server(endpoint)
-    process.terminate()
-    process.wait(timeout=10)
-    log.close()
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield S3Server(endpoint)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ import json
 import os
 import pwd
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -82,6 +83,38 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextmanager
+def moto_server(log_path: Path, **environment: str) -> Iterator[str]:
+    """A moto S3 server on a free loopback port, stopped on exit; yields its endpoint.
+    ``environment`` reaches the server's process (moto reads some of its modes from there)."""
+    # The environment's own server first: another on PATH may be another moto version.
+    beside = Path(sys.executable).parent / "moto_server"
+    moto = str(beside) if beside.exists() else shutil.which("moto_server") or "moto_server"
+    port = free_port()
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            [moto, "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **environment},
+        )
+        endpoint = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    requests.get(f"{endpoint}/moto-api/", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"moto_server did not start on {endpoint}") from None
+                    time.sleep(0.1)
+            yield endpoint
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 def key_for(day: dt.date) -> str:

@@ -104,6 +104,14 @@ def failing_clickhouse_server(code: int, status: int, message: str) -> http.serv
             ClickHouseQueryError,
             "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD",
         ),
+        (
+            497,
+            403,
+            "metrics_reader: Not enough privileges. To execute this query, it's necessary to "
+            "have the grant SELECT(agent_id, started_at) ON default.calls.",
+            ClickHouseQueryError,
+            "Grant it to the user",
+        ),
         (60, 404, "Table default.calls does not exist.", ClickHouseQueryError, "SOURCE_TABLE"),
         (159, 500, "Timeout exceeded: elapsed 300 seconds.", ClickHouseUnavailableError, "now"),
         (202, 500, "Too many simultaneous queries.", ClickHouseUnavailableError, "now"),

@@ -14,7 +14,7 @@ from agent_metrics_pipeline.core.measurement import (
     ReadFinalPolicy,
     SpreadsheetSafety,
 )
-from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.core.settings import ServerSideEncryption, Settings
 
 
 def test_defaults_are_the_embedded_engine_and_a_local_folder():
@@ -68,6 +68,9 @@ def test_every_variable_is_read():
             "S3_BUCKET": "metrics",
             "S3_PREFIX": "/daily/agents/",
             "S3_ENDPOINT_URL": "http://127.0.0.1:9000",
+            "S3_SERVER_SIDE_ENCRYPTION": "AWS:KMS",
+            "S3_SSE_KMS_KEY_ID": "alias/agent-metrics",
+            "S3_EXPECTED_BUCKET_OWNER": "123456789012",
             "AWS_REGION": "eu-west-3",
         }
     )
@@ -110,6 +113,9 @@ def test_every_variable_is_read():
     assert settings.s3_prefix == "daily/agents"
     assert settings.s3_endpoint_url == "http://127.0.0.1:9000"
     assert settings.aws_region == "eu-west-3"
+    assert settings.s3_server_side_encryption is ServerSideEncryption.AWS_KMS
+    assert settings.s3_sse_kms_key_id == "alias/agent-metrics"
+    assert settings.s3_expected_bucket_owner == "123456789012"
 
 
 @pytest.mark.parametrize(
@@ -150,6 +156,8 @@ def test_every_variable_is_read():
         ("AGENT_METRICS_MAX_RETRIES", "many"),
         ("AGENT_METRICS_RETRY_DELAY_SEC", "-5"),
         ("AGENT_METRICS_ALERT_WEBHOOK_URL", "hooks.example/T0KEN"),
+        ("S3_SERVER_SIDE_ENCRYPTION", "aes-256"),
+        ("S3_EXPECTED_BUCKET_OWNER", "my-account"),
     ],
 )
 def test_bad_values_name_the_variable(variable, value):
@@ -167,3 +175,12 @@ def test_a_home_that_is_a_file_is_refused_at_load(tmp_path, inside):
     with pytest.raises(ConfigError, match="AGENT_METRICS_HOME") as raised:
         Settings.from_env({"AGENT_METRICS_HOME": str(home)})
     assert "not a folder" in str(raised.value)
+
+
+def test_a_kms_key_alone_selects_aws_kms_and_refuses_aes256():
+    settings = Settings.from_env({"S3_SSE_KMS_KEY_ID": "alias/agent-metrics"})
+    assert settings.s3_server_side_encryption is ServerSideEncryption.AWS_KMS
+    with pytest.raises(ConfigError, match="S3_SSE_KMS_KEY_ID"):
+        Settings.from_env(
+            {"S3_SSE_KMS_KEY_ID": "alias/agent-metrics", "S3_SERVER_SIDE_ENCRYPTION": "aes256"}
+        )

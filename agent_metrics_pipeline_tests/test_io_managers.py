@@ -251,7 +251,7 @@ def test_a_missing_permission_is_named_and_a_partial_range_says_which_days_are_p
 
     message = failure_message(failed)
     assert "lack the permission s3:PutObject" in message
-    assert "s3://guarded/agent_metrics/*" in message
+    assert "arn:aws:s3:::guarded/agent_metrics/*" in message
     assert "AWS_ACCESS_KEY_ID" not in message, "the credentials are fine: a permission is missing"
     # Days are written a few at once: those started before the refusal are published too.
     listed = re.search(r"Days published: (.*); not published: (.*)\. Running", message)

@@ -11,6 +11,7 @@ compression, response headers, the exception-code to HTTP-status table, in-band 
 The engine opens one data folder per process, so the stand-in runs in a process of its own::
 
     python -m clickhouse_stand_in --data DIR [--port 0] [--users FILE] [--stop-on-stdin-eof]
+        [--statement-log FILE]
         [--certfile PEM --keyfile PEM [--tls-max-version 1.2|1.3]
          [--client-ca PEM [--client-verification relaxed|strict]]]
 
@@ -26,6 +27,12 @@ CA, as the server's ``caConfig``; ``--client-verification`` is its ``verificatio
 ``relaxed`` checks a certificate when one is sent, ``strict`` ends the handshake of a client
 without one (TLS 1.3's certificate_required alert; with ``--tls-max-version 1.2``, as a server
 that disables TLS 1.3, TLS 1.2's handshake_failure).
+
+With ``--statement-log FILE`` (``start_server(..., statement_log=FILE)``) it appends every
+statement it is about to run to FILE, one JSON object a line: ``user`` (the HTTP user),
+``statement`` (its text, without INSERT data), ``parameters`` (the ``param_*`` values as sent)
+and ``query_id``: what a test holds to the grants a server would require, which the stand-in
+itself does not enforce (see below).
 
 The users file is JSON: each user has a password and a settings profile that applies to
 every query of theirs, like a profile in a server's users.xml::

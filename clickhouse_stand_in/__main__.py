@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> None:
         help="also stop when stdin closes (start_server uses it, so that the stand-in does not "
         "outlive a test process that dies)",
     )
+    parser.add_argument(
+        "--statement-log",
+        type=Path,
+        help="append each statement run, as a JSON line (user, statement, parameters, query_id)",
+    )
     parser.add_argument("--certfile", type=Path, help="serve HTTPS with this certificate chain")
     parser.add_argument("--keyfile", type=Path, help="the private key of --certfile")
     parser.add_argument(
@@ -72,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     users = json.loads(args.users.read_text()) if args.users else DEFAULT_USERS
     args.data.mkdir(parents=True, exist_ok=True)
-    serve(args.data, args.port, users, args.stop_on_stdin_eof, tls)
+    serve(args.data, args.port, users, args.stop_on_stdin_eof, args.statement_log, tls)
 
 
 if __name__ == "__main__":

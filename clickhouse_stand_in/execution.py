@@ -50,6 +50,7 @@ def execute(
     for key, value in call.params:
         if key.startswith("param_"):
             parameters.setdefault(key[len("param_") :], value)
+    host.record_statement(call.user.name, statement.decode(errors="replace"), parameters, query_id)
     headers = [("X-ClickHouse-Query-Id", query_id)]
     if kind == "READ_ONLY":
         headers += [

@@ -1,6 +1,7 @@
 """What the request handler needs from the server that hosts it: the engine, the users, the
-sessions, the server's display name, and its list of queries in flight. The handler sees its
-server only as a ``Host``, so the server imports the handler and never the reverse."""
+sessions, the server's display name, its list of queries in flight and its statement log. The
+handler sees its server only as a ``Host``, so the server imports the handler and never the
+reverse."""
 
 from __future__ import annotations
 
@@ -44,3 +45,8 @@ class Host(Protocol):
 
     def tracking(self) -> AbstractContextManager[None]:
         """A request counted as in flight for its duration."""
+
+    def record_statement(
+        self, user: str, statement: str, parameters: Mapping[str, str], query_id: str
+    ) -> None:
+        """A statement about to run, in the statement log when the server keeps one."""

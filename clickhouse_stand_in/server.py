@@ -47,6 +47,7 @@ class StandInServer(ThreadingHTTPServer):
         port: int,
         engine: Engine,
         users: Mapping[str, User],
+        statement_log: Path | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__((HOST, port), Handler)
@@ -59,6 +60,8 @@ class StandInServer(ThreadingHTTPServer):
         self._idle = threading.Condition()
         self._running: dict[str, RunningQuery] = {}
         self._running_lock = threading.Lock()
+        self._statement_log = statement_log
+        self._statement_log_lock = threading.Lock()
 
     def get_request(self) -> tuple[socket.socket, Any]:
         connection, address = super().get_request()
@@ -92,6 +95,24 @@ class StandInServer(ThreadingHTTPServer):
             with self._running_lock:
                 del self._running[query_id]
 
+    def record_statement(
+        self, user: str, statement: str, parameters: Mapping[str, str], query_id: str
+    ) -> None:
+        """One JSON line per statement, appended and flushed at once, so a reader of the log
+        sees every statement that ran before it looked."""
+        if self._statement_log is None:
+            return
+        line = json.dumps(
+            {
+                "user": user,
+                "statement": statement,
+                "parameters": dict(parameters),
+                "query_id": query_id,
+            }
+        )
+        with self._statement_log_lock, self._statement_log.open("a") as log:
+            log.write(line + "\n")
+
     def running_queries(self) -> dict[str, RunningQuery]:
         with self._running_lock:
             return dict(self._running)
@@ -119,15 +140,20 @@ def serve(
     port: int,
     users: Mapping[str, Mapping[str, Any]],
     stop_on_stdin_eof: bool = False,
+    statement_log: Path | None = None,
     tls: TlsConfig | None = None,
 ) -> None:
     """Open the engine, serve (HTTPS with ``tls``) until SIGTERM or SIGINT (or the end of
-    stdin, when asked: a parent that dies closes the pipe), then close the engine."""
+    stdin, when asked: a parent that dies closes the pipe), then close the engine. With
+    ``statement_log``, every statement a request runs is appended to that file (see
+    ``StandInServer.record_statement``)."""
     engine = Engine(data_dir)
     try:
         loaded = load_users(users)
         engine.check_profiles(loaded)
-        server = StandInServer(port, engine, loaded, tls.server_context() if tls else None)
+        server = StandInServer(
+            port, engine, loaded, statement_log, tls.server_context() if tls else None
+        )
 
         def stop(reason: str) -> None:
             logger.info("%s: stopping", reason)
@@ -204,13 +230,15 @@ def start_server(
     *,
     port: int = 0,
     timeout: float = 60.0,
+    statement_log: Path | None = None,
     tls: TlsConfig | None = None,
 ) -> ServerProcess:
     """Start the stand-in in a process of its own and wait until it listens, over HTTPS
     with ``tls``.
 
     The users are written next to the log (``<log>.users.json``); the stand-in's log (one
-    line per request) goes to ``log_path``. Raises RuntimeError with the log's tail if it
+    line per request) goes to ``log_path``; with ``statement_log``, each statement it runs is
+    appended there as a JSON line. Raises RuntimeError with the log's tail if it
     does not come up within ``timeout`` seconds.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +250,7 @@ def start_server(
             [
                 *(sys.executable, "-m", module, "--data", str(data_dir), "--port", str(port)),
                 *("--users", str(users_path), "--stop-on-stdin-eof"),
+                *(("--statement-log", str(statement_log)) if statement_log else ()),
                 *(tls.arguments() if tls else []),
             ],
             cwd=Path(__file__).resolve().parents[1],  # where the package imports from

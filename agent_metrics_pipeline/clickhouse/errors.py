@@ -11,7 +11,7 @@ from collections.abc import Callable
 from agent_metrics_pipeline.core.errors import PermanentError, TransientError
 
 # ClickHouse server error codes whose fix is a change of configuration or schema.
-CREDENTIAL_ERROR_CODES = {192, 193, 194, 497, 516}  # unknown user, wrong/required password, ...
+CREDENTIAL_ERROR_CODES = {192, 193, 194, 516}  # unknown user, wrong/required password, ...
 MISSING_OBJECT_ERROR_CODES = {60, 81}  # UNKNOWN_TABLE, UNKNOWN_DATABASE
 UNKNOWN_IDENTIFIER_CODE = 47
 READONLY_CODE = 164
@@ -120,6 +120,13 @@ def translate(
     if code in TRANSIENT_ERROR_CODES:
         return ClickHouseUnavailableError(
             f"The {description} could not finish the query now: {detail}"
+        )
+    if code == ACCESS_DENIED_CODE:
+        # The user signed in: a grant is missing, which no password fixes.
+        return ClickHouseQueryError(
+            f"The {description} refused this user a privilege the query needs: {detail}. "
+            "Grant it to the user (the reader's grants: the deployment guide, 'The ClickHouse "
+            "reader: least privilege')."
         )
     if code in CREDENTIAL_ERROR_CODES:
         return ClickHouseQueryError(

@@ -131,12 +131,12 @@ class Environment:
         value = self.text(name)
         if value is None:
             return None
-        try:
-            return choices(value.lower())
-        except ValueError:
-            names = [repr(choice.value) for choice in choices]
-            allowed = " or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}"
-            raise ConfigError(f"{name}={value.lower()!r} must be {allowed}") from None
+        for choice in choices:
+            if choice.value.lower() == value.lower():
+                return choice
+        names = [repr(choice.value) for choice in choices]
+        allowed = " or ".join(names) if len(names) == 2 else f"one of {', '.join(names)}"
+        raise ConfigError(f"{name}={value.lower()!r} must be {allowed}")
 
     def s3_prefix(self, name: str) -> str | None:
         """A relative key prefix: surrounding slashes dropped, never climbing out of its root."""

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 
 from agent_metrics_pipeline.core.environment import Environment, given, validate_timezone
@@ -47,6 +49,18 @@ DEFAULT_S3_READ_TIMEOUT_SEC = 30
 # The package's extra that installs the embedded engine (chdb), and the module it brings.
 EMBEDDED_ENGINE_EXTRA = "embedded"
 EMBEDDED_ENGINE_MODULE = "chdb"
+
+
+# An AWS account id, as S3 compares it with the bucket's owner.
+ACCOUNT_ID = re.compile(r"\d{12}")
+
+
+class ServerSideEncryption(StrEnum):
+    """How S3 encrypts the objects the pipeline writes, as the request header names it."""
+
+    AES256 = "AES256"
+    AWS_KMS = "aws:kms"
+    AWS_KMS_DSSE = "aws:kms:dsse"
 
 
 def embedded_engine_path(home: Path) -> Path:
@@ -88,6 +102,10 @@ class Settings:
     s3_read_timeout_sec: int = DEFAULT_S3_READ_TIMEOUT_SEC
     # Retries at the write, with backoff: the step is not retried for S3 faults.
     s3_max_retries: int = 4
+    # Unset, S3 applies the bucket's default encryption.
+    s3_server_side_encryption: ServerSideEncryption | None = None
+    s3_sse_kms_key_id: str | None = None
+    s3_expected_bucket_owner: str | None = None
     gzip: bool = False
     rows_per_file: int | None = None
     # UTC, an hour after the daily schedule (02:00 UTC); never before it.
@@ -180,6 +198,10 @@ class Settings:
                 server_name=env.text("CLICKHOUSE_SERVER_NAME"),
             )
         )
+        encryption = env.choice("S3_SERVER_SIDE_ENCRYPTION", ServerSideEncryption)
+        kms_key = env.text("S3_SSE_KMS_KEY_ID")
+        if kms_key is not None and encryption is None:
+            encryption = ServerSideEncryption.AWS_KMS  # a key says which mode
         home = env.text("AGENT_METRICS_HOME")
         timezone = env.text("AGENT_METRICS_TIMEZONE")
         ui_url = env.url("AGENT_METRICS_UI_URL")
@@ -210,6 +232,9 @@ class Settings:
                 s3_connect_timeout_sec=env.number("S3_CONNECT_TIMEOUT_SEC", int, minimum=1),
                 s3_read_timeout_sec=env.number("S3_READ_TIMEOUT_SEC", int, minimum=1),
                 s3_max_retries=env.number("S3_MAX_RETRIES", int, minimum=0),
+                s3_server_side_encryption=encryption,
+                s3_sse_kms_key_id=kms_key,
+                s3_expected_bucket_owner=env.text("S3_EXPECTED_BUCKET_OWNER"),
                 gzip=env.flag("AGENT_METRICS_GZIP"),
                 rows_per_file=env.number("AGENT_METRICS_ROWS_PER_FILE", int, minimum=1),
                 freshness_deadline_hour=env.number(
@@ -234,6 +259,7 @@ class Settings:
                 owners=env.owners("AGENT_METRICS_OWNERS"),
             ),
         )
+        _check_encryption(settings)
         clickhouse_tls.check(settings.clickhouse_secure, settings.clickhouse_password_set)
         home_folders = [settings.home]
         if settings.embedded_clickhouse:
@@ -242,6 +268,26 @@ class Settings:
             home_folders.append(settings.local_output_dir)
         _check_folders(*home_folders)
         return settings
+
+
+def _check_encryption(settings: Settings) -> None:
+    """A KMS key goes with a KMS mode, and a bucket owner is an account id: S3 would refuse
+    every write otherwise."""
+    if (
+        settings.s3_sse_kms_key_id
+        and settings.s3_server_side_encryption is ServerSideEncryption.AES256
+    ):
+        raise ConfigError(
+            "S3_SSE_KMS_KEY_ID is set, but S3_SERVER_SIDE_ENCRYPTION is AES256, which uses no "
+            "KMS key: set S3_SERVER_SIDE_ENCRYPTION to 'aws:kms' or 'aws:kms:dsse' to encrypt "
+            "with that key, or unset S3_SSE_KMS_KEY_ID"
+        )
+    owner = settings.s3_expected_bucket_owner
+    if owner is not None and not ACCOUNT_ID.fullmatch(owner):
+        raise ConfigError(
+            f"S3_EXPECTED_BUCKET_OWNER={owner!r} must be the 12-digit AWS account id that owns "
+            "the bucket, as in '123456789012'"
+        )
 
 
 def require_clickhouse_engine(settings: Settings) -> Settings:

@@ -68,7 +68,7 @@ class LateCalls:
         if self.refused is not None:
             return (
                 f"Could not look for late calls: {self.refused}. Grant the reader SELECT on "
-                "system.parts and system.tables."
+                "system.parts."
             )
         if self.passed:
             return None

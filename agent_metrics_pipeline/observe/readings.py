@@ -199,7 +199,7 @@ def take_readings(
                 frozenset(),
                 (),
                 everything_because="the server refused to list the table's parts (grant the "
-                f"reader SELECT on system.parts, system.mutations and system.tables): {error}",
+                f"reader SELECT on system.parts and system.mutations): {error}",
             ),
             previous,
         )

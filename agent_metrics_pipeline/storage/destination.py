@@ -29,6 +29,11 @@ def csv_io_manager(settings: Settings) -> DailyCsvIOManager:
             read_timeout_sec=settings.s3_read_timeout_sec,
         ),
         bucket=settings.s3_bucket,
+        server_side_encryption=encryption.value
+        if (encryption := settings.s3_server_side_encryption)
+        else None,
+        sse_kms_key_id=settings.s3_sse_kms_key_id,
+        expected_bucket_owner=settings.s3_expected_bucket_owner,
         prefix=settings.s3_prefix,
         gzip=settings.gzip,
         rows_per_file=settings.rows_per_file,

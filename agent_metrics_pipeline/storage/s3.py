@@ -123,6 +123,19 @@ class S3CsvIOManager(DailyCsvIOManager):
 
     s3: S3Resource
     bucket: str = Field(description="Bucket name, without s3://.")
+    server_side_encryption: str | None = Field(
+        default=None,
+        description="AES256, aws:kms or aws:kms:dsse, sent with every write; unset, the "
+        "bucket's default encryption applies.",
+    )
+    sse_kms_key_id: str | None = Field(
+        default=None, description="The KMS key of aws:kms or aws:kms:dsse; unset, S3's own."
+    )
+    expected_bucket_owner: str | None = Field(
+        default=None,
+        description="Account id that must own the bucket, sent with every request: S3 refuses "
+        "the request otherwise.",
+    )
     _s3_client: Any = PrivateAttr(default=None)
     # Days are written from a few threads at once: they share one client, made once.
     _client_lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -133,6 +146,43 @@ class S3CsvIOManager(DailyCsvIOManager):
     def _where(self) -> str:
         endpoint = self.s3.endpoint_url or "AWS S3"
         return f"bucket {self.bucket!r} at {endpoint}"
+
+    def _owner(self) -> dict[str, str]:
+        """Sent with every request: a bucket of that name owned by anyone else refuses it."""
+        if self.expected_bucket_owner is None:
+            return {}
+        return {"ExpectedBucketOwner": self.expected_bucket_owner}
+
+    def _encryption(self) -> dict[str, str]:
+        if self.server_side_encryption is None:
+            return {}
+        if self.sse_kms_key_id is None:
+            return {"ServerSideEncryption": self.server_side_encryption}
+        return {
+            "ServerSideEncryption": self.server_side_encryption,
+            "SSEKMSKeyId": self.sse_kms_key_id,
+        }
+
+    def _other_refusals(self, action: str) -> str:
+        """What else refuses a request with AccessDenied, though the IAM action is granted."""
+        causes = []
+        kms = (self.server_side_encryption or "").startswith("aws:kms")
+        if action == "s3:PutObject":
+            causes.append(
+                "the bucket's policy may require server-side encryption the writes do not "
+                "send (set S3_SERVER_SIDE_ENCRYPTION to AES256, aws:kms or aws:kms:dsse, and "
+                "S3_SSE_KMS_KEY_ID, as it requires)"
+            )
+            if kms:
+                causes.append("the credentials need kms:GenerateDataKey on the KMS key")
+        if action == "s3:GetObject" and kms:
+            causes.append("the credentials need kms:Decrypt on the KMS key")
+        if self.expected_bucket_owner is not None:
+            causes.append(
+                f"the bucket belongs to another account than {self.expected_bucket_owner} "
+                "(S3_EXPECTED_BUCKET_OWNER: check the bucket's name and its owner)"
+            )
+        return f" Other causes of this refusal: {'; '.join(causes)}." if causes else ""
 
     def _translate(self, error: Exception, key: str, action: str) -> Exception:
         if isinstance(
@@ -169,11 +219,12 @@ class S3CsvIOManager(DailyCsvIOManager):
                 resource = (
                     f"arn:aws:s3:::{self.bucket}"
                     if action == "s3:ListBucket"
-                    else f"s3://{self.bucket}/{self.prefix}/*"
+                    else f"arn:aws:s3:::{self.bucket}/{self.prefix}/*"
                 )
                 return ObjectStoreError(
                     f"The credentials lack the permission {action} on {self.uri(key)} "
-                    f"({code}): grant {action} on {resource} to them (IAM or bucket policy)."
+                    f"({code}): grant {action} on {resource} to them (IAM or bucket policy; "
+                    "docs/deployment.md has the policy to paste)." + self._other_refusals(action)
                 )
             if code in MISSING_OBJECT_ERROR_CODES:
                 return ObjectStoreError(
@@ -199,14 +250,19 @@ class S3CsvIOManager(DailyCsvIOManager):
             content_type = "application/gzip" if self.gzip else "text/csv; charset=utf-8"
         try:
             self._client().put_object(
-                Bucket=self.bucket, Key=key, Body=data, ContentType=content_type
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                **self._encryption(),
+                **self._owner(),
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._translate(error, key, "s3:PutObject") from None
 
     def _read(self, key: str) -> bytes:
         try:
-            response = self._client().get_object(Bucket=self.bucket, Key=key)
+            response = self._client().get_object(Bucket=self.bucket, Key=key, **self._owner())
             return response["Body"].read()
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._translate(error, key, "s3:GetObject") from None
@@ -215,26 +271,18 @@ class S3CsvIOManager(DailyCsvIOManager):
         keys: list[str] = []
         try:
             pages = self._client().get_paginator("list_objects_v2")
-            for page in pages.paginate(Bucket=self.bucket, Prefix=f"{folder}/"):
+            for page in pages.paginate(Bucket=self.bucket, Prefix=f"{folder}/", **self._owner()):
                 keys.extend(item["Key"] for item in page.get("Contents", []))
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             raise self._translate(error, f"{folder}/", "s3:ListBucket") from None
         return keys
 
     def _delete(self, keys: list[str]) -> None:
-        # One request deletes at most a thousand objects.
-        for first in range(0, len(keys), 1000):
-            batch = [{"Key": key} for key in keys[first : first + 1000]]
+        # One request a key: a day leaves few (its partial folder's three names, the parts it no
+        # longer has), and each is authorized against the object's own ARN in every
+        # S3-compatible store, as the documented policy grants s3:DeleteObject.
+        for key in keys:
             try:
-                response = self._client().delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
+                self._client().delete_object(Bucket=self.bucket, Key=key, **self._owner())
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-                raise self._translate(error, batch[0]["Key"], "s3:DeleteObject") from None
-            if errors := response.get("Errors"):
-                raise ObjectStoreError(
-                    f"The {self._where()} kept {self.uri(errors[0]['Key'])} "
-                    f"({errors[0].get('Code')}): grant s3:DeleteObject on "
-                    f"arn:aws:s3:::{self.bucket}/{self.prefix}/*, so that a day's stale parts and "
-                    "its partial/ folder can be removed once it is published."
-                )
+                raise self._translate(error, key, "s3:DeleteObject") from None
