@@ -19,6 +19,7 @@ from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource, click
 from agent_metrics_pipeline.clickhouse.tls import ClickHouseTlsError
 from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline.definitions import build_definitions
 from agent_metrics_pipeline_tests.certificates import (
     CLIENT_COMMON_NAME,
     OTHER_HOST,
@@ -37,6 +38,7 @@ from agent_metrics_pipeline_tests.helpers import (
     key_for,
     materialize,
     measuring,
+    observe,
     random_calls,
     register_writer,
 )
@@ -348,3 +350,24 @@ def test_a_certificate_the_user_does_not_list_names_the_certificate(
     message = failure_message(result)
     assert "rejected the credentials" in message and "CLICKHOUSE_CLIENT_CERT" in message
     assert "<ssl_certificates>" in message
+
+
+@pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
+def test_verification_turned_off_warns_in_every_tick_of_the_observation(
+    https_stand_in, certificates, source, capfd
+):
+    """A sensor's resources are set up for each tick; the tick's log (the console here, the
+    tick's own log under the daemon) gets the warning."""
+    environ = with_ca(https_stand_in, certificates, CLICKHOUSE_VERIFY="false")
+    del environ["CLICKHOUSE_CA_CERT"]
+    resource = resource_from(environ)
+    defs = build_definitions(
+        Settings(start_date=str(DAY - dt.timedelta(days=3)), measurement=measuring(source))
+    )
+    capfd.readouterr()
+    with dg.DagsterInstance.ephemeral() as instance:
+        cursor = None
+        for _ in range(2):
+            cursor = observe(defs, instance, resource, cursor).cursor
+    logged = capfd.readouterr().err
+    assert logged.count("WARNING - resource:clickhouse - CLICKHOUSE_VERIFY=false") == 2, logged
