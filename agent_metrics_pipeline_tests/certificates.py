@@ -1,6 +1,7 @@
 """Certificates made at test time (trustme): a CA of the tests' own, the server certificates a
 ClickHouse server may present (right, expired, for another host), a client certificate of
-mutual TLS, and a CA that issued none of them. Nothing is kept between test sessions."""
+mutual TLS, and another CA, which issued none of them but a client certificate of the same
+name. Nothing is kept between test sessions."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ class TestCertificates:
     # The client certificate and its key in one file.
     client_combined: Path
     client_encrypted_key: Path
+    # The same name from the other CA, with its key: a client certificate the server refuses.
+    foreign_client: Path
 
 
 def make_certificates(folder: Path) -> TestCertificates:
@@ -48,6 +51,7 @@ def make_certificates(folder: Path) -> TestCertificates:
     )
     other_host = ca.issue_cert(OTHER_HOST)
     client = ca.issue_cert(CLIENT_COMMON_NAME, common_name=CLIENT_COMMON_NAME)
+    foreign = other_ca.issue_cert(CLIENT_COMMON_NAME, common_name=CLIENT_COMMON_NAME)
 
     def write(name: str, data: bytes) -> Path:
         path = folder / name
@@ -68,6 +72,7 @@ def make_certificates(folder: Path) -> TestCertificates:
         client_key=write("client.key", key),
         client_combined=write("client.pem", cert + key),
         client_encrypted_key=write("client-encrypted.key", _encrypted(key)),
+        foreign_client=write("foreign-client.pem", foreign.private_key_and_cert_chain_pem.bytes()),
     )
 
 

@@ -371,3 +371,22 @@ def test_verification_turned_off_warns_in_every_tick_of_the_observation(
             cursor = observe(defs, instance, resource, cursor).cursor
     logged = capfd.readouterr().err
     assert logged.count("WARNING - resource:clickhouse - CLICKHOUSE_VERIFY=false") == 2, logged
+
+
+def test_a_client_certificate_from_another_ca_is_refused_naming_the_setting(
+    https_stand_in, certificates, source, bucket
+):
+    environ = server_settings(
+        https_stand_in,
+        CLICKHOUSE_SECURE="true",
+        CLICKHOUSE_CA_CERT=str(certificates.ca),
+        CLICKHOUSE_USER=CERT_READER,
+        CLICKHOUSE_CLIENT_CERT=str(certificates.foreign_client),
+    )
+    assert_fails_naming(
+        resource_from(environ),
+        source,
+        bucket,
+        "refused the client certificate",
+        "CLICKHOUSE_CLIENT_CERT",
+    )
