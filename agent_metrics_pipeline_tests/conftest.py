@@ -73,6 +73,7 @@ def server_clickhouse(stand_in: ServerProcess | None) -> ClickHouseResource:
         username=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_USER", "default"),
         password=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_PASSWORD", ""),
         secure=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_SECURE", "") == "true",
+        ca_cert=os.environ.get("AGENT_METRICS_TEST_CLICKHOUSE_CA_CERT") or None,
     )
 
 

@@ -21,6 +21,7 @@ import pytest
 import agent_metrics_pipeline
 from agent_metrics_pipeline.core.errors import ConfigError
 from agent_metrics_pipeline.core.settings import Settings
+from agent_metrics_pipeline_tests.certificates import make_certificates
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_DIR = Path(agent_metrics_pipeline.__file__).resolve().parent
@@ -295,8 +296,26 @@ def _load(environ: dict[str, str]) -> Settings | None:
         return None
 
 
+@pytest.fixture(scope="module")
+def samples_with_context(tmp_path_factory) -> dict[str, tuple[dict[str, str], tuple[str, ...]]]:
+    """For settings that apply only alongside others, or name files read at load: the settings
+    each is tried with, and its sample values (certificates made here)."""
+    certificates = make_certificates(tmp_path_factory.mktemp("certificates"))
+    https = {"CLICKHOUSE_SECURE": "true"}
+    combined = str(certificates.client_combined)
+    return {
+        "CLICKHOUSE_CA_CERT": (https, (str(certificates.ca),)),
+        "CLICKHOUSE_CLIENT_CERT": (https, (combined,)),
+        "CLICKHOUSE_CLIENT_KEY": (
+            {**https, "CLICKHOUSE_CLIENT_CERT": combined},
+            (str(certificates.client_key),),
+        ),
+        "CLICKHOUSE_SERVER_NAME": (https, SAMPLE_VALUES),
+    }
+
+
 @pytest.mark.parametrize("name", sorted(documented_settings()))
-def test_documented_default_is_the_codes(name: str):
+def test_documented_default_is_the_codes(name: str, samples_with_context):
     """A backticked default must change nothing when set; "unset" must be a setting that, set,
     fills fields that are otherwise empty (None or ()), and changes no field with a value."""
     defaults = Settings.from_env({})
@@ -320,8 +339,10 @@ def test_documented_default_is_the_codes(name: str):
             + ", ".join(f"{field} from {old!r} to {new!r}" for field, (old, new) in changed.items())
         )
         return
-    for sample in SAMPLE_VALUES:
-        settings = _load({name: sample})
+    context, samples = samples_with_context.get(name, ({}, SAMPLE_VALUES))
+    defaults = Settings.from_env(context)
+    for sample in samples:
+        settings = _load({**context, name: sample})
         if settings is None or settings == defaults:
             continue
         before, after = _flat(defaults), _flat(settings)

@@ -12,11 +12,21 @@ The engine opens one data folder per process, so the stand-in runs in a process 
 
     python -m clickhouse_stand_in --data DIR [--port 0] [--users FILE] [--stop-on-stdin-eof]
         [--statement-log FILE]
+        [--certfile PEM --keyfile PEM [--tls-max-version 1.2|1.3]
+         [--client-ca PEM [--client-verification relaxed|strict]]]
 
 It prints one line, ``listening 127.0.0.1:PORT``, then serves until SIGTERM or SIGINT (or, with
 ``--stop-on-stdin-eof``, until its stdin closes) and closes the engine. From Python,
 ``start_server(data_dir, users, log_path)`` starts it and returns a ``ServerProcess`` with
 ``host``, ``port`` and ``stop()``; the stand-in then also stops if the starting process dies.
+
+With ``--certfile`` and ``--keyfile`` (``start_server(..., tls=TlsConfig(...))``) it serves
+HTTPS only on its port, as a server's ``https_port``: a plain HTTP request there is dropped
+unanswered, as the server drops it. ``--client-ca`` checks client certificates against that
+CA, as the server's ``caConfig``; ``--client-verification`` is its ``verificationMode``:
+``relaxed`` checks a certificate when one is sent, ``strict`` ends the handshake of a client
+without one (TLS 1.3's certificate_required alert; with ``--tls-max-version 1.2``, as a server
+that disables TLS 1.3, TLS 1.2's handshake_failure).
 
 With ``--statement-log FILE`` (``start_server(..., statement_log=FILE)``) it appends every
 statement it is about to run to FILE, one JSON object a line: ``user`` (the HTTP user),
@@ -28,7 +38,14 @@ The users file is JSON: each user has a password and a settings profile that app
 every query of theirs, like a profile in a server's users.xml::
 
     {"default": {"password": "", "profile": {}},
-     "reader": {"password": "s3cret", "profile": {"readonly": "1"}}}
+     "reader": {"password": "s3cret", "profile": {"readonly": "1"}},
+     "cert_reader": {"ssl_certificates": {"common_name": ["reader.example"]},
+                     "profile": {"readonly": "1"}}}
+
+A user with ``ssl_certificates`` (``common_name``, and ``subject_alt_name`` entries such as
+``DNS:reader.example``) is a certificate user, as in users.xml: they log in with
+``X-ClickHouse-SSL-Certificate-Auth: on`` and ``X-ClickHouse-User`` over a connection whose
+verified client certificate carries one of those subjects, and never with a password.
 
 What it does as a server does:
 
@@ -40,7 +57,11 @@ What it does as a server does:
   ``close_session``); every other URL parameter is a setting, as on a server. One statement
   per request; INTO OUTFILE and FROM INFILE are refused as a server refuses them.
 - Users and passwords from HTTP Basic auth, ``X-ClickHouse-User``/``X-ClickHouse-Key`` or the
-  ``user``/``password`` parameters, with the server's failure codes, texts and statuses.
+  ``user``/``password`` parameters, and certificate users from the client certificate of the
+  connection, with the server's failure codes, texts and statuses.
+- HTTPS on the port, with the server's certificate and client certificates checked against a
+  CA; the handshake runs on the request's thread, and a failed one is drained until the client
+  closes, so its alert reaches the client rather than a connection reset.
 - Each request starts from a fresh engine connection: the user's profile, then the session's
   earlier SET/USE statements, then ``readonly=2`` for a GET, then the URL settings, then the
   query. The engine itself enforces ``readonly`` and refuses setting changes, with its own
@@ -67,12 +88,14 @@ What it cannot show (check these against a real server):
   queries, listen/keep-alive/session limits. The engine runs every query as its built-in user
   ``default``, whatever the HTTP user (``currentUser()`` says so; user names in its readonly
   errors are rewritten to the HTTP user's).
-- TLS and certificate authentication, Kerberos and bearer tokens, clusters and Distributed or
-  Replicated tables, ZooKeeper/Keeper, system.processes and system.query_log entries
-  matching the query ids it returns (the engine assigns its own ``queryID()``; only KILL
-  QUERY maps them), KILL QUERY ON CLUSTER, progress headers
-  (``send_progress_in_http_headers``), cancelling a buffered query when the client goes
-  away, HEAD and OPTIONS requests, the Play UI.
+- HTTP and HTTPS on two ports at once, TLS settings beyond the certificates, the client
+  verification mode and the newest protocol version (ciphers, session tickets,
+  ``verificationMode`` ``once``), certificate revocation lists, Kerberos and bearer tokens,
+  clusters and Distributed or Replicated tables, ZooKeeper/Keeper, system.processes and
+  system.query_log entries matching the query ids it returns (the engine assigns its own
+  ``queryID()``; only KILL QUERY maps them), KILL QUERY ON CLUSTER, progress headers
+  (``send_progress_in_http_headers``), cancelling a buffered query when the client goes away,
+  HEAD and OPTIONS requests, the Play UI.
 - The native ``client_protocol_version`` (block headers, DateTime time zones in Native
   output): the stand-in ignores it, as a proxy that drops the parameter would, and
   clickhouse-connect then falls back to protocol 0.
@@ -105,11 +128,14 @@ The modules, each importing only those above it:
 - ``streaming``: results sent block by block.
 - ``execution``: a request's statement and its answer.
 - ``query``: a query request's run, from its session and connection to its statement.
+- ``tls``: ``TlsConfig``, the server's TLS context, the handshake on the request's thread,
+  and the subjects of a client certificate.
 - ``handler``: the HTTP request handler: routes, errors, the log line.
-- ``server``: the HTTP server, ``serve``, ``start_server`` and ``ServerProcess``.
+- ``server``: the HTTP(S) server, ``serve``, ``start_server`` and ``ServerProcess``.
 - ``__main__``: the command line.
 """
 
 from clickhouse_stand_in.server import ServerProcess, start_server
+from clickhouse_stand_in.tls import TlsConfig
 
-__all__ = ["ServerProcess", "start_server"]
+__all__ = ["ServerProcess", "TlsConfig", "start_server"]

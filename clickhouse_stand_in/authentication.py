@@ -1,6 +1,7 @@
 """Who sends a request: the user and password from the X-ClickHouse headers, HTTP Basic auth
-or the URL's parameters, checked against the users file with the server's failure codes and
-texts."""
+or the URL's parameters, or the user and the client certificate of the connection
+(``X-ClickHouse-SSL-Certificate-Auth``), checked against the users file with the server's
+failure codes and texts."""
 
 from __future__ import annotations
 
@@ -13,11 +14,19 @@ from email.message import Message
 from clickhouse_stand_in.engine import Engine, User
 from clickhouse_stand_in.errors import DEFAULT_USER_PASSWORD_HINT, ServerError
 
+_FAILED = "{user}: Authentication failed: password is incorrect, or there is no user with such name"
+
 
 def authenticate(
-    headers: Message, params: list[tuple[str, str]], users: Mapping[str, User], engine: Engine
+    headers: Message,
+    params: list[tuple[str, str]],
+    users: Mapping[str, User],
+    engine: Engine,
+    certificate_subjects: frozenset[str] = frozenset(),
 ) -> User:
-    """authenticateUserByHTTP and AccessControl::authenticate, for plain passwords."""
+    """authenticateUserByHTTP and AccessControl::authenticate, for plain passwords and for
+    client certificates (``certificate_subjects``, those of the verified certificate the
+    connection's client sent)."""
     user = headers.get("X-ClickHouse-User", "")
     password = headers.get("X-ClickHouse-Key", "")
     authorization = headers.get("Authorization")
@@ -38,10 +47,19 @@ def authenticate(
 
     if headers.get("X-ClickHouse-SSL-Certificate-Auth", "") == "on":
         named(user, "X-ClickHouse HTTP headers")
-        raise refuse(
-            "Invalid authentication: SSL certificate authentication requires "
-            "nonempty certificate's Common Name or Subject Alternative Name"
-        )
+        if authorization is not None:
+            raise both("SSL certificate authentication", "Authorization HTTP header")
+        if password:
+            raise both("SSL certificate authentication", "authentication via password")
+        if not certificate_subjects:
+            raise refuse(
+                "Invalid authentication: SSL certificate authentication requires "
+                "nonempty certificate's Common Name or Subject Alternative Name"
+            )
+        known = users.get(user)
+        if known and known.certificate_subjects & certificate_subjects:
+            return known
+        raise refuse(_FAILED.format(user=user))
     if user or password:
         named(user, "X-ClickHouse HTTP headers")
         if authorization is not None:
@@ -68,11 +86,13 @@ def authenticate(
         named(user, "authentication via parameters")
 
     known = users.get(user)
-    if known and hmac.compare_digest(known.password.encode(), password.encode()):
+    if (
+        known
+        and known.password is not None
+        and hmac.compare_digest(known.password.encode(), password.encode())
+    ):
         return known
-    message = (
-        f"{user}: Authentication failed: password is incorrect, or there is no user with such name"
-    )
+    message = _FAILED.format(user=user)
     if user == "default":
         # Browsers get a Basic-auth prompt for the default user: 401, not 403.
         name = "REQUIRED_PASSWORD" if authorization != "never" else "AUTHENTICATION_FAILED"

@@ -20,19 +20,31 @@ DEFAULT_USERS: dict[str, dict[str, Any]] = {"default": {"password": "", "profile
 
 @dataclass(frozen=True)
 class User:
-    """A user of the users file: a password and the settings profile of their queries."""
+    """A user of the users file: a password, or the client certificates they authenticate
+    with, and the settings profile of their queries."""
 
     name: str
-    password: str
+    password: str | None
     profile: dict[str, str]
+    # CN:name, DNS:name or URI:name; a user with certificates has no password, as on a server.
+    certificate_subjects: frozenset[str] = frozenset()
 
 
 def load_users(users: Mapping[str, Mapping[str, Any]]) -> dict[str, User]:
-    """Users from the users-file mapping; setting values are kept as the text a server reads."""
+    """Users from the users-file mapping; setting values are kept as the text a server reads.
+
+    A user's ``ssl_certificates`` (``common_name`` and ``subject_alt_name`` lists, as in a
+    server's users.xml) make them a certificate user."""
     loaded = {}
     for name, entry in users.items():
         profile = {key: _setting_text(value) for key, value in entry.get("profile", {}).items()}
-        loaded[name] = User(name, str(entry.get("password", "")), profile)
+        certificates = entry.get("ssl_certificates", {})
+        subjects = frozenset(
+            [f"CN:{common_name}" for common_name in certificates.get("common_name", [])]
+            + list(certificates.get("subject_alt_name", []))
+        )
+        password = None if subjects else str(entry.get("password", ""))
+        loaded[name] = User(name, password, profile, subjects)
     return loaded
 
 

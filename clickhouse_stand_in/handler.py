@@ -17,6 +17,7 @@ from clickhouse_stand_in.host import Host
 from clickhouse_stand_in.query import process_query
 from clickhouse_stand_in.reply import Reply
 from clickhouse_stand_in.request import parse_call, read_body
+from clickhouse_stand_in.tls import certificate_subjects
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,8 @@ class Handler(BaseHTTPRequestHandler):
                     return
                 params = parse_qsl(url.query, keep_blank_values=True)
                 body = read_body(self, engine)
-                user = authenticate(self.headers, params, host.users, engine)
+                subjects = certificate_subjects(self.connection)
+                user = authenticate(self.headers, params, host.users, engine, subjects)
                 user_name = user.name
                 call = parse_call(self, engine, user, params, body)
                 sql_head = call.sql[:200].decode(errors="replace")

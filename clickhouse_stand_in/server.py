@@ -1,4 +1,4 @@
-"""The stand-in's process: the threading HTTP server over the engine with its list of
+"""The stand-in's process: the threading HTTP(S) server over the engine with its list of
 queries in flight, ``serve``, which runs it until told to stop, and ``start_server``, which
 starts that process from Python and waits until it listens."""
 
@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ from clickhouse_stand_in.engine import Engine, User, load_users
 from clickhouse_stand_in.handler import Handler
 from clickhouse_stand_in.host import RunningQuery
 from clickhouse_stand_in.sessions import Sessions
+from clickhouse_stand_in.tls import TlsConfig, handshake
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,11 @@ HOST = "127.0.0.1"
 
 class StandInServer(ThreadingHTTPServer):
     """The threading HTTP server; requests run in parallel, each on its own engine
-    connection (the engine serves concurrent connections). Its handler sees it as a ``Host``."""
+    connection (the engine serves concurrent connections). Its handler sees it as a ``Host``.
+
+    With a TLS context it serves HTTPS only, as a server's ``https_port`` does: each
+    connection's handshake runs on its request's thread, so a slow or failing client never
+    holds up accepting the next."""
 
     daemon_threads = True
 
@@ -42,8 +48,10 @@ class StandInServer(ThreadingHTTPServer):
         engine: Engine,
         users: Mapping[str, User],
         statement_log: Path | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__((HOST, port), Handler)
+        self.tls = tls
         self.engine = engine
         self.users = dict(users)
         self.sessions = Sessions(engine)
@@ -54,6 +62,20 @@ class StandInServer(ThreadingHTTPServer):
         self._running_lock = threading.Lock()
         self._statement_log = statement_log
         self._statement_log_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        connection, address = super().get_request()
+        if self.tls is None:
+            return connection, address
+        return self.tls.wrap_socket(
+            connection, server_side=True, do_handshake_on_connect=False
+        ), address
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        if isinstance(request, ssl.SSLSocket) and (failed := handshake(request)):
+            logger.info("%s TLS handshake failed: %s", client_address[0], failed)
+            return
+        super().finish_request(request, client_address)
 
     @contextlib.contextmanager
     def running(self, query_id: str, user: str) -> Iterator[None]:
@@ -119,15 +141,19 @@ def serve(
     users: Mapping[str, Mapping[str, Any]],
     stop_on_stdin_eof: bool = False,
     statement_log: Path | None = None,
+    tls: TlsConfig | None = None,
 ) -> None:
-    """Open the engine, serve until SIGTERM or SIGINT (or the end of stdin, when asked: a
-    parent that dies closes the pipe), then close the engine. With ``statement_log``, every
-    statement a request runs is appended to that file (see ``StandInServer.record_statement``)."""
+    """Open the engine, serve (HTTPS with ``tls``) until SIGTERM or SIGINT (or the end of
+    stdin, when asked: a parent that dies closes the pipe), then close the engine. With
+    ``statement_log``, every statement a request runs is appended to that file (see
+    ``StandInServer.record_statement``)."""
     engine = Engine(data_dir)
     try:
         loaded = load_users(users)
         engine.check_profiles(loaded)
-        server = StandInServer(port, engine, loaded, statement_log)
+        server = StandInServer(
+            port, engine, loaded, statement_log, tls.server_context() if tls else None
+        )
 
         def stop(reason: str) -> None:
             logger.info("%s: stopping", reason)
@@ -147,7 +173,11 @@ def serve(
 
             threading.Thread(target=watch_stdin, daemon=True).start()
         host, bound_port = server.server_address[:2]
-        logger.info("engine %s on %s, users %s", engine.version, engine.path, sorted(loaded))
+        logger.info(
+            "engine %s on %s, users %s, %s",
+            *(engine.version, engine.path, sorted(loaded)),
+            "HTTPS" if tls else "HTTP",
+        )
         print(f"listening {host}:{bound_port}", flush=True)
         server.serve_forever(poll_interval=0.2)
         server.server_close()
@@ -160,16 +190,17 @@ def serve(
 
 @dataclass
 class ServerProcess:
-    """A running stand-in: where it listens, and how to stop it."""
+    """A running stand-in: where it listens, over HTTPS or not, and how to stop it."""
 
     host: str
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    secure: bool = False
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.secure else 'http'}://{self.host}:{self.port}"
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then kill if it has not exited in time; returns the exit code."""
@@ -200,8 +231,10 @@ def start_server(
     port: int = 0,
     timeout: float = 60.0,
     statement_log: Path | None = None,
+    tls: TlsConfig | None = None,
 ) -> ServerProcess:
-    """Start the stand-in in a process of its own and wait until it listens.
+    """Start the stand-in in a process of its own and wait until it listens, over HTTPS
+    with ``tls``.
 
     The users are written next to the log (``<log>.users.json``); the stand-in's log (one
     line per request) goes to ``log_path``; with ``statement_log``, each statement it runs is
@@ -218,6 +251,7 @@ def start_server(
                 *(sys.executable, "-m", module, "--data", str(data_dir), "--port", str(port)),
                 *("--users", str(users_path), "--stop-on-stdin-eof"),
                 *(("--statement-log", str(statement_log)) if statement_log else ()),
+                *(tls.arguments() if tls else []),
             ],
             cwd=Path(__file__).resolve().parents[1],  # where the package imports from
             stdin=subprocess.PIPE,  # held open until stop(), or until this process dies
@@ -254,4 +288,4 @@ def start_server(
         )
         raise RuntimeError(f"ClickHouse HTTP stand-in {state}; log {log_path}:\n{tail}")
     host, port_text = found[0].groups()
-    return ServerProcess(host.decode(), int(port_text), process, log_path)
+    return ServerProcess(host.decode(), int(port_text), process, log_path, tls is not None)

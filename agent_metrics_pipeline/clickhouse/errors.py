@@ -59,10 +59,15 @@ def error_code(error: Exception) -> int | None:
 
 
 def translate(
-    error: Exception, description: str, embedded: bool, scrub: Callable[[str], str]
+    error: Exception,
+    description: str,
+    embedded: bool,
+    scrub: Callable[[str], str],
+    credentials: str = "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD",
 ) -> Exception:
     """``error``, raised by clickhouse-connect talking to the ``description``, as the pipeline's
-    error saying what to do; ``scrub`` takes secrets out of the server's text."""
+    error saying what to do; ``scrub`` takes secrets out of the server's text; ``credentials``
+    names what the user logs in with."""
     from clickhouse_connect.driver.exceptions import (
         ClickHouseError,
         DatabaseError,
@@ -125,8 +130,7 @@ def translate(
         )
     if code in CREDENTIAL_ERROR_CODES:
         return ClickHouseQueryError(
-            f"The {description} rejected the credentials: {detail}. Check "
-            "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD."
+            f"The {description} rejected the credentials: {detail}. Check {credentials}."
         )
     if code in MISSING_OBJECT_ERROR_CODES:
         return ClickHouseQueryError(

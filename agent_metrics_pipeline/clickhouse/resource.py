@@ -23,6 +23,7 @@ from agent_metrics_pipeline.clickhouse.errors import (
     translate,
 )
 from agent_metrics_pipeline.clickhouse.session import QUERY_TIMEOUT_GRACE_SEC, ClickHouseSession
+from agent_metrics_pipeline.clickhouse.tls import PROBE_TIMEOUT_SEC, speaks_tls, tls_error
 from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.measurement import DEFAULT_DATABASE
 from agent_metrics_pipeline.core.settings import (
@@ -75,6 +76,21 @@ class ClickHouseResource(dg.ConfigurableResource):
     password: str = Field(default="", description="Read from CLICKHOUSE_PASSWORD; never logged.")
     database: str = Field(default=DEFAULT_DATABASE)
     secure: bool = Field(default=False, description="Use HTTPS.")
+    ca_cert: str | None = Field(
+        default=None,
+        description="PEM bundle of the CAs the server's certificate is checked against; unset "
+        "means the system's CA store.",
+    )
+    verify: bool = Field(default=True, description="Check the server's certificate and name.")
+    client_cert: str | None = Field(
+        default=None, description="Client certificate (PEM) of mutual TLS; authenticates the user."
+    )
+    client_key: str | None = Field(
+        default=None, description="Unencrypted key of client_cert, unless client_cert holds it."
+    )
+    server_name: str | None = Field(
+        default=None, description="The name the server's certificate must carry, if not host."
+    )
     connect_timeout_sec: int = Field(
         default=DEFAULT_CONNECT_TIMEOUT_SEC,
         description="Seconds to connect and complete the start-up handshake with a server.",
@@ -105,7 +121,32 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     def translate(self, error: Exception) -> Exception:
         """A clickhouse-connect error as the pipeline's, saying what to fix."""
-        return translate(error, self.description, not self.on_server, self._scrub)
+        if self.host and (
+            fault := tls_error(error, self.description, self.secure, self._port_speaks_tls)
+        ):
+            return fault
+        credentials = (
+            "CLICKHOUSE_USER and the client certificate (CLICKHOUSE_CLIENT_CERT), whose common "
+            "name the user's <ssl_certificates> on the server must list"
+            if self.client_cert
+            else "CLICKHOUSE_USER and CLICKHOUSE_PASSWORD"
+        )
+        return translate(error, self.description, not self.on_server, self._scrub, credentials)
+
+    def _port_speaks_tls(self) -> bool:
+        timeout = min(self.connect_timeout_sec, PROBE_TIMEOUT_SEC)
+        return bool(self.host) and speaks_tls(str(self.host), self.port, timeout)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Warn each run (and each sensor tick) that uses a server whose certificate goes
+        unchecked: said once, it would be lost among the runs that follow."""
+        if self.host and self.secure and not self.verify:
+            (context.log or logger).warning(
+                f"CLICKHOUSE_VERIFY=false: the certificate and name of the {self.description} "
+                "are not checked, so anyone on the network path can pose as the server and "
+                "read the queries, the password and the results. Set CLICKHOUSE_CA_CERT to "
+                "the CA that issued the server's certificate, and unset CLICKHOUSE_VERIFY."
+            )
 
     @property
     def _server_key(self) -> tuple[object, ...]:
@@ -191,6 +232,11 @@ class ClickHouseResource(dg.ConfigurableResource):
             password=self.password,
             database=self.database,
             secure=self.secure,
+            verify=self.verify,
+            ca_cert=self.ca_cert,
+            client_cert=self.client_cert,
+            client_cert_key=self.client_key,
+            server_host_name=self.server_name,
             connect_timeout=connect_timeout,
             send_receive_timeout=greeting_timeout,
             query_retries=0,
@@ -272,6 +318,7 @@ def clickhouse_resource(settings: Settings) -> ClickHouseResource:
             embedded_path=str(settings.embedded_clickhouse_path),
             query_timeout_sec=settings.clickhouse_query_timeout_sec,
         )
+    tls = settings.clickhouse_tls
     return ClickHouseResource(
         host=settings.clickhouse_host,
         port=settings.clickhouse_port,
@@ -280,6 +327,11 @@ def clickhouse_resource(settings: Settings) -> ClickHouseResource:
         password=dg.EnvVar("CLICKHOUSE_PASSWORD") if settings.clickhouse_password_set else "",
         database=settings.measurement.source.database,
         secure=settings.clickhouse_secure,
+        ca_cert=str(tls.ca_cert) if tls.ca_cert else None,
+        verify=tls.verify,
+        client_cert=str(tls.client_cert) if tls.client_cert else None,
+        client_key=str(tls.client_key) if tls.client_key else None,
+        server_name=tls.server_name,
         connect_timeout_sec=settings.clickhouse_connect_timeout_sec,
         query_timeout_sec=settings.clickhouse_query_timeout_sec,
     )

@@ -34,6 +34,7 @@ from agent_metrics_pipeline.core.measurement import (
     parse_column_mapping,
 )
 from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
+from agent_metrics_pipeline.core.tls import ClickHouseTls
 
 # Values of these variables are masked wherever an error message could carry them out.
 SECRET_VARIABLES = ("CLICKHOUSE_PASSWORD", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
@@ -90,6 +91,7 @@ class Settings:
     clickhouse_user: str = "default"
     clickhouse_password_set: bool = False
     clickhouse_secure: bool = False
+    clickhouse_tls: ClickHouseTls = ClickHouseTls()
     clickhouse_connect_timeout_sec: int = DEFAULT_CONNECT_TIMEOUT_SEC
     clickhouse_query_timeout_sec: int = DEFAULT_QUERY_TIMEOUT_SEC
     s3_bucket: str | None = None
@@ -182,6 +184,20 @@ class Settings:
                 ),
             )
         )
+        ca_cert, client_cert, client_key = (
+            env.text("CLICKHOUSE_CA_CERT"),
+            env.text("CLICKHOUSE_CLIENT_CERT"),
+            env.text("CLICKHOUSE_CLIENT_KEY"),
+        )
+        clickhouse_tls = ClickHouseTls(
+            **given(
+                ca_cert=Path(ca_cert) if ca_cert else None,
+                verify=env.flag("CLICKHOUSE_VERIFY"),
+                client_cert=Path(client_cert) if client_cert else None,
+                client_key=Path(client_key) if client_key else None,
+                server_name=env.text("CLICKHOUSE_SERVER_NAME"),
+            )
+        )
         encryption = env.choice("S3_SERVER_SIDE_ENCRYPTION", ServerSideEncryption)
         kms_key = env.text("S3_SSE_KMS_KEY_ID")
         if kms_key is not None and encryption is None:
@@ -192,6 +208,7 @@ class Settings:
         settings = cls(
             measurement=measurement,
             chunking=chunking,
+            clickhouse_tls=clickhouse_tls,
             clickhouse_password_set=env.text("CLICKHOUSE_PASSWORD") is not None,
             secrets=tuple(value for name in SECRET_VARIABLES if (value := env.text(name))),
             **given(
@@ -243,6 +260,7 @@ class Settings:
             ),
         )
         _check_encryption(settings)
+        clickhouse_tls.check(settings.clickhouse_secure, settings.clickhouse_password_set)
         home_folders = [settings.home]
         if settings.embedded_clickhouse:
             home_folders.append(settings.embedded_clickhouse_path)
