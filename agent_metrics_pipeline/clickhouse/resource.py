@@ -214,9 +214,14 @@ class ClickHouseResource(dg.ConfigurableResource):
                     f"QUERY): {detail[:300]}. A query the pipeline gives up on may keep running "
                     "there until it ends. Set max_execution_time = "
                     f"{self.query_timeout_sec} (CLICKHOUSE_QUERY_TIMEOUT_SEC) in the user's "
-                    "settings profile, so the server stops it itself, or grant the user SELECT "
-                    "on system.processes, where KILL QUERY looks the query up (stopping its "
-                    "own queries needs no KILL QUERY privilege)."
+                    "settings profile, so the server stops it itself"
+                    + (
+                        ", or grant the user SELECT on system.processes, where KILL QUERY "
+                        "looks the query up (stopping its own queries needs no KILL QUERY "
+                        "privilege)."
+                        if code == ACCESS_DENIED_CODE
+                        else "."
+                    )
                 )
             return
         logger.info(f"Stopped query {query_id} on the {self.description} after the timeout.")
