@@ -14,6 +14,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from clickhouse_connect.driver.exceptions import OperationalError
 
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource, clickhouse_resource
 from agent_metrics_pipeline.clickhouse.tls import ClickHouseTlsError
@@ -275,6 +276,10 @@ def test_a_certificate_for_another_host_is_reached_with_the_server_name_setting(
     )
     named = resource_from({**environ, "CLICKHOUSE_SERVER_NAME": OTHER_HOST})
     assert named.query_polars("SELECT 1 AS one").item() == 1
+    # Verification off checks neither the issuer nor the name.
+    unchecked = {**environ, "CLICKHOUSE_VERIFY": "false"}
+    del unchecked["CLICKHOUSE_CA_CERT"]
+    assert resource_from(unchecked).query_polars("SELECT 1 AS one").item() == 1
 
 
 @pytest.mark.parametrize(
@@ -303,6 +308,30 @@ def test_a_server_requiring_a_client_certificate_names_the_client_settings(
         CLICKHOUSE_CLIENT_CERT=str(certificates.client_combined),
     )
     assert resource_from(with_certificate).query_polars("SELECT 1 AS one").item() == 1
+
+
+@pytest.mark.parametrize("fault_server", ["client-certificate-required"], indirect=True)
+def test_a_dropped_connection_to_a_server_requiring_a_client_certificate_is_told_apart(
+    fault_server, certificates
+):
+    """A TLS 1.3 server refuses a missing certificate after the handshake; a reset can overtake
+    its alert on the request, which then looks like a server gone away. The resource asks the
+    port again, without a request, and gets the alert."""
+    resource = resource_from(with_ca(fault_server, certificates))
+    dropped = OperationalError("Error executing HTTP request")
+    dropped.__cause__ = ConnectionResetError(104, "Connection reset by peer")
+    fault = resource.translate(dropped)
+    assert isinstance(fault, ClickHouseTlsError)
+    assert "requires a client certificate" in str(fault) and "CLICKHOUSE_CLIENT_CERT" in str(fault)
+
+
+def test_a_dropped_connection_to_a_server_that_accepts_the_client_is_not_a_tls_fault(
+    https_stand_in, certificates
+):
+    resource = resource_from(with_ca(https_stand_in, certificates))
+    dropped = OperationalError("Error executing HTTP request")
+    dropped.__cause__ = ConnectionResetError(104, "Connection reset by peer")
+    assert not isinstance(resource.translate(dropped), ClickHouseTlsError)
 
 
 def _verification_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:

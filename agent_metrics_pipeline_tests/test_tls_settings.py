@@ -103,6 +103,11 @@ def test_the_resource_carries_the_tls_settings_to_the_client(certificates):
             "CLICKHOUSE_PASSWORD and CLICKHOUSE_CLIENT_CERT are both set",
         ),
         ({"CLICKHOUSE_SERVER_NAME": "https://x/"}, "CLICKHOUSE_SERVER_NAME='https://x/' must be"),
+        (
+            {"CLICKHOUSE_SERVER_NAME": "clickhouse.internal:8443"},
+            "CLICKHOUSE_SERVER_NAME='clickhouse.internal:8443' must be",
+        ),
+        ({"CLICKHOUSE_SERVER_NAME": "a..b"}, "CLICKHOUSE_SERVER_NAME='a..b' must be"),
         ({"CLICKHOUSE_VERIFY": "maybe"}, "CLICKHOUSE_VERIFY='maybe' must be true or false"),
     ],
 )

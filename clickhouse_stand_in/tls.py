@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,12 +71,14 @@ def handshake(connection: ssl.SSLSocket) -> ssl.SSLError | OSError | None:
 
 def _drain(connection: ssl.SSLSocket) -> None:
     """Read what the client still sends, unencrypted (a failed TLS layer is gone), until it
-    closes."""
+    closes, or DRAIN_TIMEOUT_SEC in all: a client that keeps sending does not hold the thread."""
+    deadline = time.monotonic() + DRAIN_TIMEOUT_SEC
     try:
-        connection.settimeout(DRAIN_TIMEOUT_SEC)
         connection.shutdown(socket.SHUT_WR)  # drops the TLS layer: reads below are plain
-        while connection.recv(65536):
-            pass
+        while (left := deadline - time.monotonic()) > 0:
+            connection.settimeout(left)
+            if not connection.recv(65536):
+                break
     except OSError:
         pass
 

@@ -23,7 +23,7 @@ from agent_metrics_pipeline.clickhouse.errors import (
     translate,
 )
 from agent_metrics_pipeline.clickhouse.session import QUERY_TIMEOUT_GRACE_SEC, ClickHouseSession
-from agent_metrics_pipeline.clickhouse.tls import PROBE_TIMEOUT_SEC, speaks_tls, tls_error
+from agent_metrics_pipeline.clickhouse.tls import PROBE_TIMEOUT_SEC, TlsEndpoint, tls_error
 from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.measurement import DEFAULT_DATABASE
 from agent_metrics_pipeline.core.settings import (
@@ -121,9 +121,7 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     def translate(self, error: Exception) -> Exception:
         """A clickhouse-connect error as the pipeline's, saying what to fix."""
-        if self.host and (
-            fault := tls_error(error, self.description, self.secure, self._port_speaks_tls)
-        ):
+        if self.host and (fault := tls_error(error, self.description, self.secure, self._tls)):
             return fault
         credentials = (
             "CLICKHOUSE_USER and the client certificate (CLICKHOUSE_CLIENT_CERT), whose common "
@@ -133,9 +131,18 @@ class ClickHouseResource(dg.ConfigurableResource):
         )
         return translate(error, self.description, not self.on_server, self._scrub, credentials)
 
-    def _port_speaks_tls(self) -> bool:
-        timeout = min(self.connect_timeout_sec, PROBE_TIMEOUT_SEC)
-        return bool(self.host) and speaks_tls(str(self.host), self.port, timeout)
+    @property
+    def _tls(self) -> TlsEndpoint:
+        return TlsEndpoint(
+            str(self.host),
+            self.port,
+            min(self.connect_timeout_sec, PROBE_TIMEOUT_SEC),
+            self.server_name,
+            self.ca_cert,
+            self.verify,
+            self.client_cert,
+            self.client_key,
+        )
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         """Warn each run (and each sensor tick) that uses a server whose certificate goes
@@ -144,8 +151,8 @@ class ClickHouseResource(dg.ConfigurableResource):
             (context.log or logger).warning(
                 f"CLICKHOUSE_VERIFY=false: the certificate and name of the {self.description} "
                 "are not checked, so anyone on the network path can pose as the server and "
-                "read the queries, the password and the results. Set CLICKHOUSE_CA_CERT to "
-                "the CA that issued the server's certificate, and unset CLICKHOUSE_VERIFY."
+                "read the queries, the credentials and the results. Set CLICKHOUSE_CA_CERT "
+                "to the CA that issued the server's certificate, and unset CLICKHOUSE_VERIFY."
             )
 
     @property

@@ -11,7 +11,10 @@ from __future__ import annotations
 import http.client
 import socket
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from urllib3.util.ssl_match_hostname import CertificateError
 
 from agent_metrics_pipeline.clickhouse.errors import ClickHouseQueryError
 
@@ -36,8 +39,10 @@ CLIENT_CERTIFICATE_REFUSED_REASONS = {
 }
 # What the client reads when the port answers in plain HTTP to its TLS greeting.
 NOT_TLS_REASONS = {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG"}
-# How long the check that a port speaks TLS may take, at most.
+# How long the checks of a failed connection may take, at most, and how long the second one
+# waits for the server's alert once the handshake is done.
 PROBE_TIMEOUT_SEC = 5
+ALERT_WAIT_SEC = 1
 
 
 class ClickHouseTlsError(ClickHouseQueryError):
@@ -68,32 +73,84 @@ def _closed_without_answer(error: BaseException) -> bool:
     )
 
 
-def speaks_tls(host: str, port: int, timeout: float) -> bool:
-    """Whether the port completes a TLS handshake, or refuses this client as a TLS server
-    does (with an alert), whatever its certificate."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as connection:
-            with context.wrap_socket(connection):
-                return True
-    except ssl.SSLError as error:
-        return "ALERT" in (error.reason or "")
-    except OSError:
-        return False
+def _dropped(error: BaseException) -> bool:
+    """Closed without an answer, in plain HTTP or in the middle of TLS."""
+    return _closed_without_answer(error) or any(
+        isinstance(found, (ssl.SSLEOFError, ssl.SSLZeroReturnError)) for found in _chain(error)
+    )
+
+
+@dataclass(frozen=True)
+class TlsEndpoint:
+    """The server's port as the client reaches it, with the client's TLS settings: what a
+    failed connection is checked against, to tell a TLS fault from a server going away."""
+
+    host: str
+    port: int
+    timeout: float
+    server_name: str | None = None
+    ca_cert: str | None = None
+    verify: bool = True
+    client_cert: str | None = None
+    client_key: str | None = None
+
+    @property
+    def _name(self) -> str:
+        """The name the certificate is checked against; Python sends it in the greeting
+        (SNI) unless it is an address, as the client does."""
+        return self.server_name or self.host
+
+    def speaks_tls(self) -> bool:
+        """Whether the port completes a TLS handshake, or refuses this client as a TLS server
+        does, whatever its certificate."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout) as raw:
+                with context.wrap_socket(raw, server_hostname=self._name):
+                    return True
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            return False
+        except ssl.SSLError as error:
+            return (error.reason or "") not in NOT_TLS_REASONS
+        except OSError:
+            return False
+
+    def handshake_refusal(self) -> str | None:
+        """The reason of the alert the server ends a handshake of the client's own settings
+        with, or None. A TLS 1.3 server refuses a missing client certificate only after the
+        handshake, and a reset can overtake that alert on the client's request: a handshake
+        that sends no request, then one short read, gets the alert itself."""
+        context = ssl.create_default_context(cafile=self.ca_cert)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if self.client_cert:
+            context.load_cert_chain(self.client_cert, self.client_key)
+        try:
+            with socket.create_connection((self.host, self.port), timeout=self.timeout) as raw:
+                with context.wrap_socket(raw, server_hostname=self._name) as connection:
+                    connection.settimeout(ALERT_WAIT_SEC)
+                    connection.recv(1)
+        except ssl.SSLError as error:
+            return error.reason
+        except OSError:
+            return None
+        return None
 
 
 def tls_error(
-    error: BaseException, description: str, secure: bool, port_speaks_tls: Callable[[], bool]
+    error: BaseException, description: str, secure: bool, endpoint: TlsEndpoint
 ) -> ClickHouseTlsError | None:
     """``error`` as a TLS fault saying what to fix, or None when it is none.
 
-    ``port_speaks_tls`` is asked only when a plain HTTP request was dropped unanswered, which
-    is what an HTTPS port does with one, and a server going away does too.
+    The port is probed only for a connection dropped without an answer: what an HTTPS port
+    does with a plain HTTP request, a server refusing a client certificate sometimes does, and
+    a server going away does too.
     """
     if not secure:
-        if _closed_without_answer(error) and port_speaks_tls():
+        if _closed_without_answer(error) and endpoint.speaks_tls():
             return ClickHouseTlsError(
                 f"The {description} closed the connection without an answer, and its port "
                 "speaks TLS (HTTPS): set CLICKHOUSE_SECURE=true (with CLICKHOUSE_CA_CERT if "
@@ -102,24 +159,31 @@ def tls_error(
         return None
     for found in _chain(error):
         if isinstance(found, ssl.SSLCertVerificationError):
-            return _verification_error(found, description)
-        if type(found).__name__ == "CertificateError":  # urllib3's own check of the name
-            return _name_mismatch(description, str(found))
-        if isinstance(found, ssl.SSLError) and found.reason:
-            return _handshake_error(found.reason, description)
+            return _verification_error(found, description, endpoint.server_name)
+        if isinstance(found, CertificateError):  # urllib3's own check of the name
+            return _name_mismatch(description, str(found), endpoint.server_name)
+        if (
+            isinstance(found, ssl.SSLError)
+            and found.reason
+            and (fault := _handshake_error(found.reason, description))
+        ):
+            return fault
+    if _dropped(error) and (reason := endpoint.handshake_refusal()):
+        return _handshake_error(reason, description)
     return None
 
 
 def _verification_error(
-    error: ssl.SSLCertVerificationError, description: str
+    error: ssl.SSLCertVerificationError, description: str, server_name: str | None
 ) -> ClickHouseTlsError:
     reason = error.verify_message or error.reason or str(error)
     if error.verify_code in NAME_MISMATCH_CODES:
-        return _name_mismatch(description, reason)
+        return _name_mismatch(description, reason, server_name)
     if error.verify_code == EXPIRED_CODE:
         return ClickHouseTlsError(
             f"The {description} presented an expired certificate ({reason}): the server's "
-            "certificate must be renewed; no setting of the pipeline fixes it."
+            "certificate must be renewed, or the CA certificate it chains to in "
+            "CLICKHOUSE_CA_CERT; if neither has expired, this machine's clock is wrong."
         )
     if error.verify_code == NOT_YET_VALID_CODE:
         return ClickHouseTlsError(
@@ -141,7 +205,13 @@ def _verification_error(
     )
 
 
-def _name_mismatch(description: str, reason: str) -> ClickHouseTlsError:
+def _name_mismatch(description: str, reason: str, server_name: str | None) -> ClickHouseTlsError:
+    if server_name is not None:
+        return ClickHouseTlsError(
+            f"The {description} presented a certificate for another name than "
+            f"CLICKHOUSE_SERVER_NAME={server_name!r} ({reason}): set CLICKHOUSE_SERVER_NAME to "
+            "a name the certificate carries, or unset it to check CLICKHOUSE_HOST."
+        )
     return ClickHouseTlsError(
         f"The {description} presented a certificate for another name ({reason}): set "
         "CLICKHOUSE_HOST to a name the certificate carries, or, when the host must be "

@@ -7,6 +7,7 @@ variable, rather than every run at its first query.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import ssl
 from dataclasses import dataclass
@@ -14,8 +15,17 @@ from pathlib import Path
 
 from agent_metrics_pipeline.core.errors import ConfigError
 
-# A host name or an IP address, as a certificate names it.
-SERVER_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
+# One label of a host name, as a certificate names it.
+HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
+
+
+def _is_server_name(name: str) -> bool:
+    """A host name or an IP address, without a port."""
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return all(HOST_LABEL.fullmatch(label) for label in name.removesuffix(".").split("."))
+    return True
 
 
 def _refuse_passphrase() -> bytes:
@@ -39,6 +49,8 @@ def _read(variable: str, path: Path) -> str:
         raise ConfigError(
             f"{variable}={str(path)!r} cannot be read by this process (permission denied)"
         ) from None
+    except OSError as error:
+        raise ConfigError(f"{variable}={str(path)!r} cannot be read: {error.strerror}") from None
 
 
 @dataclass(frozen=True)
@@ -78,10 +90,11 @@ class ClickHouseTls:
                 "CLICKHOUSE_SECURE=true (and CLICKHOUSE_PORT to the server's HTTPS port, 8443 "
                 f"by default), or unset {names}"
             )
-        if self.server_name is not None and not SERVER_NAME.fullmatch(self.server_name):
+        if self.server_name is not None and not _is_server_name(self.server_name):
             raise ConfigError(
-                f"CLICKHOUSE_SERVER_NAME={self.server_name!r} must be a host name, as in "
-                "'clickhouse.internal', the name the server's certificate carries"
+                f"CLICKHOUSE_SERVER_NAME={self.server_name!r} must be a host name or an IP "
+                "address, without a port, as in 'clickhouse.internal': the name the server's "
+                "certificate carries"
             )
         if self.ca_cert is not None:
             self._check_ca_bundle(self.ca_cert)
