@@ -17,6 +17,7 @@ import shutil
 import statistics
 import time
 
+from agent_metrics_pipeline.demo.runs import LAUNCH_MUTATION
 from agent_metrics_pipeline_tests.helpers import DEV_INSTANCE_SETTINGS, graphql
 from benchmarks.context import Context
 from benchmarks.processes import REPO_ROOT, materialize_with_cli, run_worker
@@ -33,16 +34,6 @@ RUN_TIMEOUT_SEC = 600
 
 REPOSITORIES = """
 { repositoriesOrError { ... on RepositoryConnection { nodes { name location { name } } } } }
-"""
-LAUNCH = """
-mutation Launch($executionParams: ExecutionParams!) {
-  launchPipelineExecution(executionParams: $executionParams) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message }
-    ... on InvalidSubsetError { message }
-  }
-}
 """
 RUN = """
 query Run($runId: ID!) {
@@ -137,7 +128,7 @@ def _ui_run(url: str, selector: dict) -> float:
         "executionMetadata": {"tags": [{"key": "dagster/partition", "value": str(FIRST_DAY)}]},
     }
     started = time.time()
-    launched = graphql(url, LAUNCH, {"executionParams": params})["launchPipelineExecution"]
+    launched = graphql(url, LAUNCH_MUTATION, {"executionParams": params})["launchPipelineExecution"]
     if launched["__typename"] != "LaunchRunSuccess":
         raise RuntimeError(f"The run was not launched: {launched}")
     run_id = launched["run"]["runId"]
