@@ -107,6 +107,24 @@ def with_ca(server: ServerProcess, certificates: TestCertificates, **variables: 
     return server_settings(server, **{**reader, **variables})
 
 
+def with_client_certificate(
+    server: ServerProcess,
+    certificates: TestCertificates,
+    certificate: Path,
+    user: str = CERT_READER,
+    **variables: str,
+) -> dict:
+    """The settings of ``user`` logging in by ``certificate`` over HTTPS, trusting the test CA."""
+    return server_settings(
+        server,
+        CLICKHOUSE_SECURE="true",
+        CLICKHOUSE_CA_CERT=str(certificates.ca),
+        CLICKHOUSE_USER=user,
+        CLICKHOUSE_CLIENT_CERT=str(certificate),
+        **variables,
+    )
+
+
 @pytest.fixture(scope="module")
 def source(server_clickhouse, https_stand_in, certificates, stand_in) -> SourceTable:
     """The same calls in a table on the plain HTTP stand-in and on the HTTPS one."""
@@ -154,20 +172,15 @@ def test_the_ca_setting_publishes_the_bytes_of_plain_http(
 def test_mutual_tls_publishes_the_bytes_of_plain_http_as_the_certificate_s_user(
     https_stand_in, certificates, source, plain_http_day, bucket, key_apart
 ):
-    client = (
-        {
-            "CLICKHOUSE_CLIENT_CERT": str(certificates.client_cert),
-            "CLICKHOUSE_CLIENT_KEY": str(certificates.client_key),
-        }
+    environ = (
+        with_client_certificate(
+            https_stand_in,
+            certificates,
+            certificates.client_cert,
+            CLICKHOUSE_CLIENT_KEY=str(certificates.client_key),
+        )
         if key_apart
-        else {"CLICKHOUSE_CLIENT_CERT": str(certificates.client_combined)}
-    )
-    environ = server_settings(
-        https_stand_in,
-        CLICKHOUSE_SECURE="true",
-        CLICKHOUSE_CA_CERT=str(certificates.ca),
-        CLICKHOUSE_USER=CERT_READER,
-        **client,
+        else with_client_certificate(https_stand_in, certificates, certificates.client_combined)
     )
     logged_before = https_stand_in.log_path.read_text().count(f" {CERT_READER} POST status=200")
     publish(resource_from(environ), source, bucket)
@@ -300,12 +313,8 @@ def test_a_server_requiring_a_client_certificate_names_the_client_settings(
         expected,
         "CLICKHOUSE_CLIENT_CERT",
     )
-    with_certificate = server_settings(
-        fault_server,
-        CLICKHOUSE_SECURE="true",
-        CLICKHOUSE_CA_CERT=str(certificates.ca),
-        CLICKHOUSE_USER=CERT_READER,
-        CLICKHOUSE_CLIENT_CERT=str(certificates.client_combined),
+    with_certificate = with_client_certificate(
+        fault_server, certificates, certificates.client_combined
     )
     assert resource_from(with_certificate).query_polars("SELECT 1 AS one").item() == 1
 
@@ -368,12 +377,8 @@ def test_a_certificate_the_user_does_not_list_names_the_certificate(
     https_stand_in, certificates, source, bucket
 ):
     """A password user logging in by certificate: the server refuses the credentials."""
-    environ = server_settings(
-        https_stand_in,
-        CLICKHOUSE_SECURE="true",
-        CLICKHOUSE_CA_CERT=str(certificates.ca),
-        CLICKHOUSE_USER=READER,
-        CLICKHOUSE_CLIENT_CERT=str(certificates.client_combined),
+    environ = with_client_certificate(
+        https_stand_in, certificates, certificates.client_combined, user=READER
     )
     result = publish(resource_from(environ), source, bucket, raise_on_error=False)
     message = failure_message(result)
@@ -405,13 +410,7 @@ def test_verification_turned_off_warns_in_every_tick_of_the_observation(
 def test_a_client_certificate_from_another_ca_is_refused_naming_the_setting(
     https_stand_in, certificates, source, bucket
 ):
-    environ = server_settings(
-        https_stand_in,
-        CLICKHOUSE_SECURE="true",
-        CLICKHOUSE_CA_CERT=str(certificates.ca),
-        CLICKHOUSE_USER=CERT_READER,
-        CLICKHOUSE_CLIENT_CERT=str(certificates.foreign_client),
-    )
+    environ = with_client_certificate(https_stand_in, certificates, certificates.foreign_client)
     assert_fails_naming(
         resource_from(environ),
         source,
