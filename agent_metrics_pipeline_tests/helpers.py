@@ -481,7 +481,7 @@ def stop_process_group(leader: subprocess.Popen) -> None:
             time.sleep(0.5)
     lingering = group_members(pgid)
     os.killpg(pgid, signal.SIGKILL)
-    raise RuntimeError(f"the UI left processes behind: {lingering}")
+    raise RuntimeError(f"{leader.args[0]} left processes behind: {lingering}")
 
 
 LAUNCH_BACKFILL = """

@@ -29,6 +29,7 @@ from agent_metrics_pipeline_tests.helpers import (
     key_for,
     load_into_engine,
     random_calls,
+    stop_process_group,
 )
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
 
@@ -213,11 +214,9 @@ def test_a_run_killed_while_it_publishes_stops_there_and_leaves_nothing_behind(
         )
         waited = time.monotonic() - started
     finally:
-        os.killpg(daemon.pid, signal.SIGINT)
-        try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
+        # The daemon and its code server, all of them gone: the server removes its temporary
+        # files as it stops, and the scratch folder is looked at below.
+        stop_process_group(daemon)
     assert again.returncode == 0, again.stdout.decode()[-3000:] + again.stderr.decode()[-3000:]
     assert waited <= NEXT_RUN_SEC, f"the next run took {waited:.0f} s"
 
