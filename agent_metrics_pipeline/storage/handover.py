@@ -1,11 +1,10 @@
-"""What a step hands the IO manager, told apart by day: each day's rows, the days still
+"""What a step hands the IO manager, told apart by day: each day's CSV bytes, the days still
 running (published as partial), and what to say of a run whose days were published in part."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Collection, Mapping
-from functools import partial
 from typing import Protocol
 
 import dagster as dg
@@ -15,7 +14,7 @@ from dagster._time import get_current_datetime
 
 from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.partitions import refuse_rows_outside, running_days
-from agent_metrics_pipeline.storage.published_format import metrics_for_day
+from agent_metrics_pipeline.storage.published_format import metrics_for_day, to_csv_bytes
 
 
 class StagedRows(Protocol):
@@ -25,14 +24,14 @@ class StagedRows(Protocol):
     # The days read before they ended, and when: published as partial.
     running: Mapping[dt.date, dt.datetime]
 
-    def day(self, day: dt.date) -> pl.DataFrame: ...
+    def csv(self, day: dt.date) -> bytes:
+        """The day's rows as :func:`to_csv_bytes` encodes them."""
+        ...
 
 
-def rows_by_day(
-    obj: pl.DataFrame | StagedRows, days: list[dt.date]
-) -> Callable[[dt.date], pl.DataFrame]:
-    """How to get one day's rows out of what the step handed over: a frame of every day, or
-    days staged one file each."""
+def csv_by_day(obj: pl.DataFrame | StagedRows, days: list[dt.date]) -> Callable[[dt.date], bytes]:
+    """How to get one day's CSV bytes out of what the step handed over: a frame of every day,
+    or days staged one file each."""
     if not isinstance(obj, pl.DataFrame):
         missing = sorted(set(days) - set(obj.days))
         if missing:
@@ -40,9 +39,9 @@ def rows_by_day(
                 f"No rows were staged for {[day.isoformat() for day in missing]}."
             )
         refuse_rows_outside(obj.days, days)
-        return obj.day
+        return obj.csv
     refuse_rows_outside(obj.get_column("date").unique().to_list(), days)
-    return partial(metrics_for_day, obj)
+    return lambda day: to_csv_bytes(metrics_for_day(obj, day))
 
 
 def running_days_of(

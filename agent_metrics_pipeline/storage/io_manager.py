@@ -38,8 +38,8 @@ from agent_metrics_pipeline.core.names import DEFAULT_S3_PREFIX
 from agent_metrics_pipeline.core.partitions import days_of
 from agent_metrics_pipeline.storage.handover import (
     StagedRows,
+    csv_by_day,
     partly_published,
-    rows_by_day,
     running_days_of,
 )
 from agent_metrics_pipeline.storage.published_format import from_csv_bytes, to_csv_bytes
@@ -123,11 +123,11 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         return f"{self.day_folder(partition_key, partial=True)}/{PARTIAL_MARKER_NAME}"
 
     def _publish_partial_day(
-        self, asset_name: str, partition_key: str, rows: pl.DataFrame, computed_at: dt.datetime
+        self, asset_name: str, partition_key: str, csv: bytes, computed_at: dt.datetime
     ) -> str:
         """Writes a day that has not ended under its partial folder, then the marker saying
         when it was computed; returns the key that stands for it."""
-        stands_for = self._publish_day(asset_name, partition_key, rows, partial=True)
+        stands_for = self._publish_day(asset_name, partition_key, csv, partial=True)
         marker = {
             "date": partition_key,
             "partial": True,
@@ -158,17 +158,19 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
         self._delete([*ours, f"{one_file}.csv", f"{one_file}.csv.gz"])
 
     def _publish_day(
-        self, asset_name: str, partition_key: str, rows: pl.DataFrame, partial: bool = False
+        self, asset_name: str, partition_key: str, csv: bytes, partial: bool = False
     ) -> str:
-        """Writes one day; returns the key that stands for it (its file, or its manifest)."""
+        """Writes one day, given as its CSV bytes (:func:`to_csv_bytes`); returns the key that
+        stands for it (its file, or its manifest)."""
         if self.rows_per_file is None:
             object_key = self.object_key(asset_name, partition_key, partial)
-            self._write(object_key, self._encode(rows))
+            self._write(object_key, self._compressed(csv))
             return object_key
+        rows = from_csv_bytes(csv)
         parts = []
         for index in range(max(1, math.ceil(rows.height / self.rows_per_file))):
             part = rows.slice(index * self.rows_per_file, self.rows_per_file)
-            data = self._encode(part)
+            data = self._compressed(to_csv_bytes(part))
             checksum = sha256(data).hexdigest()
             key = self.part_key(partition_key, index, checksum, partial)
             self._write(key, data)
@@ -215,10 +217,9 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             frames.append(self._decode(data))
         return pl.concat(frames)
 
-    def _encode(self, frame: pl.DataFrame) -> bytes:
-        data = to_csv_bytes(frame)
+    def _compressed(self, csv: bytes) -> bytes:
         # mtime=0 keeps re-runs byte-identical.
-        return gzip.compress(data, mtime=0) if self.gzip else data
+        return gzip.compress(csv, mtime=0) if self.gzip else csv
 
     def _decode(self, data: bytes) -> pl.DataFrame:
         return from_csv_bytes(gzip.decompress(data) if self.gzip else data)
@@ -231,7 +232,7 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             )
         partition_keys = list(context.asset_partition_keys)
         days = days_of(partition_keys)
-        rows_of_day = rows_by_day(obj, days)
+        csv_of_day = csv_by_day(obj, days)
         running = running_days_of(context, obj, days)
         asset_name = context.asset_key.path[-1]
 
@@ -239,9 +240,9 @@ class DailyCsvIOManager(dg.ConfigurableIOManager):
             """The day's key; and the error of removing its partial folder, once it is final."""
             if day in running:
                 return self._publish_partial_day(
-                    asset_name, key, rows_of_day(day), running[day]
+                    asset_name, key, csv_of_day(day), running[day]
                 ), None
-            object_key = self._publish_day(asset_name, key, rows_of_day(day))
+            object_key = self._publish_day(asset_name, key, csv_of_day(day))
             try:
                 if self.partial_days:
                     self._remove_partial_day(asset_name, key)
