@@ -299,6 +299,29 @@ def test_statuses_spelled_unlike_a_counted_one_are_listed_and_flagged(
     assert_csv_matches(bucket.get(key_for(DAY)), expected_metrics(good_calls + variants)[DAY], DAY)
 
 
+@pytest.mark.parametrize("statuses", [("Answered",), ("Answered", "Missed")])
+@pytest.mark.parametrize("unusual", [False, True], ids=["clean", "with_a_call_without_length"])
+def test_calls_of_each_counted_status_are_counted_on_clean_and_unusual_days(
+    clickhouse, calls_table, bucket, good_calls, statuses, unusual
+):
+    # A clean day's counts come with its metrics; a day with unusual calls has them counted by
+    # kind in a query of their own, which counts the statuses too.
+    calls = good_calls + ([bad_call("no-length", "agent-001", None)] if unusual else [])
+    insert_calls(clickhouse, calls_table, calls)
+    measurement = measuring(calls_table, statuses, invalid_rows=InvalidRowsPolicy.EXCLUDE)
+
+    result = materialize(clickhouse, measurement, bucket.io_manager(), str(DAY))
+
+    on_the_day = [c for c in calls if c.started_at.date() == DAY]
+    (materialization,) = result.asset_materializations_for_node("agent_metrics")
+    seen = statuses_seen(on_the_day, statuses)
+    assert set(seen) == set(statuses)
+    assert materialization.metadata["statuses_seen"].value == seen
+    assert materialization.metadata["unmeasurable_calls"].value == int(unusual)
+    expected = expected_metrics(calls, statuses=statuses)[DAY]
+    assert_csv_matches(bucket.get(key_for(DAY)), expected, DAY)
+
+
 def test_an_enum_status_column_is_read_by_its_names(clickhouse, calls_table, bucket, good_calls):
     names = ["Answered", "Missed", "answered", "Voicemail"]
     enum = ", ".join(f"'{name}' = {value}" for value, name in enumerate(names, start=1))

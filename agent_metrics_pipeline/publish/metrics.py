@@ -14,8 +14,10 @@ from agent_metrics_pipeline.storage.published_format import metrics_schema
 
 # Per agent, the calls of each counted status, in the measurement's order.
 CALLS_PER_COUNTED_STATUS = "calls_per_counted_status"
-# Per agent, the calls of a status spelled like a counted one without being one.
+# Per day, the calls of a status spelled like a counted one without being one.
 UNCOUNTED_VARIANT_CALLS = "uncounted_variant_calls"
+# Per agent, the calls the checks look into: unmeasurable, overlong, or of a status variant.
+UNUSUAL_CALLS = "unusual_calls"
 UNMEASURABLE_COUNTS = (
     "null_agent_calls",
     "null_duration_calls",
@@ -85,32 +87,43 @@ class SourceQuality:
         return [str(call_id) for call_id in ids.head(SAMPLE_SIZE)]
 
 
-def shape_metrics(raw: pl.DataFrame) -> tuple[pl.DataFrame, SourceQuality]:
-    """Split the query result into publishable metrics and source-quality counts.
+def shape_metrics(
+    raw: pl.DataFrame, unusual: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, SourceQuality]:
+    """Split the metrics query's rows into publishable metrics and source-quality counts.
 
     The group of calls without an agent and agents left with no measurable call carry no
-    metrics; their calls are counted in the quality summary instead.
+    metrics; their calls are counted in the quality summary instead, from ``unusual``: the
+    quality query's counts per day, read when the metrics query counted unusual calls (without
+    them, each kind counts none).
     """
     metrics = (
         raw.filter(pl.col("agent_id").is_not_null() & (pl.col("total_calls") > 0))
         .select(pl.col(name).cast(dtype) for name, dtype in metrics_schema().items())
         .sort("date", "agent_id")
     )
+    per_day = raw.group_by("date").agg(pl.col(DUPLICATE_COUNT).sum())
+    if unusual is None:
+        per_day = per_day.with_columns(pl.lit(0).alias(name) for name in SAMPLED_COUNTS)
+    else:
+        per_day = per_day.join(
+            unusual.select("date", *SAMPLED_COUNTS), on="date", how="left"
+        ).fill_null(0)
     per_day = (
-        raw.group_by("date")
-        .agg(pl.col(QUALITY_COUNTS).sum())
+        per_day.select("date", *QUALITY_COUNTS)
         .cast({"date": pl.Date, pl.selectors.numeric(): pl.Int64})
         .sort("date")
     )
     return metrics, SourceQuality(per_day=per_day)
 
 
-def counted_status_calls(raw: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:
+def counted_status_calls(counts: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:
     """Calls per day of each counted status (``date``, ``status``, ``calls``; statuses without
-    a call left out), from the metrics query's per-agent counts, which follow ``statuses``."""
+    a call left out), from per-agent or per-day counts that follow ``statuses`` (the metrics
+    query's, or the quality query's)."""
     per_agent = pl.concat(
         [
-            raw.select(
+            counts.select(
                 pl.col("date").cast(pl.Date),
                 pl.lit(status).alias("status"),
                 pl.col(CALLS_PER_COUNTED_STATUS).list.get(position).cast(pl.Int64).alias("calls"),

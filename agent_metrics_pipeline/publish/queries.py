@@ -21,6 +21,7 @@ from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.publish.metrics import (
     CALLS_PER_COUNTED_STATUS,
     UNCOUNTED_VARIANT_CALLS,
+    UNUSUAL_CALLS,
 )
 from agent_metrics_pipeline.publish.query_parts import (
     COPIES,
@@ -60,18 +61,20 @@ def build_metrics_query(
     shard: AgentShard | None = None,
     final: bool = False,
 ) -> tuple[str, dict[str, object]]:
-    """Per (day, agent) metrics over ``[window_start, window_end)`` plus source-quality counts,
-    for the agents of ``shard`` only when one is given, reading the latest row versions only
-    when ``final``.
+    """Per (day, agent) metrics over ``[window_start, window_end)``, and the count of calls
+    they leave out, for the agents of ``shard`` only when one is given, reading the latest row
+    versions only when ``final``.
 
     A call belongs to the day its start falls in, in ``timezone``. The filter is a range
     predicate on the start column so ClickHouse can use the table's primary key.
 
     Metrics are computed over measurable calls only: an agent (not NULL, not empty) and a
-    finite, non-negative duration. The counts of unmeasurable calls, and of measurable calls
-    longer than ``max_call_length_sec``, ride along in the same scan, so the checks can decide
-    whether the day may be published (their call ids come from :func:`build_samples_query`).
-    Calls without an agent form their own group.
+    finite, non-negative duration. ``unusual_calls`` counts, in the same scan, every call read
+    that the checks must look at: unmeasurable, longer than ``max_call_length_sec``, or of a
+    status spelled like a counted one (see :func:`status_spelling`) without being one. Almost
+    every day has none, and one count costs a tenth of the query less than the five kinds
+    apart: only a chunk that has some sends :func:`build_quality_query` for them. Calls
+    without an agent form their own group.
 
     Every source column is qualified with the table alias, so a source column named like an
     output (``date``, say) is never mistaken for it. The average sums whole microseconds as
@@ -82,19 +85,13 @@ def build_metrics_query(
     ``duplicate_calls`` counts the agent's rows that repeat a call id: counted as they are, or
     left out when the measurement counts each call once (see :func:`_calls_counted_once`).
 
-    The scan also reads the calls whose status is spelled like a counted one (see
-    :func:`status_spelling`) without being one: they count nowhere but in
-    ``uncounted_variant_calls``, so the ``status_spellings`` check needs no scan of its own
-    (:func:`build_status_variants_query` names the variants, only on a day that has any);
     ``calls_per_counted_status`` holds the calls of each counted status, in the measurement's
-    order. Filtering on the spelling costs what filtering on the status does on a
-    ``LowCardinality`` column (ClickHouse computes it once per distinct status), and about a
-    fifth more on a plain ``String`` one.
+    order, when the chunk has no unusual call (the quality query's stand then): with one
+    counted status, those are the agent's counted calls. Filtering on the spelling costs what
+    filtering on the status does on a ``LowCardinality`` column (ClickHouse computes it once
+    per distinct status), and about a fifth more on a plain ``String`` one.
     """
-    source = measurement.source
-    started_at, duration = (
-        f"src.`{source.column(role)}`" for role in ("started_at", "duration_sec")
-    )
+    started_at = f"src.`{measurement.source.column('started_at')}`"
     sql = f"""
 {classified_calls(measurement)}
 SELECT
@@ -107,14 +104,9 @@ SELECT
         2
     ) AS avg_call_length_sec,
     round(quantileExactInclusiveIf(0.9)(call_length, measurable), 2) + 0 AS p90_call_length_sec,
-    countIf(counted AND call_agent IS NULL) AS null_agent_calls,
-    countIf(counted AND call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
-    countIf(negative) AS negative_duration_calls,
-    countIf(non_finite) AS non_finite_duration_calls,
-    countIf(overlong) AS overlong_calls,
+    countIf(NOT measurable OR overlong) AS {UNUSUAL_CALLS},
     {_duplicate_count(measurement)} AS duplicate_calls,
-    [{_calls_per_status(measurement)}] AS {CALLS_PER_COUNTED_STATUS},
-    countIf(NOT counted) AS {UNCOUNTED_VARIANT_CALLS}
+    {_calls_per_status(measurement, of_clean_chunk=True)} AS {CALLS_PER_COUNTED_STATUS}
 {window_filter(measurement, final, spelled=True)}{_shard_filter(measurement, shard)}
 GROUP BY date, agent_id
 ORDER BY date, agent_id
@@ -133,12 +125,17 @@ def _duplicate_count(measurement: Measurement) -> str:
     return f"countIf(counted) - uniqExactIf(src.`{measurement.source.column('call_id')}`, counted)"
 
 
-def _calls_per_status(measurement: Measurement) -> str:
+def _calls_per_status(measurement: Measurement, of_clean_chunk: bool = False) -> str:
+    """The calls of each counted status, as an array in the measurement's order; in a chunk
+    without unusual calls (``of_clean_chunk``), one counted status needs no count of its own."""
+    if of_clean_chunk and len(measurement.statuses) == 1:
+        return "[total_calls]"
     status = f"src.`{measurement.source.column('status')}`"
-    return ", ".join(
+    counts = ", ".join(
         f"countIf({status} = {{statuses:Array(String)}}[{position}])"
         for position in range(1, len(measurement.statuses) + 1)
     )
+    return f"[{counts}]"
 
 
 def _shard_filter(measurement: Measurement, shard: AgentShard | None) -> str:
@@ -150,6 +147,44 @@ def _shard_filter(measurement: Measurement, shard: AgentShard | None) -> str:
     agent_hash = f"cityHash64(ifNull(toString({agent}), ''))"
     return f"""
   AND {agent_hash} % {{agent_shards:UInt32}} = {{agent_shard:UInt32}}"""
+
+
+def build_quality_query(
+    measurement: Measurement,
+    window_start: dt.datetime,
+    window_end: dt.datetime,
+    timezone: str,
+    final: bool = False,
+) -> tuple[str, dict[str, object]]:
+    """Per day, the calls the metrics query counted as unusual, by kind, and the calls of each
+    counted status, read as the metrics query reads them. Run only on a chunk that has unusual
+    calls: the counts by kind cost a tenth of the metrics query.
+
+    Counts of the unmeasurable calls (no agent, no duration, negative, not finite) are of
+    calls with a counted status; ``overlong_calls`` are measurable calls longer than
+    ``max_call_length_sec``; ``uncounted_variant_calls`` are of a status spelled like a
+    counted one without being one.
+    """
+    source = measurement.source
+    started_at, duration = (
+        f"src.`{source.column(role)}`" for role in ("started_at", "duration_sec")
+    )
+    sql = f"""
+{classified_calls(measurement)}
+SELECT
+    {_date_of_call(started_at, window_start, window_end, timezone)} AS date,
+    countIf(counted AND call_agent IS NULL) AS null_agent_calls,
+    countIf(counted AND call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
+    countIf(negative) AS negative_duration_calls,
+    countIf(non_finite) AS non_finite_duration_calls,
+    countIf(overlong) AS overlong_calls,
+    {_calls_per_status(measurement)} AS {CALLS_PER_COUNTED_STATUS},
+    countIf(NOT counted) AS {UNCOUNTED_VARIANT_CALLS}
+{window_filter(measurement, final, spelled=True)}
+GROUP BY date
+ORDER BY date
+"""
+    return sql, measurement_parameters(measurement, window_start, window_end, timezone)
 
 
 def build_calls_per_day_query(

@@ -23,6 +23,7 @@ from agent_metrics_pipeline.publish.metrics import (
     DUPLICATE_COUNT,
     UNCOUNTED_VARIANT_CALLS,
     UNMEASURABLE_COUNTS,
+    UNUSUAL_CALLS,
     SourceQuality,
     calls_per_status,
     counted_status_calls,
@@ -34,6 +35,7 @@ from agent_metrics_pipeline.publish.queries import (
     build_calls_per_day_query,
     build_duplicate_samples_query,
     build_metrics_query,
+    build_quality_query,
     build_samples_query,
     build_status_variants_query,
 )
@@ -167,7 +169,8 @@ def read_chunk(
     final: bool,
 ) -> ChunkReading:
     """The metrics, source quality and calls per status (counted statuses and those spelled
-    like one) of the chunk's days.
+    like one) of the chunk's days: the quality query, the samples and the status variants are
+    read only when the metrics query counted calls they would show.
 
     A server that stops a query at the user's per-query memory limit would stop it again: the
     chunk is read again in twice as many shards, until the limit lets each through.
@@ -200,19 +203,25 @@ def read_chunk(
             )
             chunk = finer
     log.debug(f"Read {format_days(chunk.days)} in {chunk.shards} agent shard(s): {raw.height} rows")
-    metrics, quality = shape_metrics(raw)
+    unusual = None
+    if SourceQuality.counts_any(raw, [UNUSUAL_CALLS]):
+        unusual = session.query_polars(*build_quality_query(*window, final=final))
+    metrics, quality = shape_metrics(raw, unusual)
     if measurement.escapes_formulas:
         metrics = escape_formula_agent_ids(metrics)
-    if SourceQuality.counts_any(raw):
+    if SourceQuality.counts_any(quality.per_day):
         quality = quality.with_samples(
             session.query_polars(*build_samples_query(*window, final=final))
         )
-    if SourceQuality.counts_any(raw, [DUPLICATE_COUNT]):
+    if SourceQuality.counts_any(quality.per_day, [DUPLICATE_COUNT]):
         quality = quality.with_samples(
             session.query_polars(*build_duplicate_samples_query(*window, final=final))
         )
-    statuses = counted_status_calls(raw, measurement.statuses)
-    if SourceQuality.counts_any(raw, [UNCOUNTED_VARIANT_CALLS]):
-        variants = session.query_polars(*build_status_variants_query(*window, final=final))
-        statuses = pl.concat([statuses, variants.cast(statuses.schema)]).sort("date", "status")
+    if unusual is None:
+        statuses = counted_status_calls(raw, measurement.statuses)
+    else:
+        statuses = counted_status_calls(unusual, measurement.statuses)
+        if SourceQuality.counts_any(unusual, [UNCOUNTED_VARIANT_CALLS]):
+            variants = session.query_polars(*build_status_variants_query(*window, final=final))
+            statuses = pl.concat([statuses, variants.cast(statuses.schema)]).sort("date", "status")
     return ChunkReading(metrics, quality, statuses, chunk.shards, raw.height)
