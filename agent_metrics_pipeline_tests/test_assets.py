@@ -97,6 +97,27 @@ def test_non_utc_timezone_shifts_the_day(clickhouse, calls_table, bucket):
     assert_csv_matches(bucket.get(key_for(day)), expected, day)
 
 
+def test_a_range_over_a_clock_change_reads_each_local_day(clickhouse, calls_table, bucket):
+    # The range's later days are read in one query, each day in its own window: 2026-11-01 is
+    # 25 hours long in New York.
+    days = [dt.date(2026, 10, 31) + dt.timedelta(days=i) for i in range(3)]
+    calls = random_calls(days[0] - dt.timedelta(days=1), days=5, calls_per_day=300, seed=12)
+    insert_calls(clickhouse, calls_table, calls)
+
+    materialize(
+        clickhouse,
+        measuring(calls_table),
+        bucket.io_manager(),
+        str(days[0]),
+        str(days[-1]),
+        timezone="America/New_York",
+    )
+
+    expected = expected_metrics(calls, timezone="America/New_York")
+    for day in days:
+        assert_csv_matches(bucket.get(key_for(day)), expected[day], day)
+
+
 def test_interpolated_p90_for_one_and_two_calls(clickhouse, calls_table, bucket):
     noon = dt.datetime.combine(DAY, dt.time(12), tzinfo=UTC)
     calls = [

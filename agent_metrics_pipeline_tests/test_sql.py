@@ -6,14 +6,14 @@ import datetime as dt
 
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.publish.queries import build_metrics_query
+from agent_metrics_pipeline.publish.query_parts import DayWindow
 
 
 def test_values_are_bound_and_identifiers_quoted():
     settings = Settings.from_env({"AGENT_METRICS_STATUSES": "Answered,It's done"})
     start = dt.datetime(2026, 11, 20, 5, tzinfo=dt.UTC)
-    sql, parameters = build_metrics_query(
-        settings.measurement, start, start + dt.timedelta(days=1), "America/New_York"
-    )
+    day = DayWindow(dt.date(2026, 11, 20), start, start + dt.timedelta(days=1))
+    sql, parameters = build_metrics_query(settings.measurement, [day], "America/New_York")
     assert "It's done" not in sql and "America/New_York" not in sql
     assert parameters == {
         "timezone": "America/New_York",

@@ -22,6 +22,7 @@ from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline.core.names import ASSET_NAME
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.publish.queries import build_calls_per_day_query, build_metrics_query
+from agent_metrics_pipeline.publish.query_parts import DayWindow
 from benchmarks.seeding import day_window
 
 
@@ -154,7 +155,9 @@ def versioned_reads(
     times = {}
     for name, final in (("versioned_as_stored", False), ("versioned_final", True)):
         started = time.perf_counter()
-        clickhouse.query_polars(*build_metrics_query(measurement, start, end, "UTC", final=final))
+        clickhouse.query_polars(
+            *build_metrics_query(measurement, [DayWindow(day, start, end)], "UTC", final=final)
+        )
         times[name] = time.perf_counter() - started
     return times
 
@@ -168,7 +171,9 @@ def pipeline_queries(clickhouse: ClickHouseResource, day: dt.date) -> dict[str, 
         "calls_query": build_calls_per_day_query(
             measurement, [(day, start, end)], settings.timezone, by_primary_key=True
         ),
-        "metrics_query": build_metrics_query(measurement, start, end, settings.timezone),
+        "metrics_query": build_metrics_query(
+            measurement, [DayWindow(day, start, end)], settings.timezone
+        ),
     }
     times = {}
     for name, query in queries.items():

@@ -11,11 +11,11 @@ every value (window, timezone, statuses) is bound as a query parameter.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
-from agent_metrics_pipeline.clickhouse.syntax import utc_literal, window_parameters
+from agent_metrics_pipeline.clickhouse.syntax import window_parameters
 from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy
 from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.publish.metrics import (
@@ -25,9 +25,12 @@ from agent_metrics_pipeline.publish.metrics import (
 )
 from agent_metrics_pipeline.publish.query_parts import (
     COPIES,
+    DayWindow,
+    by_day,
     classified_calls,
     measurement_parameters,
     window_filter,
+    written_window,
 )
 
 if TYPE_CHECKING:
@@ -35,38 +38,21 @@ if TYPE_CHECKING:
     from agent_metrics_pipeline.publish.chunking import AgentShard
 
 
-def _date_of_call(
-    started_at: str, window_start: dt.datetime, window_end: dt.datetime, timezone: str
-) -> str:
-    """The day a call belongs to, in ``timezone``. A window of exactly one day gives every call
-    that day, without converting each row's start: that conversion is a tenth of the metrics
-    query's time."""
-    local = ZoneInfo(timezone)
-    start, end = window_start.astimezone(local), window_end.astimezone(local)
-    one_day = (
-        start.timetz().replace(tzinfo=None) == dt.time()
-        and end.timetz().replace(tzinfo=None) == dt.time()
-        and end.date() == start.date() + dt.timedelta(days=1)
-    )
-    if one_day:
-        return "toDate({window_start:DateTime64(3, 'UTC')}, {timezone:String})"
-    return f"toDate({started_at}, {{timezone:String}})"
-
-
 def build_metrics_query(
     measurement: Measurement,
-    window_start: dt.datetime,
-    window_end: dt.datetime,
+    days: Sequence[DayWindow],
     timezone: str,
     shard: AgentShard | None = None,
     final: bool = False,
 ) -> tuple[str, dict[str, object]]:
-    """Per (day, agent) metrics over ``[window_start, window_end)``, and the count of calls
-    they leave out, for the agents of ``shard`` only when one is given, reading the latest row
-    versions only when ``final``.
+    """Per (day, agent) metrics over ``days``, and the count of calls they leave out, for the
+    agents of ``shard`` only when one is given, reading the latest row versions only when
+    ``final``.
 
-    A call belongs to the day its start falls in, in ``timezone``. The filter is a range
-    predicate on the start column so ClickHouse can use the table's primary key.
+    Each day is read in its own window (see :func:`by_day`), a range predicate on the start
+    column so ClickHouse can use the table's primary key. No call's start is converted to a
+    date in ``timezone``, and each day's agents are grouped apart: at 50 k agents a day, a
+    seventh less time than grouping ten days' together by each call's date.
 
     Metrics are computed over measurable calls only: an agent (not NULL, not empty) and a
     finite, non-negative duration. ``unusual_calls`` counts, in the same scan, every call read
@@ -91,11 +77,14 @@ def build_metrics_query(
     filtering on the status does on a ``LowCardinality`` column (ClickHouse computes it once
     per distinct status), and about a fifth more on a plain ``String`` one.
     """
-    started_at = f"src.`{measurement.source.column('started_at')}`"
-    sql = f"""
+
+    shard_filter = _shard_filter(measurement, shard)
+
+    def of_day(day: DayWindow) -> str:
+        return f"""
 {classified_calls(measurement)}
 SELECT
-    {_date_of_call(started_at, window_start, window_end, timezone)} AS date,
+    toDate('{day.day.isoformat()}') AS date,
     call_agent AS agent_id,
     countIf(measurable) AS total_calls,
     round(
@@ -107,14 +96,14 @@ SELECT
     countIf(NOT measurable OR overlong) AS {UNUSUAL_CALLS},
     {_duplicate_count(measurement)} AS duplicate_calls,
     {_calls_per_status(measurement, of_clean_chunk=True)} AS {CALLS_PER_COUNTED_STATUS}
-{window_filter(measurement, final, spelled=True)}{_shard_filter(measurement, shard)}
-GROUP BY date, agent_id
-ORDER BY date, agent_id
+{window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}{shard_filter}
+GROUP BY agent_id
 """
-    parameters = measurement_parameters(measurement, window_start, window_end, timezone)
+
+    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
     if shard is not None:
         parameters |= {"agent_shard": shard.index, "agent_shards": shard.count}
-    return sql, parameters
+    return by_day(days, of_day), parameters
 
 
 def _duplicate_count(measurement: Measurement) -> str:
@@ -151,28 +140,26 @@ def _shard_filter(measurement: Measurement, shard: AgentShard | None) -> str:
 
 def build_quality_query(
     measurement: Measurement,
-    window_start: dt.datetime,
-    window_end: dt.datetime,
+    days: Sequence[DayWindow],
     timezone: str,
     final: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """Per day, the calls the metrics query counted as unusual, by kind, and the calls of each
-    counted status, read as the metrics query reads them. Run only on a chunk that has unusual
-    calls: the counts by kind cost a tenth of the metrics query.
+    counted status, each day read as the metrics query reads it. Run only on a chunk that has
+    unusual calls: the counts by kind cost a tenth of the metrics query.
 
     Counts of the unmeasurable calls (no agent, no duration, negative, not finite) are of
     calls with a counted status; ``overlong_calls`` are measurable calls longer than
     ``max_call_length_sec``; ``uncounted_variant_calls`` are of a status spelled like a
     counted one without being one.
     """
-    source = measurement.source
-    started_at, duration = (
-        f"src.`{source.column(role)}`" for role in ("started_at", "duration_sec")
-    )
-    sql = f"""
+    duration = f"src.`{measurement.source.column('duration_sec')}`"
+
+    def of_day(day: DayWindow) -> str:
+        return f"""
 {classified_calls(measurement)}
 SELECT
-    {_date_of_call(started_at, window_start, window_end, timezone)} AS date,
+    toDate('{day.day.isoformat()}') AS date,
     countIf(counted AND call_agent IS NULL) AS null_agent_calls,
     countIf(counted AND call_agent IS NOT NULL AND {duration} IS NULL) AS null_duration_calls,
     countIf(negative) AS negative_duration_calls,
@@ -180,11 +167,11 @@ SELECT
     countIf(overlong) AS overlong_calls,
     {_calls_per_status(measurement)} AS {CALLS_PER_COUNTED_STATUS},
     countIf(NOT counted) AS {UNCOUNTED_VARIANT_CALLS}
-{window_filter(measurement, final, spelled=True)}
-GROUP BY date
-ORDER BY date
+{window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}
 """
-    return sql, measurement_parameters(measurement, window_start, window_end, timezone)
+
+    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
+    return by_day(days, of_day, order_by="date"), parameters
 
 
 def build_calls_per_day_query(
@@ -207,13 +194,15 @@ def build_calls_per_day_query(
         # The days and their bounds are written out, not bound: a hundred days' parameters
         # would make an HTTP request's address longer than proxies take. They are made here,
         # from dates, never from input text.
-        sql = "\nUNION ALL\n".join(
-            f"""SELECT toDate('{day.isoformat()}') AS date, count() AS calls FROM {relation}
-WHERE {started_at} >= toDateTime64('{utc_literal(start)}', 3, 'UTC')
-  AND {started_at} < toDateTime64('{utc_literal(end)}', 3, 'UTC')"""
-            for day, start, end in days
-        )
-        return sql, {}
+        branches = []
+        for day, start, end in days:
+            since, until = written_window(start, end)
+            branches.append(
+                f"""SELECT toDate('{day.isoformat()}') AS date, count() AS calls FROM {relation}
+WHERE {started_at} >= {since}
+  AND {started_at} < {until}"""
+            )
+        return "\nUNION ALL\n".join(branches), {}
     sql = f"""
 SELECT toDate({started_at}, {{timezone:String}}) AS date, count() AS calls
 FROM {relation}

@@ -7,15 +7,47 @@ Identifiers come from a validated :class:`SourceTable`; every value is bound as 
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, NamedTuple
 
-from agent_metrics_pipeline.clickhouse.syntax import window_parameters
+from agent_metrics_pipeline.clickhouse.syntax import utc_literal, window_parameters
 
 if TYPE_CHECKING:
     from agent_metrics_pipeline.core.measurement import Measurement
 
 # The rows of a counted status behind each call, when each call counts once.
 COPIES = "counted_rows_of_call"
+# The window's bounds, as bound parameters (see measurement_parameters).
+BOUND_WINDOW = ("{window_start:DateTime64(3, 'UTC')}", "{window_end:DateTime64(3, 'UTC')}")
+
+
+class DayWindow(NamedTuple):
+    """A day and its window ``[start, end)``, as its partition has it."""
+
+    day: dt.date
+    start: dt.datetime
+    end: dt.datetime
+
+
+def by_day(
+    days: Sequence[DayWindow],
+    day_query: Callable[[DayWindow], str],
+    order_by: str = "date, agent_id",
+) -> str:
+    """The rows of ``day_query`` for each of ``days``, as one query, in ``order_by``'s order:
+    each day read in its own window, with its date written out (the same choice of rows a run
+    of that day alone makes)."""
+    branches = "\nUNION ALL\n".join(f"SELECT * FROM ({day_query(day)})" for day in days)
+    return f"SELECT * FROM (\n{branches}\n)\nORDER BY {order_by}\n"
+
+
+def written_window(start: dt.datetime, end: dt.datetime) -> tuple[str, str]:
+    """A window's bounds written out in the SQL, for a query that reads several windows: made
+    here from datetimes, never from input text."""
+    return (
+        f"toDateTime64('{utc_literal(start)}', 3, 'UTC')",
+        f"toDateTime64('{utc_literal(end)}', 3, 'UTC')",
+    )
 
 
 def classified_calls(measurement: Measurement) -> str:
@@ -35,13 +67,18 @@ def classified_calls(measurement: Measurement) -> str:
     measurable AND call_length > {{max_call_length_sec:Float64}} AS overlong"""
 
 
-def window_filter(measurement: Measurement, final: bool, spelled: bool = False) -> str:
-    """The source's calls of the window with a counted status (``spelled``: with a status
-    spelled like a counted one), as ``src``."""
+def window_filter(
+    measurement: Measurement,
+    final: bool,
+    spelled: bool = False,
+    window: tuple[str, str] = BOUND_WINDOW,
+) -> str:
+    """The source's calls of ``window`` (its bounds as SQL) with a counted status
+    (``spelled``: with a status spelled like a counted one), as ``src``."""
     source = measurement.source
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
     relation = (
-        f"{_calls_counted_once(measurement, final)} AS src"
+        f"{_calls_counted_once(measurement, final, window)} AS src"
         if measurement.counts_each_call_once
         else f"{source.qualified_name} AS src{' FINAL' if final else ''}"
     )
@@ -51,8 +88,8 @@ def window_filter(measurement: Measurement, final: bool, spelled: bool = False) 
         else f"{status} IN {{statuses:Array(String)}}"
     )
     return f"""FROM {relation}
-WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
-  AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
+WHERE {started_at} >= {window[0]}
+  AND {started_at} < {window[1]}
   AND {of_status}"""
 
 
@@ -74,7 +111,7 @@ def spelling(status: str) -> str:
     return "".join(c.lower() if "A" <= c <= "Z" else c for c in status.strip(" "))
 
 
-def _calls_counted_once(measurement: Measurement, final: bool) -> str:
+def _calls_counted_once(measurement: Measurement, final: bool, window: tuple[str, str]) -> str:
     """One row per call id of the window, with the number of its rows of a counted status.
 
     Of rows sharing a call id, the one with the smallest hash of its other columns stands for
@@ -100,8 +137,8 @@ def _calls_counted_once(measurement: Measurement, final: bool) -> str:
             argMin(tuple({fields}), cityHash64(tuple({fields}))) AS picked_row,
             countIf({status} IN {{statuses:Array(String)}}) AS {COPIES}
         FROM {source.qualified_name}{" FINAL" if final else ""}
-        WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
-          AND {started_at} < {{window_end:DateTime64(3, 'UTC')}}
+        WHERE {started_at} >= {window[0]}
+          AND {started_at} < {window[1]}
         GROUP BY {call_id}
     )
 )"""

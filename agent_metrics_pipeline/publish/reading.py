@@ -39,6 +39,7 @@ from agent_metrics_pipeline.publish.queries import (
     build_samples_query,
     build_status_variants_query,
 )
+from agent_metrics_pipeline.publish.query_parts import DayWindow
 from agent_metrics_pipeline.publish.usual_volume import days_to_count
 from agent_metrics_pipeline.storage.published_format import metrics_for_day
 from agent_metrics_pipeline.storage.staged_days import StagedDays
@@ -175,17 +176,17 @@ def read_chunk(
     A server that stops a query at the user's per-query memory limit would stop it again: the
     chunk is read again in twice as many shards, until the limit lets each through.
     """
-    window = (
-        measurement,
-        partitions_def.time_window_for_partition_key(chunk.days[0].isoformat()).start,
-        partitions_def.time_window_for_partition_key(chunk.days[-1].isoformat()).end,
-        partitions_def.timezone,
-    )
+    day_windows = []
+    for day in chunk.days:
+        window = partitions_def.time_window_for_partition_key(day.isoformat())
+        day_windows.append(DayWindow(day, window.start, window.end))
+    by_day = (measurement, day_windows, partitions_def.timezone)
+    window = (measurement, day_windows[0].start, day_windows[-1].end, partitions_def.timezone)
     while True:
         try:
             raw = pl.concat(
                 [
-                    session.query_polars(*build_metrics_query(*window, shard=shard, final=final))
+                    session.query_polars(*build_metrics_query(*by_day, shard=shard, final=final))
                     for shard in chunk.agent_shards()
                 ],
                 how="vertical_relaxed",
@@ -205,7 +206,7 @@ def read_chunk(
     log.debug(f"Read {format_days(chunk.days)} in {chunk.shards} agent shard(s): {raw.height} rows")
     unusual = None
     if SourceQuality.counts_any(raw, [UNUSUAL_CALLS]):
-        unusual = session.query_polars(*build_quality_query(*window, final=final))
+        unusual = session.query_polars(*build_quality_query(*by_day, final=final))
     metrics, quality = shape_metrics(raw, unusual)
     if measurement.escapes_formulas:
         metrics = escape_formula_agent_ids(metrics)

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.publish.queries import build_metrics_query
+from agent_metrics_pipeline.publish.query_parts import DayWindow
 from benchmarks import pipeline
 from benchmarks.context import Context
 from benchmarks.processes import WorkerResult, peak_rss_bytes, run_worker
@@ -241,8 +242,10 @@ def engine_queries(days: int, marks: list[int]) -> dict[str, int]:
     measurement = Settings.from_env().measurement
     peaks = {}
     for number in range(1, days + 1):
-        start, end = day_window(FIRST_DAY + dt.timedelta(days=number - 1))
-        clickhouse.query_polars(*build_metrics_query(measurement, start, end, "UTC"))
+        day = FIRST_DAY + dt.timedelta(days=number - 1)
+        clickhouse.query_polars(
+            *build_metrics_query(measurement, [DayWindow(day, *day_window(day))], "UTC")
+        )
         if number in marks:
             peaks[str(number)] = peak_rss_bytes()
     return peaks
