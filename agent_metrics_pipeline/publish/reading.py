@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -95,29 +96,35 @@ def read_days(
     calls_per_day = calls_held_per_day(session, measurement, partitions_def, counted_days, relation)
     chunker = Chunker(days, calls_per_day, chunking)
     run = RunReading()
-    for chunk in chunker:
-        reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
-        chunker.learn(chunk, reading.rows_read)
-        verdicts = evaluate_checks(
-            Evidence(
-                reading.metrics,
-                reading.quality,
-                reading.statuses,
-                chunk.days,
-                measurement,
-                calls_per_day,
+    # A chunk's files are encoded while its checks run (Polars lets go of the GIL), and kept
+    # only if they pass; the next chunk is read once both are done, so memory stays a chunk's.
+    with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+        for chunk in chunker:
+            reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
+            chunker.learn(chunk, reading.rows_read)
+            encoded = encoder.submit(StagedDays.encode, reading.metrics, chunk.days)
+            verdicts = evaluate_checks(
+                Evidence(
+                    reading.metrics,
+                    reading.quality,
+                    reading.statuses,
+                    chunk.days,
+                    measurement,
+                    calls_per_day,
+                )
             )
-        )
-        run.verdicts += verdicts
-        for day in chunk.days:
-            run.metadata_by_day[day] = {
-                **day_metadata(reading, day, days, calls_per_day.get(day, 0)),
-                **relation.run_metadata(measurement.read_final),
-            }
-        # A chunk that fails a blocking check is never published: its rows (some maybe dated
-        # outside it) need no staging, and the run's failure names them.
-        if not any(verdict.blocks_publication for verdict in verdicts):
-            staged.stage(reading.metrics, chunk.days)
+            run.verdicts += verdicts
+            for day in chunk.days:
+                run.metadata_by_day[day] = {
+                    **day_metadata(reading, day, days, calls_per_day.get(day, 0)),
+                    **relation.run_metadata(measurement.read_final),
+                }
+            # A chunk that fails a blocking check is never published: its rows (some maybe dated
+            # outside it, which no file takes) are not staged, and the run's failure names them.
+            if any(verdict.blocks_publication for verdict in verdicts):
+                wait([encoded])
+            else:
+                staged.stage(encoded.result())
     return run
 
 
