@@ -198,6 +198,17 @@ def test_awkward_agent_ids_survive_csv_quoting(clickhouse, calls_table, bucket):
     ]
 
 
+def days_in_own_windows(sql: str) -> list[str]:
+    """The days a query reads each in a branch of its own: its date written out, between the
+    bounds of its UTC day."""
+    days = re.findall(r"SELECT\s+toDate\('([0-9-]+)'\) AS date", sql)
+    for day in days:
+        following = dt.date.fromisoformat(day) + dt.timedelta(days=1)
+        assert f">= toDateTime64('{day} 00:00:00.000', 3, 'UTC')" in sql
+        assert f"< toDateTime64('{following} 00:00:00.000', 3, 'UTC')" in sql
+    return days
+
+
 def days_counted(sql: str) -> list[str]:
     """The days whose calls a query counts one by one (each in a branch of its own)."""
     return sorted(re.findall(r"SELECT toDate\('([0-9-]+)'\) AS date, count\(\)", sql))
@@ -336,12 +347,13 @@ def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
     for day in days:
         whole[day] = bucket.get(key_for(day))
 
-    windows, counted_days = [], []
+    windows, counted_days, days_read = [], [], []
     original = ClickHouseSession.query_polars
 
     def recording_query(self, sql, parameters=None):
         if "window_start" in parameters:  # not the lookup of the source's engine
             windows.append((parameters["window_start"][:10], parameters["window_end"][:10]))
+            days_read.append(days_in_own_windows(sql))
         counted_days.append(days_counted(sql))
         return original(self, sql, parameters)
 
@@ -369,6 +381,12 @@ def test_a_range_queries_in_chunks_of_days_and_writes_the_same_bytes(
     ]
     # Only the chunk that counted a broken call counts it by kind, then fetches its id.
     assert counts == samples == metrics[-1]
+    # Each query of a chunk reads each of its days in that day's own window.
+    assert days_read == [
+        [str(day) for day in days[:1]],
+        [str(day) for day in days[1:4]],
+        *[[str(day) for day in days[4:]]] * 3,
+    ]
     for day in days:
         assert bucket.get(key_for(day)) == whole[day]
         assert_csv_matches(whole[day], expected_metrics(calls)[day], day)

@@ -19,7 +19,7 @@ PREFIX = "scratch-"
 def test_what_a_gone_process_left_is_swept_and_a_live_one_s_kept(tmp_path):
     gone_folder = tmp_path / f"{PREFIX}{ended_owner_tag()}abc"
     gone_folder.mkdir()
-    (gone_folder / "2026-11-20.parquet").write_bytes(b"staged")
+    (gone_folder / "2026-11-20.csv").write_bytes(b"staged")
     gone_file = tmp_path / (f"{PREFIX}{ended_owner_tag()}abc" + ".csv")
     gone_file.write_bytes(b"half a day")
     mine = tmp_path / f"{PREFIX}{processes.owner_tag()}xyz"

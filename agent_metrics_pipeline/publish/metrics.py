@@ -12,7 +12,8 @@ from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.storage.published_format import metrics_schema
 
-# Per agent, the calls of each counted status, in the measurement's order.
+# Per agent (the metrics query) or per day (the quality query), the calls of each counted
+# status, in the measurement's order.
 CALLS_PER_COUNTED_STATUS = "calls_per_counted_status"
 # Per day, the calls of a status spelled like a counted one without being one.
 UNCOUNTED_VARIANT_CALLS = "uncounted_variant_calls"
@@ -24,7 +25,7 @@ UNMEASURABLE_COUNTS = (
     "negative_duration_calls",
     "non_finite_duration_calls",
 )
-# Counted by the metrics query; the call ids behind them come from the samples query.
+# Counted by the quality query; the call ids behind them come from the samples query.
 SAMPLED_COUNTS = (*UNMEASURABLE_COUNTS, "overlong_calls")
 DUPLICATE_COUNT = "duplicate_calls"
 QUALITY_COUNTS = (*SAMPLED_COUNTS, DUPLICATE_COUNT)
@@ -44,7 +45,7 @@ def samples_schema() -> pl.Schema:
 
 @dataclass(frozen=True)
 class SourceQuality:
-    """Source calls the metrics could not (or should not) measure, from the same scan.
+    """Source calls the metrics could not (or should not) measure, per day.
 
     ``per_day`` has a ``date`` column and one column per name in ``QUALITY_COUNTS``;
     ``samples`` has a ``date`` column and one list of a few call ids per name in ``SAMPLE_IDS``,
@@ -61,8 +62,9 @@ class SourceQuality:
 
     @staticmethod
     def counts_any(raw: pl.DataFrame, names: Sequence[str] = SAMPLED_COUNTS) -> bool:
-        """Whether the metrics query counted any call of ``names`` (by default unmeasurable or
-        overlong calls), whose ids are then worth fetching."""
+        """Whether counts such as the metrics or the quality query's (``raw``) hold any call of
+        ``names`` (by default unmeasurable or overlong calls), whose ids are then worth
+        fetching."""
         return bool(raw.select(pl.sum_horizontal(names).sum()).item())
 
     def with_samples(self, samples: pl.DataFrame) -> SourceQuality:

@@ -1,11 +1,12 @@
 """The metrics reads: one aggregation per (day, agent), pushed down to ClickHouse; the count of
-each day's calls that sizes the work; and, only on a day with something to show, a few call ids
-of each kind of call the metrics could not measure or count, and the statuses spelled like a
-counted one (reading every call's id costs more than the rest of the aggregation).
+each day's calls that sizes the work; and, only on days with something to show, the calls the
+metrics could not measure or count by kind, a few of their call ids, and the statuses spelled
+like a counted one (reading every call's id costs more than the rest of the aggregation).
 
 ClickHouse returns one row per agent and day, so the pipeline's memory follows the number of
 agents, never the number of calls. Identifiers come from a validated :class:`SourceTable`;
-every value (window, timezone, statuses) is bound as a query parameter.
+values that come from settings (timezone, statuses, limits) are bound as query parameters, and
+days and their bounds, made here from dates, are written out (see ``query_parts``).
 """
 
 from __future__ import annotations
@@ -215,35 +216,36 @@ GROUP BY date
 
 def build_samples_query(
     measurement: Measurement,
-    window_start: dt.datetime,
-    window_end: dt.datetime,
+    days: Sequence[DayWindow],
     timezone: str,
     final: bool = False,
 ) -> tuple[str, dict[str, object]]:
-    """A few call ids of each kind of unmeasurable or overlong call, one row per day that has any.
+    """A few call ids of each kind of unmeasurable or overlong call, one row per day that has
+    any, each day read as the metrics query reads it.
 
-    Run only when the metrics query counted such calls: reading the call ids of every call costs
-    more than the rest of the aggregation, and almost every day has nothing to show.
+    Run only when the quality query counted such calls: reading the call ids of every call
+    costs more than the rest of the aggregation, and almost every day has nothing to show.
     """
     source = measurement.source
-    call_id, duration, started_at = (
-        f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec", "started_at")
-    )
-    sql = f"""
+    call_id, duration = (f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec"))
+
+    def of_day(day: DayWindow) -> str:
+        return f"""
 {classified_calls(measurement)}
 SELECT
-    toDate({started_at}, {{timezone:String}}) AS date,
+    toDate('{day.day.isoformat()}') AS date,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
         AS null_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), non_finite) AS non_finite_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
-{window_filter(measurement, final)}
+{window_filter(measurement, final, window=written_window(*day[1:]))}
   AND NOT (measurable AND NOT overlong)
 GROUP BY date
-ORDER BY date
 """
-    return sql, measurement_parameters(measurement, window_start, window_end, timezone)
+
+    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
+    return by_day(days, of_day, order_by="date"), parameters
 
 
 def build_duplicate_samples_query(
@@ -255,7 +257,8 @@ def build_duplicate_samples_query(
 ) -> tuple[str, dict[str, object]]:
     """The first few call ids (in sort order) that counted rows of a day repeat, one row per
     day that has any: repeated for the same agent, as the metrics query counts them, or for any
-    agent when each call counts once. Run only when the metrics query counted such rows."""
+    agent when each call counts once. Run only when the metrics query counted such rows (as
+    stored: a call id repeated across days is no repeat)."""
     source = measurement.source
     call_id, agent, started_at = (
         f"src.`{source.column(role)}`" for role in ("call_id", "agent_id", "started_at")
@@ -278,22 +281,22 @@ ORDER BY date
 
 def build_status_variants_query(
     measurement: Measurement,
-    window_start: dt.datetime,
-    window_end: dt.datetime,
+    days: Sequence[DayWindow],
     timezone: str,
     final: bool = False,
 ) -> tuple[str, dict[str, object]]:
     """Calls per day of each status spelled like a counted one without being one (``answered``
-    for ``Answered``), read as the metrics query reads them. Run only when the metrics query
-    counted such calls."""
-    source = measurement.source
-    started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
-    sql = f"""
-SELECT toDate({started_at}, {{timezone:String}}) AS date, toString({status}) AS status,
-    count() AS calls
-{window_filter(measurement, final, spelled=True)}
+    for ``Answered``), each day read as the metrics query reads it. Run only when the quality
+    query counted such calls."""
+    status = f"src.`{measurement.source.column('status')}`"
+
+    def of_day(day: DayWindow) -> str:
+        return f"""
+SELECT toDate('{day.day.isoformat()}') AS date, toString({status}) AS status, count() AS calls
+{window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}
   AND {status} NOT IN {{statuses:Array(String)}}
-GROUP BY date, status
-ORDER BY date, status
+GROUP BY status
 """
-    return sql, measurement_parameters(measurement, window_start, window_end, timezone)
+
+    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
+    return by_day(days, of_day, order_by="date, status"), parameters

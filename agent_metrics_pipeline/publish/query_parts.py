@@ -1,7 +1,9 @@
 """Fragments the metrics reads share: how each call is classified, the window of calls read,
 how a status is spelled, the calls counted once, and the bound values of a read.
 
-Identifiers come from a validated :class:`SourceTable`; every value is bound as a parameter.
+Identifiers come from a validated :class:`SourceTable`; values from settings are bound as
+parameters; days and window bounds are written out, made from dates, never from input text
+(a query of many days would otherwise need an address longer than HTTP proxies take).
 """
 
 from __future__ import annotations

@@ -97,7 +97,7 @@ def read_days(
     chunker = Chunker(days, calls_per_day, chunking)
     run = RunReading()
     # A chunk's files are encoded while its checks run (Polars lets go of the GIL), and kept
-    # only if they pass; the next chunk is read once both are done, so memory stays a chunk's.
+    # only if they pass; the next chunk is read once both are done.
     with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
         for chunk in chunker:
             reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
@@ -119,12 +119,15 @@ def read_days(
                     **day_metadata(reading, day, days, calls_per_day.get(day, 0)),
                     **relation.run_metadata(measurement.read_final),
                 }
-            # A chunk that fails a blocking check is never published: its rows (some maybe dated
-            # outside it, which no file takes) are not staged, and the run's failure names them.
+            # A chunk that fails a blocking check is never published: its rows are not staged,
+            # and the run's failure names them.
             if any(verdict.blocks_publication for verdict in verdicts):
+                encoded.cancel()
                 wait([encoded])
             else:
                 staged.stage(encoded.result())
+            # Not held while the next chunk is read.
+            del reading, encoded
     return run
 
 
@@ -178,7 +181,7 @@ def read_chunk(
 ) -> ChunkReading:
     """The metrics, source quality and calls per status (counted statuses and those spelled
     like one) of the chunk's days: the quality query, the samples and the status variants are
-    read only when the metrics query counted calls they would show.
+    read only when the metrics or the quality query counted calls they would show.
 
     A server that stops a query at the user's per-query memory limit would stop it again: the
     chunk is read again in twice as many shards, until the limit lets each through.
@@ -219,7 +222,7 @@ def read_chunk(
         metrics = escape_formula_agent_ids(metrics)
     if SourceQuality.counts_any(quality.per_day):
         quality = quality.with_samples(
-            session.query_polars(*build_samples_query(*window, final=final))
+            session.query_polars(*build_samples_query(*by_day, final=final))
         )
     if SourceQuality.counts_any(quality.per_day, [DUPLICATE_COUNT]):
         quality = quality.with_samples(
@@ -230,6 +233,6 @@ def read_chunk(
     else:
         statuses = counted_status_calls(unusual, measurement.statuses)
         if SourceQuality.counts_any(unusual, [UNCOUNTED_VARIANT_CALLS]):
-            variants = session.query_polars(*build_status_variants_query(*window, final=final))
+            variants = session.query_polars(*build_status_variants_query(*by_day, final=final))
             statuses = pl.concat([statuses, variants.cast(statuses.schema)]).sort("date", "status")
     return ChunkReading(metrics, quality, statuses, chunk.shards, raw.height)
