@@ -151,6 +151,7 @@ def test_every_variable_is_read():
         ("AGENT_METRICS_SCHEDULE_LOOKBACK_DAYS", "-1"),
         ("AGENT_METRICS_BACKFILL_MAX_DAYS_PER_RUN", "0"),
         ("AGENT_METRICS_MAX_CALLS_PER_QUERY", "0"),
+        ("AGENT_METRICS_MAX_DAYS_PER_QUERY", "61"),
         ("AGENT_METRICS_AGENT_SHARDS", "2048"),
         ("AGENT_METRICS_ROWS_PER_FILE", "some"),
         ("AGENT_METRICS_MAX_RETRIES", "many"),

@@ -190,6 +190,9 @@ DEFAULT_MAX_CALLS_PER_QUERY = 10_000_000
 # is then a chunk of its own, while 2 000 agents share a query for the whole range.
 DEFAULT_MAX_ROWS_PER_QUERY = 500_000
 DEFAULT_MAX_DAYS_PER_QUERY = 30
+# Each day is a branch of its chunk's query, up to 2.4 KB of SQL: 60 stay well within
+# ClickHouse's default max_query_size (256 KiB).
+MAX_DAYS_PER_QUERY = 60
 # Past this a shard holds a thousandth of a day: a limit that still rejects it is not about size.
 MAX_AGENT_SHARDS = 1024
 

@@ -23,6 +23,7 @@ from agent_metrics_pipeline.core.environment import Environment, given, validate
 from agent_metrics_pipeline.core.errors import ConfigError
 from agent_metrics_pipeline.core.measurement import (
     MAX_AGENT_SHARDS,
+    MAX_DAYS_PER_QUERY,
     Chunking,
     DuplicateCallsPolicy,
     InvalidRowsPolicy,
@@ -176,7 +177,12 @@ class Settings:
         )
         chunking = Chunking(
             **given(
-                max_days_per_query=env.number("AGENT_METRICS_MAX_DAYS_PER_QUERY", int, minimum=1),
+                max_days_per_query=env.number(
+                    "AGENT_METRICS_MAX_DAYS_PER_QUERY",
+                    int,
+                    minimum=1,
+                    maximum=MAX_DAYS_PER_QUERY,
+                ),
                 max_calls_per_query=env.number("AGENT_METRICS_MAX_CALLS_PER_QUERY", int, minimum=1),
                 max_rows_per_query=env.number("AGENT_METRICS_MAX_ROWS_PER_QUERY", int, minimum=1),
                 agent_shards=env.number(
