@@ -312,6 +312,10 @@ def test_a_day_in_parts_reads_back_equal_and_republishing_removes_stale_parts(
     for part in parts:
         assert hashlib.sha256(bucket.get(part["key"])).hexdigest() == part["sha256"]
     assert in_tens.load_day("agent_metrics", str(FIRST)).equals(from_csv_bytes(single))
+    # Each part is the one file's bytes, cut between rows, under the same header line.
+    header, _ = single.split(b"\n", 1)
+    bodies = [bucket.get(part["key"]).split(b"\n", 1)[1] for part in parts]
+    assert header + b"\n" + b"".join(bodies) == single
 
     in_twenties = bucket.io_manager(rows_per_file=20)
     materialize(clickhouse, settings, in_twenties, str(FIRST))

@@ -52,7 +52,7 @@ def seed_calls(
     first_day: dt.date = FIRST_DAY,
 ) -> tuple[SourceTable, float]:
     """The table of ``days`` days of ``calls_per_day`` calls from ``first_day``, and the seconds
-    it took to fill (0 when an earlier goal of the run already filled it)."""
+    it took to fill and merge (0 when an earlier goal of the run already filled it)."""
     # The demo module builds the definitions from the environment when imported: only workers,
     # whose environment a goal has set, get this far.
     from agent_metrics_pipeline.demo.sample_calls import seed_sample_calls
@@ -72,6 +72,7 @@ def seed_calls(
         seed_sample_calls(
             clickhouse, first, FIRST_DAY, days=1, calls_per_day=calls_per_day, agents=agents
         )
+        _merge(clickhouse, first)
     col = source.column
     offset = (first_day - FIRST_DAY).days
     with clickhouse.get_client() as client:
