@@ -188,15 +188,20 @@ def read_chunk(
     """
     day_windows = []
     for day in chunk.days:
-        window = partitions_def.time_window_for_partition_key(day.isoformat())
-        day_windows.append(DayWindow(day, window.start, window.end))
-    by_day = (measurement, day_windows, partitions_def.timezone)
-    window = (measurement, day_windows[0].start, day_windows[-1].end, partitions_def.timezone)
+        partition_window = partitions_def.time_window_for_partition_key(day.isoformat())
+        day_windows.append(DayWindow(day, partition_window.start, partition_window.end))
+    each_day = (measurement, day_windows, partitions_def.timezone)
+    whole_window = (
+        measurement,
+        day_windows[0].start,
+        day_windows[-1].end,
+        partitions_def.timezone,
+    )
     while True:
         try:
             raw = pl.concat(
                 [
-                    session.query_polars(*build_metrics_query(*by_day, shard=shard, final=final))
+                    session.query_polars(*build_metrics_query(*each_day, shard=shard, final=final))
                     for shard in chunk.agent_shards()
                 ],
                 how="vertical_relaxed",
@@ -216,23 +221,23 @@ def read_chunk(
     log.debug(f"Read {format_days(chunk.days)} in {chunk.shards} agent shard(s): {raw.height} rows")
     unusual = None
     if SourceQuality.counts_any(raw, [UNUSUAL_CALLS]):
-        unusual = session.query_polars(*build_quality_query(*by_day, final=final))
+        unusual = session.query_polars(*build_quality_query(*each_day, final=final))
     metrics, quality = shape_metrics(raw, unusual)
     if measurement.escapes_formulas:
         metrics = escape_formula_agent_ids(metrics)
     if SourceQuality.counts_any(quality.per_day):
         quality = quality.with_samples(
-            session.query_polars(*build_samples_query(*by_day, final=final))
+            session.query_polars(*build_samples_query(*each_day, final=final))
         )
     if SourceQuality.counts_any(quality.per_day, [DUPLICATE_COUNT]):
         quality = quality.with_samples(
-            session.query_polars(*build_duplicate_samples_query(*window, final=final))
+            session.query_polars(*build_duplicate_samples_query(*whole_window, final=final))
         )
     if unusual is None:
         statuses = counted_status_calls(raw, measurement.statuses)
     else:
         statuses = counted_status_calls(unusual, measurement.statuses)
         if SourceQuality.counts_any(unusual, [UNCOUNTED_VARIANT_CALLS]):
-            variants = session.query_polars(*build_status_variants_query(*by_day, final=final))
+            variants = session.query_polars(*build_status_variants_query(*each_day, final=final))
             statuses = pl.concat([statuses, variants.cast(statuses.schema)]).sort("date", "status")
     return ChunkReading(metrics, quality, statuses, chunk.shards, raw.height)
