@@ -146,6 +146,28 @@ def test_repeated_call_ids_are_reported_and_counted_once_on_request(
     assert bucket.get(key_for(DAY)) == published, "a failed day publishes nothing"
 
 
+def test_a_call_id_on_two_days_of_a_range_counts_once_on_each(clickhouse, calls_table, bucket):
+    # A range reads each day in its own window, as a run of that day alone does: under
+    # count_once, a call id with a row on each of two days read by one query counts on both.
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    calls = random_calls(days[0], days=3, calls_per_day=200, seed=65)
+    answered = [c for c in calls if c.started_at.date() == days[1] and c.status == "Answered"]
+    twin = dataclasses.replace(answered[0], started_at=answered[0].started_at + dt.timedelta(1))
+    insert_calls(clickhouse, calls_table, [*calls, twin])
+    once = dataclasses.replace(
+        measuring(calls_table), duplicate_calls=DuplicateCallsPolicy.COUNT_ONCE
+    )
+
+    materialize(clickhouse, once, bucket.io_manager(), str(days[0]), str(days[-1]))
+
+    expected = expected_metrics([*calls, twin])
+    in_range = {day: bucket.get(key_for(day)) for day in days}
+    for day in days:
+        assert_csv_matches(in_range[day], expected[day], day)
+        materialize(clickhouse, once, bucket.io_manager(), str(day))
+        assert bucket.get(key_for(day)) == in_range[day], f"{day} differs from a run of it alone"
+
+
 def test_a_replacing_table_is_read_as_its_latest_versions(clickhouse, bucket):
     source = SourceTable(table=f"replacing_{uuid.uuid4().hex[:10]}")
     with writer(clickhouse).get_client() as client:
