@@ -25,17 +25,13 @@ UNMEASURABLE_COUNTS = (
     "negative_duration_calls",
     "non_finite_duration_calls",
 )
-# Counted by the quality query; the call ids behind them come from the samples query.
+# Counted by kind by the quality query.
 SAMPLED_COUNTS = (*UNMEASURABLE_COUNTS, "overlong_calls")
 DUPLICATE_COUNT = "duplicate_calls"
 QUALITY_COUNTS = (*SAMPLED_COUNTS, DUPLICATE_COUNT)
-SAMPLE_IDS = (
-    "null_call_ids",
-    "negative_call_ids",
-    "non_finite_call_ids",
-    "overlong_call_ids",
-    "duplicate_call_ids",
-)
+# The call ids behind SAMPLED_COUNTS (from the quality query), then behind DUPLICATE_COUNT.
+SAMPLED_IDS = ("null_call_ids", "negative_call_ids", "non_finite_call_ids", "overlong_call_ids")
+SAMPLE_IDS = (*SAMPLED_IDS, "duplicate_call_ids")
 
 
 @functools.cache
@@ -49,7 +45,7 @@ class SourceQuality:
 
     ``per_day`` has a ``date`` column and one column per name in ``QUALITY_COUNTS``;
     ``samples`` has a ``date`` column and one list of a few call ids per name in ``SAMPLE_IDS``,
-    for the days that have any, once fetched (by the samples query, the duplicate samples
+    for the days that have any, once fetched (by the quality query, the duplicate samples
     query, or both).
     """
 
@@ -61,14 +57,13 @@ class SourceQuality:
         return int(self.per_day.select(pl.sum_horizontal(UNMEASURABLE_COUNTS).sum()).item())
 
     @staticmethod
-    def counts_any(raw: pl.DataFrame, names: Sequence[str] = SAMPLED_COUNTS) -> bool:
-        """Whether counts such as the metrics or the quality query's (``raw``) hold any call of
-        ``names`` (by default unmeasurable or overlong calls), whose ids are then worth
-        fetching."""
-        return bool(raw.select(pl.sum_horizontal(names).sum()).item())
+    def counts_any(counts: pl.DataFrame, names: Sequence[str]) -> bool:
+        """Whether ``counts`` (the metrics or the quality query's rows, or ``per_day``) hold any
+        call of ``names``."""
+        return bool(counts.select(pl.sum_horizontal(names).sum()).item())
 
     def with_samples(self, samples: pl.DataFrame) -> SourceQuality:
-        """These counts with the call ids of a samples query (one row per day, some of the
+        """These counts with the call ids of a query (one row per day, some of the
         ``SAMPLE_IDS`` columns), added to those already fetched."""
         fetched = pl.concat([self.samples, samples], how="diagonal_relaxed")
         merged = fetched.group_by("date").agg(
@@ -96,8 +91,8 @@ def shape_metrics(
 
     The group of calls without an agent and agents left with no measurable call carry no
     metrics; their calls are counted in the quality summary instead, from ``unusual``: the
-    quality query's counts per day, read when the metrics query counted unusual calls (without
-    them, each kind counts none).
+    quality query's counts and call ids per day, read when the metrics query counted unusual
+    calls (without them, each kind counts none).
     """
     metrics = (
         raw.filter(pl.col("agent_id").is_not_null() & (pl.col("total_calls") > 0))
@@ -116,7 +111,10 @@ def shape_metrics(
         .cast({"date": pl.Date, pl.selectors.numeric(): pl.Int64})
         .sort("date")
     )
-    return metrics, SourceQuality(per_day=per_day)
+    quality = SourceQuality(per_day=per_day)
+    if unusual is not None:
+        quality = quality.with_samples(unusual.select("date", *SAMPLED_IDS))
+    return metrics, quality
 
 
 def counted_status_calls(counts: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:

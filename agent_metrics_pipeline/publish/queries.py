@@ -34,6 +34,11 @@ from agent_metrics_pipeline.publish.query_parts import (
     written_window,
 )
 
+# Conditions on a classified call (see classified_calls).
+MEASURABLE = "measurable"
+UNMEASURABLE = "NOT measurable"
+UNUSUAL = "NOT (measurable AND NOT overlong)"
+
 if TYPE_CHECKING:
     from agent_metrics_pipeline.core.measurement import Measurement
     from agent_metrics_pipeline.publish.chunking import AgentShard
@@ -60,8 +65,8 @@ def build_metrics_query(
     that the checks must look at: unmeasurable, longer than ``max_call_length_sec``, or of a
     status spelled like a counted one (see :func:`status_spelling`) without being one. Almost
     every day has none, and one count costs a tenth of the query less than the five kinds
-    apart: only a chunk that has some sends :func:`build_quality_query` for them. Calls
-    without an agent form their own group.
+    apart: only a chunk that has some sends :func:`build_quality_query`, which reads only them.
+    Calls without an agent form their own group.
 
     Every source column is qualified with the table alias, so a source column named like an
     output (``date``, say) is never mistaken for it. The average sums whole microseconds as
@@ -72,9 +77,8 @@ def build_metrics_query(
     ``duplicate_calls`` counts the agent's rows that repeat a call id: counted as they are, or
     left out when the measurement counts each call once (see :func:`_calls_counted_once`).
 
-    ``calls_per_counted_status`` holds the calls of each counted status, in the measurement's
-    order, when the chunk has no unusual call (the quality query's stand then): with one
-    counted status, those are the agent's counted calls. Filtering on the spelling costs what
+    ``calls_per_counted_status`` holds the measurable calls of each counted status, in the
+    measurement's order (the quality query counts the others). Filtering on the spelling costs what
     filtering on the status does on a ``LowCardinality`` column (ClickHouse computes it once
     per distinct status), and about a fifth more on a plain ``String`` one.
     """
@@ -94,9 +98,9 @@ SELECT
         2
     ) AS avg_call_length_sec,
     round(quantileExactInclusiveIf(0.9)(call_length, measurable), 2) + 0 AS p90_call_length_sec,
-    countIf(NOT measurable OR overlong) AS {UNUSUAL_CALLS},
+    countIf({UNUSUAL}) AS {UNUSUAL_CALLS},
     {_duplicate_count(measurement)} AS duplicate_calls,
-    {_calls_per_status(measurement, of_clean_chunk=True)} AS {CALLS_PER_COUNTED_STATUS}
+    {_calls_per_status(measurement, MEASURABLE)} AS {CALLS_PER_COUNTED_STATUS}
 {window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}{shard_filter}
 GROUP BY agent_id
 """
@@ -115,14 +119,15 @@ def _duplicate_count(measurement: Measurement) -> str:
     return f"countIf(counted) - uniqExactIf(src.`{measurement.source.column('call_id')}`, counted)"
 
 
-def _calls_per_status(measurement: Measurement, of_clean_chunk: bool = False) -> str:
-    """The calls of each counted status, as an array in the measurement's order; in a chunk
-    without unusual calls (``of_clean_chunk``), one counted status needs no count of its own."""
-    if of_clean_chunk and len(measurement.statuses) == 1:
+def _calls_per_status(measurement: Measurement, among: str) -> str:
+    """The calls of each counted status that are ``among`` (a condition on each call), as an
+    array in the measurement's order. The measurable calls of the one counted status are the
+    agent's counted calls."""
+    if among == MEASURABLE and len(measurement.statuses) == 1:
         return "[total_calls]"
     status = f"src.`{measurement.source.column('status')}`"
     counts = ", ".join(
-        f"countIf({status} = {{statuses:Array(String)}}[{position}])"
+        f"countIf({among} AND {status} = {{statuses:Array(String)}}[{position}])"
         for position in range(1, len(measurement.statuses) + 1)
     )
     return f"[{counts}]"
@@ -145,16 +150,20 @@ def build_quality_query(
     timezone: str,
     final: bool = False,
 ) -> tuple[str, dict[str, object]]:
-    """Per day, the calls the metrics query counted as unusual, by kind, and the calls of each
-    counted status, each day read as the metrics query reads it. Run only on a chunk that has
-    unusual calls: the counts by kind cost a tenth of the metrics query.
+    """Per day that has any, the calls the metrics query counted as unusual: by kind, by
+    counted status, and a few call ids of each kind, each day read as the metrics query reads
+    it. Run only on a chunk that has unusual calls; reading only those, it costs little more
+    than finding them.
 
     Counts of the unmeasurable calls (no agent, no duration, negative, not finite) are of
     calls with a counted status; ``overlong_calls`` are measurable calls longer than
     ``max_call_length_sec``; ``uncounted_variant_calls`` are of a status spelled like a
-    counted one without being one.
+    counted one without being one. ``calls_per_counted_status`` holds the unmeasurable calls
+    of each counted status: the metrics query counts the measurable ones.
     """
-    duration = f"src.`{measurement.source.column('duration_sec')}`"
+    source = measurement.source
+    call_id, duration = (f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec"))
+    without_length = f"counted AND (call_agent IS NULL OR {duration} IS NULL)"
 
     def of_day(day: DayWindow) -> str:
         return f"""
@@ -166,9 +175,15 @@ SELECT
     countIf(negative) AS negative_duration_calls,
     countIf(non_finite) AS non_finite_duration_calls,
     countIf(overlong) AS overlong_calls,
-    {_calls_per_status(measurement)} AS {CALLS_PER_COUNTED_STATUS},
-    countIf(NOT counted) AS {UNCOUNTED_VARIANT_CALLS}
+    {_calls_per_status(measurement, UNMEASURABLE)} AS {CALLS_PER_COUNTED_STATUS},
+    countIf(NOT counted) AS {UNCOUNTED_VARIANT_CALLS},
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), {without_length}) AS null_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), non_finite) AS non_finite_call_ids,
+    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
 {window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}
+  AND {UNUSUAL}
+GROUP BY date
 """
 
     parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
@@ -212,40 +227,6 @@ WHERE {started_at} >= {{window_start:DateTime64(3, 'UTC')}}
 GROUP BY date
 """
     return sql, window_parameters(days[0][1], days[-1][2], timezone)
-
-
-def build_samples_query(
-    measurement: Measurement,
-    days: Sequence[DayWindow],
-    timezone: str,
-    final: bool = False,
-) -> tuple[str, dict[str, object]]:
-    """A few call ids of each kind of unmeasurable or overlong call, one row per day that has
-    any, each day read as the metrics query reads it.
-
-    Run only when the quality query counted such calls: reading the call ids of every call
-    costs more than the rest of the aggregation, and almost every day has nothing to show.
-    """
-    source = measurement.source
-    call_id, duration = (f"src.`{source.column(role)}`" for role in ("call_id", "duration_sec"))
-
-    def of_day(day: DayWindow) -> str:
-        return f"""
-{classified_calls(measurement)}
-SELECT
-    toDate('{day.day.isoformat()}') AS date,
-    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), call_agent IS NULL OR {duration} IS NULL)
-        AS null_call_ids,
-    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
-    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), non_finite) AS non_finite_call_ids,
-    groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
-{window_filter(measurement, final, window=written_window(*day[1:]))}
-  AND NOT (measurable AND NOT overlong)
-GROUP BY date
-"""
-
-    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
-    return by_day(days, of_day, order_by="date"), parameters
 
 
 def build_duplicate_samples_query(

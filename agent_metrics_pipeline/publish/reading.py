@@ -21,6 +21,7 @@ from agent_metrics_pipeline.publish.checks import evaluate_checks
 from agent_metrics_pipeline.publish.chunking import Chunk, Chunker
 from agent_metrics_pipeline.publish.findings import Evidence, Verdict
 from agent_metrics_pipeline.publish.metrics import (
+    CALLS_PER_COUNTED_STATUS,
     DUPLICATE_COUNT,
     UNCOUNTED_VARIANT_CALLS,
     UNMEASURABLE_COUNTS,
@@ -37,7 +38,6 @@ from agent_metrics_pipeline.publish.queries import (
     build_duplicate_samples_query,
     build_metrics_query,
     build_quality_query,
-    build_samples_query,
     build_status_variants_query,
 )
 from agent_metrics_pipeline.publish.query_parts import DayWindow
@@ -180,8 +180,8 @@ def read_chunk(
     final: bool,
 ) -> ChunkReading:
     """The metrics, source quality and calls per status (counted statuses and those spelled
-    like one) of the chunk's days: the quality query, the samples and the status variants are
-    read only when the metrics or the quality query counted calls they would show.
+    like one) of the chunk's days: the quality query and the status variants are read only
+    when the metrics or the quality query counted calls they would show.
 
     A server that stops a query at the user's per-query memory limit would stop it again: the
     chunk is read again in twice as many shards, until the limit lets each through.
@@ -225,19 +225,17 @@ def read_chunk(
     metrics, quality = shape_metrics(raw, unusual)
     if measurement.escapes_formulas:
         metrics = escape_formula_agent_ids(metrics)
-    if SourceQuality.counts_any(quality.per_day):
-        quality = quality.with_samples(
-            session.query_polars(*build_samples_query(*each_day, final=final))
-        )
     if SourceQuality.counts_any(quality.per_day, [DUPLICATE_COUNT]):
         quality = quality.with_samples(
             session.query_polars(*build_duplicate_samples_query(*whole_window, final=final))
         )
-    if unusual is None:
-        statuses = counted_status_calls(raw, measurement.statuses)
-    else:
-        statuses = counted_status_calls(unusual, measurement.statuses)
-        if SourceQuality.counts_any(unusual, [UNCOUNTED_VARIANT_CALLS]):
-            variants = session.query_polars(*build_status_variants_query(*each_day, final=final))
-            statuses = pl.concat([statuses, variants.cast(statuses.schema)]).sort("date", "status")
+    per_status = [raw.select("date", CALLS_PER_COUNTED_STATUS)]
+    if unusual is not None:
+        per_status.append(unusual.select("date", CALLS_PER_COUNTED_STATUS))
+    statuses = counted_status_calls(
+        pl.concat(per_status, how="vertical_relaxed"), measurement.statuses
+    )
+    if unusual is not None and SourceQuality.counts_any(unusual, [UNCOUNTED_VARIANT_CALLS]):
+        variants = session.query_polars(*build_status_variants_query(*each_day, final=final))
+        statuses = pl.concat([statuses, variants.cast(statuses.schema)]).sort("date", "status")
     return ChunkReading(metrics, quality, statuses, chunk.shards, raw.height)
