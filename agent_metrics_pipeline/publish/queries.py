@@ -101,14 +101,14 @@ SELECT
     countIf({UNUSUAL}) AS {UNUSUAL_CALLS},
     {_duplicate_count(measurement)} AS duplicate_calls,
     {_calls_per_status(measurement, MEASURABLE)} AS {CALLS_PER_COUNTED_STATUS}
-{window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}{shard_filter}
+{window_filter(measurement, final, spelled=True, day=day)}{shard_filter}
 GROUP BY agent_id
 """
 
-    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
+    sql, parameters = by_day(measurement, days, timezone, of_day)
     if shard is not None:
         parameters |= {"agent_shard": shard.index, "agent_shards": shard.count}
-    return by_day(days, of_day), parameters
+    return sql, parameters
 
 
 def _duplicate_count(measurement: Measurement) -> str:
@@ -181,13 +181,12 @@ SELECT
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), negative) AS negative_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), non_finite) AS non_finite_call_ids,
     groupArrayIf({SAMPLE_SIZE})(toString({call_id}), overlong) AS overlong_call_ids
-{window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}
+{window_filter(measurement, final, spelled=True, day=day)}
   AND {UNUSUAL}
 GROUP BY date
 """
 
-    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
-    return by_day(days, of_day, order_by="date"), parameters
+    return by_day(measurement, days, timezone, of_day, order_by="date")
 
 
 def build_calls_per_day_query(
@@ -274,10 +273,9 @@ def build_status_variants_query(
     def of_day(day: DayWindow) -> str:
         return f"""
 SELECT toDate('{day.day.isoformat()}') AS date, toString({status}) AS status, count() AS calls
-{window_filter(measurement, final, spelled=True, window=written_window(*day[1:]))}
+{window_filter(measurement, final, spelled=True, day=day)}
   AND {status} NOT IN {{statuses:Array(String)}}
 GROUP BY status
 """
 
-    parameters = measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
-    return by_day(days, of_day, order_by="date, status"), parameters
+    return by_day(measurement, days, timezone, of_day, order_by="date, status")

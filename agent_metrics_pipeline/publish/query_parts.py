@@ -32,15 +32,18 @@ class DayWindow(NamedTuple):
 
 
 def by_day(
+    measurement: Measurement,
     days: Sequence[DayWindow],
+    timezone: str,
     day_query: Callable[[DayWindow], str],
     order_by: str = "date, agent_id",
-) -> str:
-    """The rows of ``day_query`` for each of ``days``, as one query, in ``order_by``'s order:
-    each day read in its own window, with its date written out (the same choice of rows a run
-    of that day alone makes)."""
+) -> tuple[str, dict[str, object]]:
+    """The rows of ``day_query`` for each of ``days``, as one query, in ``order_by``'s order,
+    and its bound values: each day read in its own window, with its date written out (the same
+    choice of rows a run of that day alone makes)."""
     branches = "\nUNION ALL\n".join(f"SELECT * FROM ({day_query(day)})" for day in days)
-    return f"SELECT * FROM (\n{branches}\n)\nORDER BY {order_by}\n"
+    sql = f"SELECT * FROM (\n{branches}\n)\nORDER BY {order_by}\n"
+    return sql, measurement_parameters(measurement, days[0].start, days[-1].end, timezone)
 
 
 def written_window(start: dt.datetime, end: dt.datetime) -> tuple[str, str]:
@@ -73,10 +76,11 @@ def window_filter(
     measurement: Measurement,
     final: bool,
     spelled: bool = False,
-    window: tuple[str, str] = BOUND_WINDOW,
+    day: DayWindow | None = None,
 ) -> str:
-    """The source's calls of ``window`` (its bounds as SQL) with a counted status
-    (``spelled``: with a status spelled like a counted one), as ``src``."""
+    """The source's calls of the bound window, or of ``day``'s window written out, with a
+    counted status (``spelled``: with a status spelled like a counted one), as ``src``."""
+    window = BOUND_WINDOW if day is None else written_window(day.start, day.end)
     source = measurement.source
     started_at, status = (f"src.`{source.column(role)}`" for role in ("started_at", "status"))
     relation = (
