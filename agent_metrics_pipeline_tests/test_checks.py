@@ -17,10 +17,15 @@ import polars as pl
 import pytest
 
 from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, Measurement
-from agent_metrics_pipeline.core.names import ASSET_NAME
+from agent_metrics_pipeline.core.names import ASSET_NAME, SAMPLE_SIZE
 from agent_metrics_pipeline.publish import checks
-from agent_metrics_pipeline.publish.findings import Evidence, Verdict
-from agent_metrics_pipeline.publish.metrics import SourceQuality
+from agent_metrics_pipeline.publish.findings import Evidence, Verdict, judge
+from agent_metrics_pipeline.publish.metrics import (
+    FORMULA_ESCAPE,
+    FORMULA_PREFIXES,
+    QUALITY_COUNTS,
+    SourceQuality,
+)
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline.storage.published_format import metrics_schema
 from agent_metrics_pipeline_tests.helpers import (
@@ -497,7 +502,7 @@ def _clean_quality() -> SourceQuality:
 def evaluate(frame: pl.DataFrame) -> dict[str, Verdict]:
     statuses = pl.DataFrame({"date": [DAY], "status": ["Answered"], "calls": [frame.height]})
     evidence = Evidence(frame, _clean_quality(), statuses, [DAY], MEASUREMENT)
-    return {v.check_name: v for v in checks.evaluate_checks(evidence)}
+    return {v.check_name: v for v in judge(checks.checks_for(MEASUREMENT), evidence)}
 
 
 @pytest.mark.parametrize(
@@ -536,3 +541,87 @@ def test_repeated_agents_are_found_wherever_they_stand():
     verdict = evaluate(frame)[checks.ONE_ROW_PER_AGENT_PER_DAY]
     assert not verdict.passed
     assert verdict.metadata["offending_rows"] == expected
+
+
+def test_spreadsheet_formulas_are_told_by_their_first_character():
+    """Every first character a spreadsheet could read, against the formula signs themselves."""
+    firsts = [chr(code) for code in range(1, 128)] + ["é", "Ω", "😀"]
+    ids = [f"{first}7" for first in firsts] + [f"{FORMULA_ESCAPE}{first}7" for first in firsts]
+    frame = _frame([(agent_id, 1.0, 2.0, 1, DAY) for agent_id in ids]).sort("date", "agent_id")
+
+    verdict = evaluate(frame)[checks.SPREADSHEET_SAFE_AGENT_IDS]
+    risky = [agent_id for agent_id in ids if agent_id[0] in FORMULA_PREFIXES]
+    escaped = [
+        agent_id for agent_id in ids if agent_id[0] == "'" and agent_id[1] in FORMULA_PREFIXES
+    ]
+    assert sorted(risky) and len(escaped) == len(FORMULA_PREFIXES)
+    assert verdict.metadata["offending_rows"] == len(risky)
+    assert verdict.metadata["escaped_agent_ids"] == len(escaped)
+    assert verdict.metadata["sample_agent_ids"] == sorted(risky)[:SAMPLE_SIZE]
+
+
+def test_a_chunk_judges_each_day_as_if_it_ran_alone():
+    """Days read together get the verdicts each gets read alone: a day's faults, counts and
+    samples stay its own, whatever order the chunk's rows come in."""
+    days = [DAY + dt.timedelta(days=offset) for offset in range(4)]
+    rows = {
+        days[0]: [("a", 10.0, 12.0, 3, days[0]), ("b", 20.0, 30.0, 4, days[0])],
+        days[1]: [
+            ("a", 1.0, 2.0, 1, days[1]),
+            ("a", 3.0, 4.0, 2, days[1]),
+            ("=b", 5.0, 6.0, 1, days[1]),
+        ],
+        days[2]: [("a", -1.0, math.nan, 2, days[2]), ("c", None, 4000.0, 0, days[2])],
+        days[3]: [],
+    }
+    quality_rows = {
+        days[1]: {"null_agent_calls": 2, "overlong_calls": 1},
+        days[2]: {"negative_duration_calls": 3, "duplicate_calls": 4},
+    }
+    samples = {days[1]: ["n1", "n2"], days[2]: ["m1"]}
+    status_rows = [(days[0], "Answered", 7), (days[1], "answered", 2), (days[2], "Answered", 2)]
+    measurement = replace(MEASUREMENT, min_calls_per_agent=2)
+
+    def evidence(on: list[dt.date], shuffled: bool) -> Evidence:
+        frame = _frame([row for day in on for row in rows[day]])
+        per_day = pl.DataFrame(
+            [
+                {"date": day, **dict.fromkeys(QUALITY_COUNTS, 0), **quality_rows.get(day, {})}
+                for day in on
+            ]
+        )
+        sample_frame = pl.DataFrame(
+            [{"date": day, "null_call_ids": samples[day]} for day in on if day in samples],
+            schema={"date": pl.Date, "null_call_ids": pl.List(pl.String)},
+        )
+        quality = SourceQuality(per_day).with_samples(sample_frame)
+        statuses = pl.DataFrame(
+            [row for row in status_rows if row[0] in on],
+            schema=["date", "status", "calls"],
+            orient="row",
+        )
+        held = {day: 100 for day in on}
+        return Evidence(
+            frame.sample(fraction=1.0, shuffle=True, seed=7) if shuffled else frame,
+            quality,
+            statuses,
+            on,
+            measurement,
+            held,
+        )
+
+    def seen(verdict: Verdict) -> tuple:
+        # Samples are the first rows found; no day here has more offending rows than a sample.
+        samples = sorted(verdict.metadata.get("sample_agent_ids", []))
+        return verdict.passed, {**verdict.metadata, "sample_agent_ids": samples}
+
+    run_checks = checks.checks_for(measurement)
+    alone = [verdict for day in days for verdict in judge(run_checks, evidence([day], False))]
+    for shuffled in (False, True):
+        together = judge(run_checks, evidence(days, shuffled))
+        assert [(v.check_name, v.day) for v in together] == [(v.check_name, v.day) for v in alone]
+        for verdict, expected in zip(together, alone, strict=True):
+            assert seen(verdict) == seen(expected), (verdict.check_name, verdict.day)
+    failed = {(v.check_name, v.day) for v in alone if not v.passed}
+    assert {(checks.ONE_ROW_PER_AGENT_PER_DAY, days[1]), (checks.NO_NULLS, days[2])} <= failed
+    assert not any(day == days[0] for _, day in failed)

@@ -22,7 +22,7 @@ from agent_metrics_pipeline.core.names import (
 )
 from agent_metrics_pipeline.core.partitions import days_of, format_days, running_days
 from agent_metrics_pipeline.core.processes import scratch_folder
-from agent_metrics_pipeline.publish.checks import check_specs
+from agent_metrics_pipeline.publish.checks import check_specs, checks_for
 from agent_metrics_pipeline.publish.findings import format_failures, record_verdicts
 from agent_metrics_pipeline.publish.reading import read_days
 from agent_metrics_pipeline.publish.usual_volume import held_back
@@ -100,11 +100,13 @@ def build_agent_metrics_asset(
                 scratch_folder(prefix="agent_metrics-") as staging_folder,
             ):
                 staged = StagedDays(staging_folder, running=dict.fromkeys(running, read_at))
+                this_run = _for_this_run(measurement, context.run.tags, running)
                 with clickhouse.session() as session:
                     run = read_days(
                         context.log,
                         session,
-                        _for_this_run(measurement, context.run.tags, running),
+                        this_run,
+                        checks_for(this_run),
                         partitions_def,
                         days,
                         chunking,

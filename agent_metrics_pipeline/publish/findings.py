@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import dagster as dg
 
@@ -29,9 +30,20 @@ if TYPE_CHECKING:
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
+class DayTotals(NamedTuple):
+    rows: int
+    calls: int
+    longest_p90_call_length_sec: float | None
+
+
 @dataclass(frozen=True)
 class Evidence:
-    """What the step holds when the checks run: nothing here costs a second query."""
+    """What the step holds when the checks run: nothing here costs a second query.
+
+    A day sees its own rows, counts and samples, and any row dated outside the run's days,
+    which no day may publish. The checks judge every day of a chunk at once: a day's figures
+    come from one pass over the chunk, and rows are split by day only when a check finds any.
+    """
 
     metrics: pl.DataFrame
     quality: SourceQuality
@@ -44,22 +56,52 @@ class Evidence:
     # comes from, any status.
     calls_held: Mapping[dt.date, int] = dataclasses.field(default_factory=dict)
 
-    def for_day(self, day: dt.date) -> Evidence:
-        """What concerns ``day``: its rows, counts and samples, and any row dated outside the
-        run's days, which no day may publish."""
-        return Evidence(
-            metrics=self.metrics.filter((pl.col("date") == day) | dated_outside(self.days)),
-            quality=self.quality.for_day(day),
-            statuses=self.statuses.filter(pl.col("date") == day),
-            days=[day],
-            measurement=self.measurement,
-            calls_held=self.calls_held,
+    def rows_by_day(self, rows: pl.DataFrame) -> dict[dt.date, pl.DataFrame]:
+        """Some of the metrics' rows, as each day sees them."""
+        if rows.is_empty():
+            return dict.fromkeys(self.days, rows)
+        dated = set(days_in(rows))
+        outside = not dated <= set(self.days)
+        none = rows.clear()
+        return {
+            day: rows.filter((pl.col("date") == day) | dated_outside(self.days))
+            if outside or day in dated
+            else none
+            for day in self.days
+        }
+
+    @functools.cached_property
+    def day_totals(self) -> dict[dt.date, DayTotals]:
+        """Each day's rows, calls and longest p90, over the rows it sees."""
+        totals = (
+            pl.len().alias("rows"),
+            pl.col("total_calls").sum(),
+            pl.col("p90_call_length_sec").max(),
         )
+        if self.metrics.filter(dated_outside(self.days)).is_empty():
+            per_day = self.metrics.group_by("date").agg(*totals)
+            found = {day: DayTotals(*figures) for day, *figures in per_day.iter_rows()}
+        else:
+            found = {
+                day: DayTotals(*rows.select(*totals).row(0))
+                for day, rows in self.rows_by_day(self.metrics).items()
+            }
+        return {day: found.get(day, DayTotals(0, 0, None)) for day in self.days}
+
+    @functools.cached_property
+    def statuses_by_day(self) -> dict[dt.date, dict[str, int]]:
+        """Calls per status on each day, statuses in order."""
+        by_day: dict[dt.date, dict[str, int]] = {day: {} for day in self.days}
+        for day, status, calls in self.statuses.select("date", "status", "calls").iter_rows():
+            seen = by_day.setdefault(day, {})
+            seen[status] = seen.get(status, 0) + int(calls)
+        return {day: dict(sorted(seen.items())) for day, seen in by_day.items()}
 
 
 @dataclass(frozen=True)
 class Finding:
-    """What one check found. A check fails exactly when it names failing days."""
+    """What one check found on one day. A check fails the day exactly when it names failing
+    days."""
 
     failing_days: list[dt.date]
     metadata: dict[str, dg.RawMetadataValue]
@@ -73,24 +115,22 @@ def days_in(frame: pl.DataFrame) -> list[dt.date]:
 def offending_rows(
     offending: pl.DataFrame, source_days: Sequence[dt.date] = (), **metadata: dg.RawMetadataValue
 ) -> Finding:
-    """A check over metric rows (and, optionally, days failed by source counts)."""
+    """A check over the metric rows a day sees (and, optionally, the day failed by its source
+    counts)."""
+    days = [] if offending.is_empty() else days_in(offending)
     return Finding(
-        failing_days=sorted({*days_in(offending), *source_days}),
+        failing_days=sorted({*days, *source_days}),
         metadata={
             "offending_rows": offending.height,
-            "offending_days": keys_of(days_in(offending)),
+            "offending_days": keys_of(days),
             "sample_agent_ids": [
-                str(a) for a in offending.get_column("agent_id").head(SAMPLE_SIZE)
-            ],
+                str(agent_id) for agent_id in offending.get_column("agent_id").head(SAMPLE_SIZE)
+            ]
+            if days
+            else [],
             **metadata,
         },
     )
-
-
-def source_counts(quality: SourceQuality, columns: Sequence[str]) -> tuple[int, list[dt.date]]:
-    """How many source calls the ``columns`` count, and on which days."""
-    per_day = quality.per_day.select("date", pl.sum_horizontal(columns).alias("calls"))
-    return int(per_day.get_column("calls").sum()), days_in(per_day.filter(pl.col("calls") > 0))
 
 
 @dataclass(frozen=True)
@@ -138,7 +178,8 @@ class Check:
     name: str
     severity: dg.AssetCheckSeverity
     description: str
-    find: Callable[[Evidence], Finding]
+    # Each day of the evidence to what the check found on it.
+    find: Callable[[Evidence], Mapping[dt.date, Finding]]
 
     def spec(self, asset_name: str, partitions_def: dg.PartitionsDefinition) -> dg.AssetCheckSpec:
         return dg.AssetCheckSpec(
@@ -149,18 +190,25 @@ class Check:
             partitions_def=partitions_def,
         )
 
-    def evaluate(self, day_evidence: Evidence) -> Verdict:
-        """This check on the evidence of one day (see :meth:`Evidence.for_day`)."""
-        (day,) = day_evidence.days
-        finding = self.find(day_evidence)
-        return Verdict(
-            check_name=self.name,
-            day=day,
-            passed=not finding.failing_days,
-            severity=self.severity,
-            description=self.description,
-            metadata=finding.metadata,
-        )
+    def evaluate(self, evidence: Evidence) -> dict[dt.date, Verdict]:
+        """This check on each day of ``evidence``."""
+        return {
+            day: Verdict(
+                check_name=self.name,
+                day=day,
+                passed=not finding.failing_days,
+                severity=self.severity,
+                description=self.description,
+                metadata=finding.metadata,
+            )
+            for day, finding in self.find(evidence).items()
+        }
+
+
+def judge(checks: Sequence[Check], evidence: Evidence) -> list[Verdict]:
+    """Each of ``checks`` on each day of ``evidence``: day by day, in the checks' order."""
+    by_check = [check.evaluate(evidence) for check in checks]
+    return [verdicts[day] for day in evidence.days for verdicts in by_check]
 
 
 def format_failures(verdicts: Sequence[Verdict]) -> str:

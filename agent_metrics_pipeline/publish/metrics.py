@@ -52,9 +52,13 @@ class SourceQuality:
     per_day: pl.DataFrame
     samples: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=samples_schema()))
 
-    @property
-    def unmeasurable_calls(self) -> int:
-        return int(self.per_day.select(pl.sum_horizontal(UNMEASURABLE_COUNTS).sum()).item())
+    def calls(self, day: dt.date, names: Sequence[str]) -> int:
+        """The calls ``names`` (some of ``QUALITY_COUNTS``) count on ``day``."""
+        counts = self._counts_by_day.get(day, {})
+        return sum(counts.get(name, 0) for name in names)
+
+    def unmeasurable_calls(self, day: dt.date) -> int:
+        return self.calls(day, UNMEASURABLE_COUNTS)
 
     @staticmethod
     def counts_any(counts: pl.DataFrame, names: Sequence[str]) -> bool:
@@ -71,17 +75,19 @@ class SourceQuality:
         )
         return replace(self, samples=merged.cast(samples_schema()).sort("date"))
 
-    def for_day(self, day: dt.date) -> SourceQuality:
-        """The counts and samples of one day."""
-        return SourceQuality(
-            per_day=self.per_day.filter(pl.col("date") == day),
-            samples=self.samples.filter(pl.col("date") == day),
-        )
+    def sample_ids(self, day: dt.date, name: str) -> list[str]:
+        """Up to ``SAMPLE_SIZE`` call ids of kind ``name`` (one of ``SAMPLE_IDS``) on ``day``."""
+        ids = self._samples_by_day.get(day, {}).get(name) or []
+        return [str(call_id) for call_id in ids if call_id is not None][:SAMPLE_SIZE]
 
-    def sample_ids(self, name: str) -> list[str]:
-        """Up to ``SAMPLE_SIZE`` call ids of kind ``name`` (one of ``SAMPLE_IDS``)."""
-        ids = self.samples.get_column(name).explode().drop_nulls()
-        return [str(call_id) for call_id in ids.head(SAMPLE_SIZE)]
+    # The checks ask for a day's counts and samples a few hundred times a month: read once.
+    @functools.cached_property
+    def _counts_by_day(self) -> dict[dt.date, dict[str, int]]:
+        return {row.pop("date"): row for row in self.per_day.to_dicts()}
+
+    @functools.cached_property
+    def _samples_by_day(self) -> dict[dt.date, dict[str, list[str | None] | None]]:
+        return {row.pop("date"): row for row in self.samples.to_dicts()}
 
 
 def shape_metrics(
@@ -115,6 +121,16 @@ def shape_metrics(
     if unusual is not None:
         quality = quality.with_samples(unusual.select("date", *SAMPLED_IDS))
     return metrics, quality
+
+
+def in_day_and_agent_order(rows: pl.DataFrame, strictly: bool = False) -> bool:
+    """Whether each row's (date, agent_id) follows the one before (``strictly``: and differs
+    from it). Seeing that costs a fifth of sorting the rows."""
+    date, agent_id = pl.col("date"), pl.col("agent_id")
+    same_day = date == date.shift(1)
+    agent_follows = agent_id > agent_id.shift(1) if strictly else agent_id >= agent_id.shift(1)
+    follows = (date > date.shift(1)) | (same_day & agent_follows)
+    return bool(rows.select(follows.slice(1).fill_null(False).all()).item())
 
 
 def counted_status_calls(counts: pl.DataFrame, statuses: Sequence[str]) -> pl.DataFrame:

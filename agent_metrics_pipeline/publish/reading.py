@@ -17,14 +17,12 @@ from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
 from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.measurement import MAX_AGENT_SHARDS, Chunking, Measurement
 from agent_metrics_pipeline.core.partitions import format_days
-from agent_metrics_pipeline.publish.checks import evaluate_checks
 from agent_metrics_pipeline.publish.chunking import Chunk, Chunker
-from agent_metrics_pipeline.publish.findings import Evidence, Verdict
+from agent_metrics_pipeline.publish.findings import Check, Evidence, Verdict, judge
 from agent_metrics_pipeline.publish.metrics import (
     CALLS_PER_COUNTED_STATUS,
     DUPLICATE_COUNT,
     UNCOUNTED_VARIANT_CALLS,
-    UNMEASURABLE_COUNTS,
     UNUSUAL_CALLS,
     SourceQuality,
     calls_per_status,
@@ -79,12 +77,14 @@ def read_days(
     log: dg.DagsterLogManager,
     session: ClickHouseSession,
     measurement: Measurement,
+    checks: Sequence[Check],
     partitions_def: dg.DailyPartitionsDefinition,
     days: Sequence[dt.date],
     chunking: Chunking,
     staged: StagedDays,
 ) -> RunReading:
-    """Read, check and stage ``days``; a chunk that fails a blocking check is not staged."""
+    """Read ``days``, judge them by ``checks`` and stage them; a chunk that fails a blocking
+    check is not staged."""
     relation = read_relation(session, measurement.source)
     final = relation.reads_final(measurement.read_final)
     if final:
@@ -103,7 +103,8 @@ def read_days(
             reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
             chunker.learn(chunk, reading.rows_read)
             encoded = encoder.submit(StagedDays.encode, reading.metrics, chunk.days)
-            verdicts = evaluate_checks(
+            verdicts = judge(
+                checks,
                 Evidence(
                     reading.metrics,
                     reading.quality,
@@ -111,7 +112,7 @@ def read_days(
                     chunk.days,
                     measurement,
                     calls_per_day,
-                )
+                ),
             )
             run.verdicts += verdicts
             for day in chunk.days:
@@ -136,11 +137,10 @@ def day_metadata(
 ) -> dict[str, object]:
     """What one day's materialization shows, whether it ran alone or in a range."""
     rows = metrics_for_day(reading.metrics, day)
-    unmeasurable = reading.quality.per_day.filter(pl.col("date") == day)
     return {
         "dagster/row_count": rows.height,
         "calls_counted": int(rows.get_column("total_calls").sum()),
-        "unmeasurable_calls": int(unmeasurable.select(UNMEASURABLE_COUNTS).sum_horizontal().sum()),
+        "unmeasurable_calls": reading.quality.unmeasurable_calls(day),
         "statuses_seen": calls_per_status(reading.statuses, day),
         "source_rows": source_rows,
         "run_days": format_days(run_days),
