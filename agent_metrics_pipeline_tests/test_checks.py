@@ -7,7 +7,9 @@ WARN checks publish and flag.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import math
+import random
 from collections import Counter
 from dataclasses import replace
 from functools import partial
@@ -25,6 +27,7 @@ from agent_metrics_pipeline.publish.metrics import (
     FORMULA_PREFIXES,
     QUALITY_COUNTS,
     SourceQuality,
+    in_day_and_agent_order,
 )
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline.storage.published_format import metrics_schema
@@ -625,3 +628,21 @@ def test_a_chunk_judges_each_day_as_if_it_ran_alone():
     failed = {(v.check_name, v.day) for v in alone if not v.passed}
     assert {(checks.ONE_ROW_PER_AGENT_PER_DAY, days[1]), (checks.NO_NULLS, days[2])} <= failed
     assert not any(day == days[0] for _, day in failed)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_rows_in_day_and_agent_order_are_told_apart_from_the_rest(seed):
+    """Whether rows need sorting, against Python's own order of (date, agent id) pairs."""
+    rng = random.Random(seed)
+    agents = ["", "a", "B", "b", "ab", "é", "Ω", "1", "10", "9"]
+    pairs = [
+        (DAY + dt.timedelta(days=rng.randrange(3)), rng.choice(agents))
+        for _ in range(rng.randrange(8))
+    ]
+    if seed % 2:
+        pairs.sort(key=lambda pair: (pair[0], pair[1].encode()))
+    frame = _frame([(agent, 1.0, 2.0, 1, day) for day, agent in pairs])
+    keys = [(day, agent.encode()) for day, agent in pairs]
+    following = list(itertools.pairwise(keys))
+    assert in_day_and_agent_order(frame) == all(a <= b for a, b in following)
+    assert in_day_and_agent_order(frame, strictly=True) == all(a < b for a, b in following)

@@ -100,11 +100,13 @@ def shape_metrics(
     quality query's counts and call ids per day, read when the metrics query counted unusual
     calls (without them, each kind counts none).
     """
-    metrics = (
-        raw.filter(pl.col("agent_id").is_not_null() & (pl.col("total_calls") > 0))
-        .select(pl.col(name).cast(dtype) for name, dtype in metrics_schema().items())
-        .sort("date", "agent_id")
+    metrics = raw.filter(pl.col("agent_id").is_not_null() & (pl.col("total_calls") > 0)).select(
+        pl.col(name).cast(dtype) for name, dtype in metrics_schema().items()
     )
+    # Each query sends its rows in this order (ClickHouse and Polars both order strings by
+    # their bytes); only agent shards, one after another, need sorting.
+    if not in_day_and_agent_order(metrics):
+        metrics = metrics.sort("date", "agent_id")
     per_day = raw.group_by("date").agg(pl.col(DUPLICATE_COUNT).sum())
     if unusual is None:
         per_day = per_day.with_columns(pl.lit(0).alias(name) for name in SAMPLED_COUNTS)
