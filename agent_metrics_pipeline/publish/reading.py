@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import dagster as dg
@@ -96,13 +96,15 @@ def read_days(
     calls_per_day = calls_held_per_day(session, measurement, partitions_def, counted_days, relation)
     chunker = Chunker(days, calls_per_day, chunking)
     run = RunReading()
-    # A chunk's files are encoded while its checks run (Polars lets go of the GIL), and kept
-    # only if they pass; the next chunk is read once both are done.
-    with ThreadPoolExecutor(1, thread_name_prefix="encode") as encoder:
+    # A chunk that passed its checks is staged while the next chunk is read: encoding the
+    # files and the engine's query both let go of the GIL, and the query leaves a core idle.
+    staging: Future[None] | None = None
+    with ThreadPoolExecutor(1, thread_name_prefix="stage") as stager:
         for chunk in chunker:
             reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
             chunker.learn(chunk, reading.rows_read)
-            encoded = encoder.submit(StagedDays.encode, reading.metrics, chunk.days)
+            if staging is not None:
+                staging.result()
             verdicts = judge(
                 checks,
                 Evidence(
@@ -122,13 +124,12 @@ def read_days(
                 }
             # A chunk that fails a blocking check is never published: its rows are not staged,
             # and the run's failure names them.
-            if any(verdict.blocks_publication for verdict in verdicts):
-                encoded.cancel()
-                wait([encoded])
-            else:
-                staged.stage(encoded.result())
-            # Not held while the next chunk is read.
-            del reading, encoded
+            if not any(verdict.blocks_publication for verdict in verdicts):
+                staging = stager.submit(staged.stage, reading.metrics, chunk.days)
+            # Held only by the staging, not while the next chunk is read.
+            del reading
+        if staging is not None:
+            staging.result()
     return run
 
 

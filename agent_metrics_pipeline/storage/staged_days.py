@@ -28,17 +28,12 @@ class StagedDays:
     def _path(self, day: dt.date) -> Path:
         return self.folder / f"{day.isoformat()}.csv"
 
-    @staticmethod
-    def encode(metrics: pl.DataFrame, days: Sequence[dt.date]) -> dict[dt.date, bytes]:
+    def stage(self, metrics: pl.DataFrame, days: Sequence[dt.date]) -> None:
         """Each of ``days``'s rows of ``metrics``, as published; a row of another day has no
         file to go to."""
         refuse_rows_outside(metrics.get_column("date").unique().to_list(), days)
-        return {day: to_csv_bytes(metrics_for_day(metrics, day)) for day in days}
-
-    def stage(self, encoded: Mapping[dt.date, bytes]) -> None:
-        """Days as :meth:`encode` encoded them."""
-        for day, data in encoded.items():
-            self._path(day).write_bytes(data)
+        for day in days:
+            self._path(day).write_bytes(to_csv_bytes(metrics_for_day(metrics, day)))
             self.days.append(day)
 
     def csv(self, day: dt.date) -> bytes:
