@@ -21,7 +21,7 @@ import pytest
 from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, Measurement
 from agent_metrics_pipeline.core.names import ASSET_NAME, SAMPLE_SIZE
 from agent_metrics_pipeline.publish import checks
-from agent_metrics_pipeline.publish.findings import Evidence, Verdict, judge
+from agent_metrics_pipeline.publish.findings import Evidence, Verdict, judge_days
 from agent_metrics_pipeline.publish.metrics import (
     FORMULA_ESCAPE,
     FORMULA_PREFIXES,
@@ -505,7 +505,7 @@ def _clean_quality() -> SourceQuality:
 def evaluate(frame: pl.DataFrame) -> dict[str, Verdict]:
     statuses = pl.DataFrame({"date": [DAY], "status": ["Answered"], "calls": [frame.height]})
     evidence = Evidence(frame, _clean_quality(), statuses, [DAY], MEASUREMENT)
-    return {v.check_name: v for v in judge(checks.checks_for(MEASUREMENT), evidence)}
+    return {v.check_name: v for v in judge_days(checks.checks_for(MEASUREMENT), evidence)}
 
 
 @pytest.mark.parametrize(
@@ -563,9 +563,11 @@ def test_spreadsheet_formulas_are_told_by_their_first_character():
     assert verdict.metadata["sample_agent_ids"] == sorted(risky)[:SAMPLE_SIZE]
 
 
-def test_a_chunk_judges_each_day_as_if_it_ran_alone():
+@pytest.mark.parametrize("stray", [False, True], ids=["own-days", "a-row-dated-before"])
+def test_a_chunk_judges_each_day_as_if_it_ran_alone(stray):
     """Days read together get the verdicts each gets read alone: a day's faults, counts and
-    samples stay its own, whatever order the chunk's rows come in."""
+    samples stay its own, whatever order the chunk's rows come in; a row dated outside the
+    run's days is every day's fault."""
     days = [DAY + dt.timedelta(days=offset) for offset in range(4)]
     rows = {
         days[0]: [("a", 10.0, 12.0, 3, days[0]), ("b", 20.0, 30.0, 4, days[0])],
@@ -574,19 +576,24 @@ def test_a_chunk_judges_each_day_as_if_it_ran_alone():
             ("a", 3.0, 4.0, 2, days[1]),
             ("=b", 5.0, 6.0, 1, days[1]),
         ],
-        days[2]: [("a", -1.0, math.nan, 2, days[2]), ("c", None, 4000.0, 0, days[2])],
+        days[2]: [
+            ("a", -1.0, math.nan, 2, days[2]),
+            ("c", None, 4000.0, 0, days[2]),
+            (None, 5.0, 6.0, 3, days[2]),
+        ],
         days[3]: [],
     }
+    outside = [("z", 1.0, 2.0, 5, DAY - dt.timedelta(days=1))] if stray else []
     quality_rows = {
         days[1]: {"null_agent_calls": 2, "overlong_calls": 1},
         days[2]: {"negative_duration_calls": 3, "duplicate_calls": 4},
     }
-    samples = {days[1]: ["n1", "n2"], days[2]: ["m1"]}
+    samples = {days[1]: ["n1", None, "n2"], days[2]: ["m1"]}
     status_rows = [(days[0], "Answered", 7), (days[1], "answered", 2), (days[2], "Answered", 2)]
     measurement = replace(MEASUREMENT, min_calls_per_agent=2)
 
     def evidence(on: list[dt.date], shuffled: bool) -> Evidence:
-        frame = _frame([row for day in on for row in rows[day]])
+        frame = _frame([row for day in on for row in rows[day]] + outside)
         per_day = pl.DataFrame(
             [
                 {"date": day, **dict.fromkeys(QUALITY_COUNTS, 0), **quality_rows.get(day, {})}
@@ -613,21 +620,30 @@ def test_a_chunk_judges_each_day_as_if_it_ran_alone():
             held,
         )
 
-    def seen(verdict: Verdict) -> tuple:
-        # Samples are the first rows found; no day here has more offending rows than a sample.
-        samples = sorted(verdict.metadata.get("sample_agent_ids", []))
-        return verdict.passed, {**verdict.metadata, "sample_agent_ids": samples}
+    def seen(verdict: Verdict, shuffled: bool) -> tuple:
+        # Samples are the first rows found, in the rows' order; none here has more than a
+        # sample's worth of offending rows.
+        samples = verdict.metadata.get("sample_agent_ids", [])
+        ordered = sorted(samples, key=str) if shuffled else samples
+        return verdict.passed, {**verdict.metadata, "sample_agent_ids": ordered}
 
     run_checks = checks.checks_for(measurement)
-    alone = [verdict for day in days for verdict in judge(run_checks, evidence([day], False))]
+    alone = [verdict for day in days for verdict in judge_days(run_checks, evidence([day], False))]
     for shuffled in (False, True):
-        together = judge(run_checks, evidence(days, shuffled))
+        together = judge_days(run_checks, evidence(days, shuffled))
         assert [(v.check_name, v.day) for v in together] == [(v.check_name, v.day) for v in alone]
         for verdict, expected in zip(together, alone, strict=True):
-            assert seen(verdict) == seen(expected), (verdict.check_name, verdict.day)
+            assert seen(verdict, shuffled) == seen(expected, shuffled), (
+                verdict.check_name,
+                verdict.day,
+            )
     failed = {(v.check_name, v.day) for v in alone if not v.passed}
     assert {(checks.ONE_ROW_PER_AGENT_PER_DAY, days[1]), (checks.NO_NULLS, days[2])} <= failed
-    assert not any(day == days[0] for _, day in failed)
+    one_row_days = {day for name, day in failed if name == checks.ONE_ROW_PER_AGENT_PER_DAY}
+    assert one_row_days == (set(days) if stray else {days[1]})
+    assert {name for name, day in failed if day == days[0]} == (
+        {checks.ONE_ROW_PER_AGENT_PER_DAY} if stray else set()
+    )
 
 
 @pytest.mark.parametrize("seed", range(20))

@@ -31,7 +31,6 @@ ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 
 
 class DayTotals(NamedTuple):
-    rows: int
     calls: int
     longest_p90_call_length_sec: float | None
 
@@ -72,12 +71,8 @@ class Evidence:
 
     @functools.cached_property
     def day_totals(self) -> dict[dt.date, DayTotals]:
-        """Each day's rows, calls and longest p90, over the rows it sees."""
-        totals = (
-            pl.len().alias("rows"),
-            pl.col("total_calls").sum(),
-            pl.col("p90_call_length_sec").max(),
-        )
+        """Each day's calls and longest p90, over the rows it sees."""
+        totals = (pl.col("total_calls").sum(), pl.col("p90_call_length_sec").max())
         if self.metrics.filter(dated_outside(self.days)).is_empty():
             per_day = self.metrics.group_by("date").agg(*totals)
             found = {day: DayTotals(*figures) for day, *figures in per_day.iter_rows()}
@@ -86,15 +81,15 @@ class Evidence:
                 day: DayTotals(*rows.select(*totals).row(0))
                 for day, rows in self.rows_by_day(self.metrics).items()
             }
-        return {day: found.get(day, DayTotals(0, 0, None)) for day in self.days}
+        return {day: found.get(day, DayTotals(0, None)) for day in self.days}
 
     @functools.cached_property
     def statuses_by_day(self) -> dict[dt.date, dict[str, int]]:
         """Calls per status on each day, statuses in order."""
         by_day: dict[dt.date, dict[str, int]] = {day: {} for day in self.days}
         for day, status, calls in self.statuses.select("date", "status", "calls").iter_rows():
-            seen = by_day.setdefault(day, {})
-            seen[status] = seen.get(status, 0) + int(calls)
+            if day in by_day:
+                by_day[day][status] = by_day[day].get(status, 0) + int(calls)
         return {day: dict(sorted(seen.items())) for day, seen in by_day.items()}
 
 
@@ -205,7 +200,7 @@ class Check:
         }
 
 
-def judge(checks: Sequence[Check], evidence: Evidence) -> list[Verdict]:
+def judge_days(checks: Sequence[Check], evidence: Evidence) -> list[Verdict]:
     """Each of ``checks`` on each day of ``evidence``: day by day, in the checks' order."""
     by_check = [check.evaluate(evidence) for check in checks]
     return [verdicts[day] for day in evidence.days for verdicts in by_check]

@@ -77,17 +77,27 @@ class SourceQuality:
 
     def sample_ids(self, day: dt.date, name: str) -> list[str]:
         """Up to ``SAMPLE_SIZE`` call ids of kind ``name`` (one of ``SAMPLE_IDS``) on ``day``."""
-        ids = self._samples_by_day.get(day, {}).get(name) or []
+        ids = self._samples_by_day.get(day, {}).get(name, [])
         return [str(call_id) for call_id in ids if call_id is not None][:SAMPLE_SIZE]
 
     # The checks ask for a day's counts and samples a few hundred times a month: read once.
     @functools.cached_property
     def _counts_by_day(self) -> dict[dt.date, dict[str, int]]:
-        return {row.pop("date"): row for row in self.per_day.to_dicts()}
+        by_day: dict[dt.date, dict[str, int]] = {}
+        for row in self.per_day.to_dicts():
+            counts = by_day.setdefault(row.pop("date"), {})
+            for name, calls in row.items():
+                counts[name] = counts.get(name, 0) + (calls or 0)
+        return by_day
 
     @functools.cached_property
-    def _samples_by_day(self) -> dict[dt.date, dict[str, list[str | None] | None]]:
-        return {row.pop("date"): row for row in self.samples.to_dicts()}
+    def _samples_by_day(self) -> dict[dt.date, dict[str, list[str | None]]]:
+        by_day: dict[dt.date, dict[str, list[str | None]]] = {}
+        for row in self.samples.to_dicts():
+            samples = by_day.setdefault(row.pop("date"), {})
+            for name, ids in row.items():
+                samples.setdefault(name, []).extend(ids or [])
+        return by_day
 
 
 def shape_metrics(
@@ -182,15 +192,6 @@ def escape_formula_agent_ids(metrics: pl.DataFrame) -> pl.DataFrame:
         .otherwise(agent_id)
         .alias("agent_id")
     ).sort("date", "agent_id")
-
-
-def calls_per_status(statuses: pl.DataFrame, day: dt.date | None = None) -> dict[str, int]:
-    """Calls per status on ``day``, or over all the run's days, from per-day counts such as
-    :func:`counted_status_calls`'s."""
-    if day is not None:
-        statuses = statuses.filter(pl.col("date") == day)
-    totals = statuses.group_by("status").agg(pl.col("calls").sum()).sort("status")
-    return {status: int(calls) for status, calls in totals.iter_rows()}
 
 
 def to_markdown(frame: pl.DataFrame) -> str:

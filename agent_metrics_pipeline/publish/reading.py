@@ -1,5 +1,5 @@
-"""Reading a run's days: chunk after chunk, each read, checked and staged before the next, so
-the step's memory follows the chunk, never the range."""
+"""Reading a run's days: chunk after chunk, each read and checked, then staged while the next
+is read, so the step's memory follows the chunk, never the range."""
 
 from __future__ import annotations
 
@@ -18,14 +18,13 @@ from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.measurement import MAX_AGENT_SHARDS, Chunking, Measurement
 from agent_metrics_pipeline.core.partitions import format_days
 from agent_metrics_pipeline.publish.chunking import Chunk, Chunker
-from agent_metrics_pipeline.publish.findings import Check, Evidence, Verdict, judge
+from agent_metrics_pipeline.publish.findings import Check, Evidence, Verdict, judge_days
 from agent_metrics_pipeline.publish.metrics import (
     CALLS_PER_COUNTED_STATUS,
     DUPLICATE_COUNT,
     UNCOUNTED_VARIANT_CALLS,
     UNUSUAL_CALLS,
     SourceQuality,
-    calls_per_status,
     counted_status_calls,
     escape_formula_agent_ids,
     shape_metrics,
@@ -83,8 +82,8 @@ def read_days(
     chunking: Chunking,
     staged: StagedDays,
 ) -> RunReading:
-    """Read ``days``, judge them by ``checks`` and stage them; a chunk that fails a blocking
-    check is not staged."""
+    """Read ``days``, judge them by ``checks`` (those of ``measurement``) and stage them; a
+    chunk that fails a blocking check is not staged."""
     relation = read_relation(session, measurement.source)
     final = relation.reads_final(measurement.read_final)
     if final:
@@ -98,43 +97,44 @@ def read_days(
     run = RunReading()
     # A chunk that passed its checks is staged while the next chunk is read: encoding the
     # files and the engine's query both let go of the GIL, and the query leaves a core idle.
+    # Its rows are held until written, about a tenth of the next query's time.
     staging: Future[None] | None = None
     with ThreadPoolExecutor(1, thread_name_prefix="stage") as stager:
-        for chunk in chunker:
-            reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
-            chunker.learn(chunk, reading.rows_read)
-            if staging is not None:
-                staging.result()
-            verdicts = judge(
-                checks,
-                Evidence(
+        try:
+            for chunk in chunker:
+                reading = read_chunk(log, session, measurement, partitions_def, chunk, final)
+                chunker.learn(chunk, reading.rows_read)
+                if staging is not None:
+                    staging.result()
+                evidence = Evidence(
                     reading.metrics,
                     reading.quality,
                     reading.statuses,
                     chunk.days,
                     measurement,
                     calls_per_day,
-                ),
-            )
-            run.verdicts += verdicts
-            for day in chunk.days:
-                run.metadata_by_day[day] = {
-                    **day_metadata(reading, day, days, calls_per_day.get(day, 0)),
-                    **relation.run_metadata(measurement.read_final),
-                }
-            # A chunk that fails a blocking check is never published: its rows are not staged,
-            # and the run's failure names them.
-            if not any(verdict.blocks_publication for verdict in verdicts):
-                staging = stager.submit(staged.stage, reading.metrics, chunk.days)
-            # Held only by the staging, not while the next chunk is read.
-            del reading
-        if staging is not None:
-            staging.result()
+                )
+                verdicts = judge_days(checks, evidence)
+                run.verdicts += verdicts
+                for day in chunk.days:
+                    run.metadata_by_day[day] = {
+                        **day_metadata(reading, evidence, day, days),
+                        **relation.run_metadata(measurement.read_final),
+                    }
+                # A chunk that fails a blocking check is never published: its rows are not
+                # staged, and the run's failure names them.
+                if not any(verdict.blocks_publication for verdict in verdicts):
+                    staging = stager.submit(staged.stage, reading.metrics, chunk.days)
+                del reading, evidence
+        finally:
+            # A fault of the last staging is raised too, after any fault of the reading.
+            if staging is not None:
+                staging.result()
     return run
 
 
 def day_metadata(
-    reading: ChunkReading, day: dt.date, run_days: Sequence[dt.date], source_rows: int
+    reading: ChunkReading, evidence: Evidence, day: dt.date, run_days: Sequence[dt.date]
 ) -> dict[str, object]:
     """What one day's materialization shows, whether it ran alone or in a range."""
     rows = metrics_for_day(reading.metrics, day)
@@ -142,8 +142,8 @@ def day_metadata(
         "dagster/row_count": rows.height,
         "calls_counted": int(rows.get_column("total_calls").sum()),
         "unmeasurable_calls": reading.quality.unmeasurable_calls(day),
-        "statuses_seen": calls_per_status(reading.statuses, day),
-        "source_rows": source_rows,
+        "statuses_seen": evidence.statuses_by_day[day],
+        "source_rows": evidence.calls_held.get(day, 0),
         "run_days": format_days(run_days),
         "agent_shards": reading.agent_shards,
         "preview": dg.MetadataValue.md(to_markdown(rows.head(PREVIEW_ROWS))),
