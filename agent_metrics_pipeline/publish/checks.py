@@ -33,6 +33,7 @@ from agent_metrics_pipeline.publish.metrics import (
     escaped_formula,
     formula_like,
     in_day_and_agent_order,
+    may_be_formula,
 )
 from agent_metrics_pipeline.publish.source_checks import (
     excluded_source_rows,
@@ -173,9 +174,7 @@ def min_calls_per_agent(evidence: Evidence) -> dict[dt.date, Finding]:
 def spreadsheet_safe_agent_ids(evidence: Evidence) -> dict[dt.date, Finding]:
     """Agent ids a spreadsheet would run as a formula (CSV injection), unless escaped."""
     agent_id = pl.col("agent_id")
-    # Ids starting below "0" or from ":" to "@" (the formula signs, the escape, and some
-    # others): a cheap first cut, a sixth of looking for each sign in every id.
-    candidates = evidence.metrics.filter((agent_id < "0") | ((agent_id >= ":") & (agent_id < "A")))
+    candidates = evidence.metrics.filter(may_be_formula(agent_id))
     risky = evidence.rows_by_day(candidates.filter(formula_like(agent_id)))
     escaped = evidence.rows_by_day(candidates.filter(escaped_formula(agent_id)))
     return {
