@@ -40,11 +40,17 @@ def clickhouse_of(defs: dg.Definitions) -> ClickHouseResource:
     return clickhouse.process_config_and_initialize()
 
 
-def materialize(defs: dg.Definitions, first_day: dt.date, days: int = 1) -> float:
+def materialize(
+    defs: dg.Definitions,
+    first_day: dt.date,
+    days: int = 1,
+    instance: dg.DagsterInstance | None = None,
+) -> float:
     """Seconds for one in-process run of ``agent_metrics`` over ``days`` days from ``first_day``,
-    as ``dg.materialize`` runs it: in-step checks, the IO manager's write, an ephemeral instance.
+    as ``dg.materialize`` runs it: in-step checks, the IO manager's write, and ``instance``, an
+    ephemeral one (events held in memory) unless given.
     """
-    return _materialize([agent_metrics(defs)], defs, first_day, days)
+    return _materialize([agent_metrics(defs)], defs, first_day, days, instance)
 
 
 def agent_metrics(defs: dg.Definitions) -> dg.AssetsDefinition:
@@ -93,9 +99,13 @@ def materialize_trivial(
 
 
 def _materialize(
-    assets: list[dg.AssetsDefinition], defs: dg.Definitions, first_day: dt.date, days: int
+    assets: list[dg.AssetsDefinition],
+    defs: dg.Definitions,
+    first_day: dt.date,
+    days: int,
+    instance: dg.DagsterInstance | None = None,
 ) -> float:
-    options: dict = {"resources": defs.resources}
+    options: dict = {"resources": defs.resources, "instance": instance}
     if days == 1:
         options["partition_key"] = first_day.isoformat()
     else:

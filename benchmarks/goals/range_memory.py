@@ -7,10 +7,14 @@
 
 Embedded mode, so the engine's own memory is part of the process measured: each run is a fresh
 worker process (``dg.materialize`` with the range's tags, as the CLI's ``--partition-range``
-runs it) whose peak RSS is read at its end. Days are many agents with few calls each (the
-shape where the rows a run holds, not the calls, dominate), seeded as one day copied across the
-range. The query limits in force (``AGENT_METRICS_MAX_CALLS_PER_QUERY`` and friends, passed on
-when set) are reported. The query timeout is raised for these runs: what is measured is memory.
+runs it) whose peak RSS is read at its end. As the CLI's, its instance is on disk (a temporary
+one): an ephemeral instance would also hold every event of the run in an in-memory database,
+which no deployment does, and a year's would grow with its days. Dagster itself still keeps a
+run's events in the process until the run ends, and that part stays measured. Days are many
+agents with few calls each (the shape where the rows a run holds, not the calls, dominate),
+seeded as one day copied across the range. The query limits in force
+(``AGENT_METRICS_MAX_CALLS_PER_QUERY`` and friends, passed on when set) are reported. The query
+timeout is raised for these runs: what is measured is memory.
 
 The embedded engine keeps some memory of every query it ran (a few MB each at this size, not
 counted by its own memory tracker), so a long range in one process grows with its queries
@@ -30,7 +34,10 @@ from __future__ import annotations
 
 import datetime as dt
 import statistics
+import tempfile
 from dataclasses import dataclass
+
+import dagster as dg
 
 from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
 from agent_metrics_pipeline.core.settings import Settings
@@ -262,8 +269,13 @@ def run_range(days: int) -> dict:
         return query_polars(self, *args, **kwargs)
 
     ClickHouseSession.query_polars = counted  # type: ignore[method-assign]
+    with (
+        tempfile.TemporaryDirectory(prefix="range-memory-instance-") as home,
+        dg.DagsterInstance.local_temp(home) as instance,
+    ):
+        seconds = pipeline.materialize(defs, FIRST_DAY, days, instance)
     return {
-        "seconds": pipeline.materialize(defs, FIRST_DAY, days),
+        "seconds": seconds,
         "queries": queries,
         "limits": Settings.from_env().chunking.catalog_metadata(),
     }
