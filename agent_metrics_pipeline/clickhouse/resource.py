@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 import dagster as dg
 from pydantic import Field
-from urllib3.util import Timeout
 
 from agent_metrics_pipeline.clickhouse.errors import (
     ACCESS_DENIED_CODE,
@@ -256,6 +255,7 @@ class ClickHouseResource(dg.ConfigurableResource):
 
     def _open(self) -> Client:
         import clickhouse_connect
+        from urllib3.util import Timeout
 
         if self.host:
             # The start-up probes wait for answers with the read timeout: a short one bounds a

@@ -14,8 +14,6 @@ import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from urllib3.util.ssl_match_hostname import CertificateError
-
 from agent_metrics_pipeline.clickhouse.errors import ClickHouseQueryError
 
 # X509_V_ERR_*: the server's chain does not end at a CA the client trusts.
@@ -157,6 +155,8 @@ def tls_error(
                 "the server's certificate comes from your own CA)."
             )
         return None
+    from urllib3.util.ssl_match_hostname import CertificateError
+
     for found in _chain(error):
         if isinstance(found, ssl.SSLCertVerificationError):
             return _verification_error(found, description, endpoint.server_name)
