@@ -15,7 +15,7 @@ from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline.core.names import CSV_IO_MANAGER_KEY, JOB_NAME, SCHEDULE_NAME
 from agent_metrics_pipeline.core.settings import Settings
 from agent_metrics_pipeline.definitions import build_definitions
-from agent_metrics_pipeline.publish import checks
+from agent_metrics_pipeline.quality import checks
 from agent_metrics_pipeline.storage.destination import csv_io_manager
 from agent_metrics_pipeline.storage.s3 import S3CsvIOManager
 from agent_metrics_pipeline_tests.helpers import (

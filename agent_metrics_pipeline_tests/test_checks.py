@@ -18,17 +18,17 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, Measurement
-from agent_metrics_pipeline.core.names import ASSET_NAME, SAMPLE_SIZE
-from agent_metrics_pipeline.publish import checks
-from agent_metrics_pipeline.publish.findings import Evidence, Verdict, judge_days
-from agent_metrics_pipeline.publish.metrics import (
+from agent_metrics_pipeline.aggregate.metrics import (
     FORMULA_ESCAPE,
     FORMULA_PREFIXES,
     QUALITY_COUNTS,
     SourceQuality,
     in_day_and_agent_order,
 )
+from agent_metrics_pipeline.core.measurement import InvalidRowsPolicy, Measurement
+from agent_metrics_pipeline.core.names import ASSET_NAME, SAMPLE_SIZE
+from agent_metrics_pipeline.quality import checks
+from agent_metrics_pipeline.quality.findings import Evidence, Verdict, judge_days
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline.storage.published_format import metrics_schema
 from agent_metrics_pipeline_tests.helpers import (

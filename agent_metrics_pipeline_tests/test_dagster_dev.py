@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from agent_metrics_pipeline.publish import checks
+from agent_metrics_pipeline.quality import checks
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     Bucket,

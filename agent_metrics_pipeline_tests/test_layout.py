@@ -19,16 +19,20 @@ PACKAGE_DIR = Path(agent_metrics_pipeline.__file__).resolve().parent
 STAND_IN_DIR = Path(clickhouse_stand_in.__file__).resolve().parent
 
 # The parts, along the data's flow, and which parts each may import (itself always).
-# foundations -> the ClickHouse client and storage -> publish and observe -> operations -> top
+# foundations -> the ClickHouse client and storage -> aggregate -> quality -> publish, with
+# observe beside those three -> operations -> top
+BELOW_OPERATIONS = {"core", "clickhouse", "storage", "aggregate", "quality", "publish", "observe"}
 MAY_IMPORT = {
     "core": set(),
     "clickhouse": {"core"},
     "storage": {"core"},
-    "publish": {"core", "clickhouse", "storage"},
+    "aggregate": {"core", "clickhouse", "storage"},
+    "quality": {"core", "storage", "aggregate"},
+    "publish": {"core", "clickhouse", "storage", "aggregate", "quality"},
     "observe": {"core", "clickhouse", "storage"},
-    "operations": {"core", "clickhouse", "storage", "publish", "observe"},
-    "definitions": {"core", "clickhouse", "storage", "publish", "observe", "operations"},
-    "demo": {"core", "clickhouse", "storage", "publish", "observe", "operations"},
+    "operations": BELOW_OPERATIONS,
+    "definitions": BELOW_OPERATIONS | {"operations"},
+    "demo": BELOW_OPERATIONS | {"operations"},
 }
 MAX_MODULE_LINES = 350
 MAX_STAND_IN_MODULE_LINES = 400
@@ -183,7 +187,7 @@ def test_no_module_is_too_long_to_read_at_once():
 
 
 def test_every_part_says_what_it_owns_and_what_it_may_import():
-    for part in ("core", "clickhouse", "storage", "publish", "observe", "operations"):
+    for part in sorted(set(MAY_IMPORT) - {"definitions", "demo"}):
         docstring = ast.get_docstring(ast.parse((PACKAGE_DIR / part / "__init__.py").read_text()))
         assert docstring, f"{part}/__init__.py has no docstring"
         assert "import" in docstring, f"{part}/__init__.py does not say what it may import"

@@ -11,7 +11,7 @@ import pytest
 
 from agent_metrics_pipeline.core.measurement import UsualVolume
 from agent_metrics_pipeline.core.names import JOB_NAME, PUBLISH_PARTIAL_TAG
-from agent_metrics_pipeline.publish.usual_volume import USUAL_VOLUME
+from agent_metrics_pipeline.quality.usual_volume import USUAL_VOLUME
 from agent_metrics_pipeline_tests.helpers import insert_calls, key_for, random_calls
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics
 from agent_metrics_pipeline_tests.test_sources import Pipeline, project

@@ -16,7 +16,7 @@ import dagster as dg
 import psycopg2
 import pytest
 
-from agent_metrics_pipeline.publish import checks
+from agent_metrics_pipeline.quality import checks
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import (
     REPO_ROOT,

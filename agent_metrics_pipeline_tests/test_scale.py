@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from agent_metrics_pipeline.aggregate.chunking import Chunk, next_chunk
 from agent_metrics_pipeline.clickhouse.relation import SourceRelation, read_relation
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.measurement import (
@@ -31,7 +32,6 @@ from agent_metrics_pipeline.core.measurement import (
     SourceTable,
 )
 from agent_metrics_pipeline.demo.sample_calls import source_table_ddl
-from agent_metrics_pipeline.publish.chunking import Chunk, next_chunk
 from agent_metrics_pipeline.publish.reading import calls_held_per_day
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline.storage.published_format import from_csv_bytes, metrics_schema

@@ -18,7 +18,7 @@ from agent_metrics_pipeline.core.measurement import (
     SpreadsheetSafety,
 )
 from agent_metrics_pipeline.observe.late_calls import LATE_CALLS_CHECK_KEY
-from agent_metrics_pipeline.publish.checks import NO_DUPLICATE_CALL_IDS, SPREADSHEET_SAFE_AGENT_IDS
+from agent_metrics_pipeline.quality.checks import NO_DUPLICATE_CALL_IDS, SPREADSHEET_SAFE_AGENT_IDS
 from agent_metrics_pipeline_tests.helpers import (
     UTC,
     failure_message,

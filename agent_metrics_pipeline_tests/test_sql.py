@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+from agent_metrics_pipeline.aggregate.queries import build_metrics_query
+from agent_metrics_pipeline.aggregate.query_parts import DayWindow
 from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.publish.queries import build_metrics_query
-from agent_metrics_pipeline.publish.query_parts import DayWindow
 
 
 def test_settings_are_bound_days_written_out_and_identifiers_quoted():

@@ -24,7 +24,7 @@ from agent_metrics_pipeline.core.partitions import ended_day_keys
 from agent_metrics_pipeline.observe.readings import observation_window
 from agent_metrics_pipeline.operations.alerts import build_late_day_alert_sensor
 from agent_metrics_pipeline.operations.schedule import expected_day
-from agent_metrics_pipeline.publish.usual_volume import USUAL_VOLUME
+from agent_metrics_pipeline.quality.usual_volume import USUAL_VOLUME
 from agent_metrics_pipeline.storage.local import LocalCsvIOManager
 from agent_metrics_pipeline_tests.helpers import UTC, insert_calls, key_for, random_calls
 from agent_metrics_pipeline_tests.oracle import assert_csv_matches, expected_metrics

@@ -21,7 +21,7 @@ import pytest
 
 from agent_metrics_pipeline.demo.runs import RANGE_DAYS
 from agent_metrics_pipeline.demo.sample_calls import BROKEN_CALLS
-from agent_metrics_pipeline.publish import checks
+from agent_metrics_pipeline.quality import checks
 from agent_metrics_pipeline_tests.helpers import (
     DEV_INSTANCE_SETTINGS,
     REPO_ROOT,

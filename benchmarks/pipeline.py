@@ -17,12 +17,12 @@ from dataclasses import replace
 import dagster as dg
 import polars as pl
 
+from agent_metrics_pipeline.aggregate.queries import build_calls_per_day_query, build_metrics_query
+from agent_metrics_pipeline.aggregate.query_parts import DayWindow
 from agent_metrics_pipeline.clickhouse.resource import ClickHouseResource
 from agent_metrics_pipeline.core.measurement import SourceTable
 from agent_metrics_pipeline.core.names import ASSET_NAME
 from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.publish.queries import build_calls_per_day_query, build_metrics_query
-from agent_metrics_pipeline.publish.query_parts import DayWindow
 from benchmarks.seeding import day_window
 
 

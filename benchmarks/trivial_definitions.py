@@ -9,7 +9,7 @@ import dagster as dg
 
 from agent_metrics_pipeline.core.partitions import daily_partitions
 from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.publish.checks import check_specs
+from agent_metrics_pipeline.quality.checks import check_specs
 
 TRIVIAL_ASSET = "trivial_checked"
 

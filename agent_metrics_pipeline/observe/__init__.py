@@ -3,5 +3,6 @@ fingerprint and the table parts behind it, the check for late calls older than t
 the condition that republishes the published days whose source changed.
 
 May import the foundations (``core``), the ClickHouse client (``clickhouse``) and storage
-(``storage``); never the publication of the days (``publish``), its peer.
+(``storage``); never the aggregation, checks or publication of the days (``aggregate``,
+``quality``, ``publish``), its peers.
 """

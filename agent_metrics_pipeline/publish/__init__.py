@@ -1,7 +1,8 @@
-"""Reading and publishing a day: the ``agent_metrics`` asset, how its days are cut into
-queries, the metrics queries, the shaping of their rows, and the checks that decide, before
-anything is published, whether a day may be.
+"""Publishing the days: the ``agent_metrics`` asset, and its run's reading of the days chunk
+after chunk, each aggregated, judged by the checks and staged while the next is read, so that
+nothing is published unless every day passed.
 
-May import the foundations (``core``), the ClickHouse client (``clickhouse``) and storage
-(``storage``); never the observation of the source (``observe``), its peer.
+May import the foundations (``core``), the ClickHouse client (``clickhouse``), storage
+(``storage``), the aggregation (``aggregate``) and the checks (``quality``); never the
+observation of the source (``observe``), its peer.
 """

@@ -22,10 +22,10 @@ from agent_metrics_pipeline.core.names import (
 )
 from agent_metrics_pipeline.core.partitions import days_of, format_days, running_days
 from agent_metrics_pipeline.core.processes import scratch_folder
-from agent_metrics_pipeline.publish.checks import check_specs, checks_for
-from agent_metrics_pipeline.publish.findings import format_failures, record_verdicts
 from agent_metrics_pipeline.publish.reading import read_days
-from agent_metrics_pipeline.publish.usual_volume import held_back
+from agent_metrics_pipeline.quality.checks import check_specs, checks_for
+from agent_metrics_pipeline.quality.findings import format_failures, record_verdicts
+from agent_metrics_pipeline.quality.usual_volume import held_back
 from agent_metrics_pipeline.storage.published_format import published_schema
 from agent_metrics_pipeline.storage.staged_days import StagedDays
 

@@ -11,15 +11,8 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from agent_metrics_pipeline.clickhouse.errors import ClickHouseMemoryLimitError
-from agent_metrics_pipeline.clickhouse.relation import SourceRelation, read_relation
-from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
-from agent_metrics_pipeline.core.deferred import polars as pl
-from agent_metrics_pipeline.core.measurement import MAX_AGENT_SHARDS, Chunking, Measurement
-from agent_metrics_pipeline.core.partitions import format_days
-from agent_metrics_pipeline.publish.chunking import Chunk, Chunker
-from agent_metrics_pipeline.publish.findings import Check, Evidence, Verdict, judge_days
-from agent_metrics_pipeline.publish.metrics import (
+from agent_metrics_pipeline.aggregate.chunking import Chunk, Chunker
+from agent_metrics_pipeline.aggregate.metrics import (
     CALLS_PER_COUNTED_STATUS,
     DUPLICATE_COUNT,
     UNCOUNTED_VARIANT_CALLS,
@@ -30,15 +23,22 @@ from agent_metrics_pipeline.publish.metrics import (
     shape_metrics,
     to_markdown,
 )
-from agent_metrics_pipeline.publish.queries import (
+from agent_metrics_pipeline.aggregate.queries import (
     build_calls_per_day_query,
     build_duplicate_samples_query,
     build_metrics_query,
     build_quality_query,
     build_status_variants_query,
 )
-from agent_metrics_pipeline.publish.query_parts import DayWindow
-from agent_metrics_pipeline.publish.usual_volume import days_to_count
+from agent_metrics_pipeline.aggregate.query_parts import DayWindow
+from agent_metrics_pipeline.clickhouse.errors import ClickHouseMemoryLimitError
+from agent_metrics_pipeline.clickhouse.relation import SourceRelation, read_relation
+from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
+from agent_metrics_pipeline.core.deferred import polars as pl
+from agent_metrics_pipeline.core.measurement import MAX_AGENT_SHARDS, Chunking, Measurement
+from agent_metrics_pipeline.core.partitions import format_days
+from agent_metrics_pipeline.quality.findings import Check, Evidence, Verdict, judge_days
+from agent_metrics_pipeline.quality.usual_volume import days_to_count
 from agent_metrics_pipeline.storage.published_format import metrics_for_day
 from agent_metrics_pipeline.storage.staged_days import StagedDays
 

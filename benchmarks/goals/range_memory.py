@@ -39,10 +39,10 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from agent_metrics_pipeline.aggregate.queries import build_metrics_query
+from agent_metrics_pipeline.aggregate.query_parts import DayWindow
 from agent_metrics_pipeline.clickhouse.session import ClickHouseSession
 from agent_metrics_pipeline.core.settings import Settings
-from agent_metrics_pipeline.publish.queries import build_metrics_query
-from agent_metrics_pipeline.publish.query_parts import DayWindow
 from benchmarks import pipeline
 from benchmarks.context import Context
 from benchmarks.processes import WorkerResult, peak_rss_bytes, run_worker

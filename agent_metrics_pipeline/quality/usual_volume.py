@@ -14,7 +14,7 @@ from agent_metrics_pipeline.core.names import PUBLISH_PARTIAL_TAG
 
 if TYPE_CHECKING:
     from agent_metrics_pipeline.core.measurement import UsualVolume
-    from agent_metrics_pipeline.publish.findings import Verdict
+    from agent_metrics_pipeline.quality.findings import Verdict
 
 USUAL_VOLUME = "usual_volume"
 DESCRIPTION = (

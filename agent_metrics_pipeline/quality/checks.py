@@ -16,11 +16,17 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from agent_metrics_pipeline.aggregate.metrics import (
+    escaped_formula,
+    formula_like,
+    in_day_and_agent_order,
+    may_be_formula,
+)
 from agent_metrics_pipeline.core.deferred import polars as pl
 from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy, Measurement
 from agent_metrics_pipeline.core.partitions import keys_of
-from agent_metrics_pipeline.publish import usual_volume
-from agent_metrics_pipeline.publish.findings import (
+from agent_metrics_pipeline.quality import usual_volume
+from agent_metrics_pipeline.quality.findings import (
     ERROR,
     WARN,
     Check,
@@ -29,13 +35,7 @@ from agent_metrics_pipeline.publish.findings import (
     days_in,
     offending_rows,
 )
-from agent_metrics_pipeline.publish.metrics import (
-    escaped_formula,
-    formula_like,
-    in_day_and_agent_order,
-    may_be_formula,
-)
-from agent_metrics_pipeline.publish.source_checks import (
+from agent_metrics_pipeline.quality.source_checks import (
     excluded_source_rows,
     no_duplicate_call_ids,
     status_spellings,

@@ -16,15 +16,12 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from agent_metrics_pipeline.clickhouse.syntax import window_parameters
-from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy
-from agent_metrics_pipeline.core.names import SAMPLE_SIZE
-from agent_metrics_pipeline.publish.metrics import (
+from agent_metrics_pipeline.aggregate.metrics import (
     CALLS_PER_COUNTED_STATUS,
     UNCOUNTED_VARIANT_CALLS,
     UNUSUAL_CALLS,
 )
-from agent_metrics_pipeline.publish.query_parts import (
+from agent_metrics_pipeline.aggregate.query_parts import (
     COPIES,
     DayWindow,
     by_day,
@@ -33,6 +30,9 @@ from agent_metrics_pipeline.publish.query_parts import (
     window_filter,
     written_window,
 )
+from agent_metrics_pipeline.clickhouse.syntax import window_parameters
+from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy
+from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 
 # Conditions on a classified call (see classified_calls).
 MEASURABLE = "measurable"
@@ -40,8 +40,8 @@ UNMEASURABLE = "NOT measurable"
 UNUSUAL = "NOT (measurable AND NOT overlong)"
 
 if TYPE_CHECKING:
+    from agent_metrics_pipeline.aggregate.chunking import AgentShard
     from agent_metrics_pipeline.core.measurement import Measurement
-    from agent_metrics_pipeline.publish.chunking import AgentShard
 
 
 def build_metrics_query(

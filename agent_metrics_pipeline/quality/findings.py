@@ -24,8 +24,8 @@ from agent_metrics_pipeline.core.partitions import keys_of
 from agent_metrics_pipeline.storage.published_format import dated_outside
 
 if TYPE_CHECKING:
+    from agent_metrics_pipeline.aggregate.metrics import SourceQuality
     from agent_metrics_pipeline.core.measurement import Measurement
-    from agent_metrics_pipeline.publish.metrics import SourceQuality
 
 ERROR, WARN = dg.AssetCheckSeverity.ERROR, dg.AssetCheckSeverity.WARN
 

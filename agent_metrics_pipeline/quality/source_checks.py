@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import datetime as dt
 
+from agent_metrics_pipeline.aggregate.metrics import DUPLICATE_COUNT
 from agent_metrics_pipeline.core.measurement import DuplicateCallsPolicy
 from agent_metrics_pipeline.core.names import SAMPLE_SIZE
 from agent_metrics_pipeline.core.partitions import keys_of
-from agent_metrics_pipeline.publish import usual_volume
-from agent_metrics_pipeline.publish.findings import Evidence, Finding
-from agent_metrics_pipeline.publish.metrics import DUPLICATE_COUNT
+from agent_metrics_pipeline.quality import usual_volume
+from agent_metrics_pipeline.quality.findings import Evidence, Finding
 
 
 def excluded_source_rows(evidence: Evidence) -> dict[dt.date, Finding]:
