@@ -168,12 +168,16 @@ def test_the_catalog_describes_the_published_file_and_who_owns_it():
     assert reference.file_path.endswith("agent_metrics_pipeline/publish/asset.py")
 
 
-def test_loading_the_definitions_leaves_polars_for_the_first_run(project_env, tmp_path):
-    """Every run process, the code server and the daemon load the definitions: polars, half of
-    Dagster's own import time, loads with the first frame instead."""
+def test_loading_the_definitions_leaves_the_client_libraries_for_the_first_run(
+    project_env, tmp_path
+):
+    """Every run process, the code server and the daemon load the definitions: polars (half of
+    Dagster's own import time) loads with the first frame instead, and clickhouse-connect, the
+    embedded engine, pyarrow, NumPy and urllib3 with the first connection."""
     probe = (
         "import sys; from agent_metrics_pipeline.definitions import defs; defs(); "
-        "print(sorted(name for name in sys.modules if name.startswith('polars.')))"
+        "print(sorted(name for name in sys.modules if name.startswith('polars.') or "
+        "name.split('.')[0] in {'clickhouse_connect', 'chdb', 'pyarrow', 'numpy', 'urllib3'}))"
     )
     loaded = subprocess.run(
         [sys.executable, "-c", probe],
